@@ -1,0 +1,133 @@
+//! `MemoryError`: every way a memory operation can fail, each with the value
+//! that failed.
+
+use crate::protection::{Access, Protection, RegionKind};
+
+/// Why a memory operation failed. A failed operation changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// A guest access to a page whose state or protection forbids it.
+    /// `address` is the first byte that could not be accessed.
+    #[error("access violation: {access} at {address:#x}")]
+    AccessViolation {
+        /// First byte that could not be accessed.
+        address: u64,
+        /// What the guest tried to do.
+        access: Access,
+    },
+    /// The first guest touch of a guard page. The guard bit is now cleared and
+    /// the access was not performed; retrying it goes through.
+    #[error("guard page violation: {access} at {address:#x}")]
+    GuardPageViolation {
+        /// First byte of the access inside the guard page.
+        address: u64,
+        /// What the guest tried to do.
+        access: Access,
+    },
+    /// A host read or write touched memory that is not allocated.
+    #[error("memory at {address:#x} is not allocated")]
+    NotAllocated {
+        /// First byte that is not allocated.
+        address: u64,
+    },
+    /// A host access or a protection change touched a page that is reserved but
+    /// not committed.
+    #[error("memory at {address:#x} is not committed")]
+    NotCommitted {
+        /// First byte of the first page that is not committed.
+        address: u64,
+    },
+    /// An address is not aligned as the operation requires.
+    #[error("address {address:#x} is not aligned to {alignment:#x}")]
+    Misaligned {
+        /// The address given.
+        address: u64,
+        /// The alignment required.
+        alignment: u64,
+    },
+    /// A size of 0 where the operation needs at least one byte.
+    #[error("size 0 at {address:#x}")]
+    ZeroSize {
+        /// The address given.
+        address: u64,
+    },
+    /// `address + size` overflows 64 bits.
+    #[error("range {address:#x} + {size:#x} overflows")]
+    RangeOverflow {
+        /// The address given.
+        address: u64,
+        /// The size given.
+        size: u64,
+    },
+    /// The range ends past [`USER_SPACE_END`](crate::USER_SPACE_END) or starts
+    /// below [`MIN_ALLOCATION_ADDRESS`](crate::MIN_ALLOCATION_ADDRESS).
+    #[error("range {address:#x} + {size:#x} is outside user space")]
+    OutsideUserSpace {
+        /// The address given.
+        address: u64,
+        /// The size given.
+        size: u64,
+    },
+    /// A new allocation would overlap an existing one.
+    #[error("range {address:#x} + {size:#x} overlaps the allocation at {existing:#x}")]
+    ConflictingAddresses {
+        /// Start of the requested range.
+        address: u64,
+        /// Size of the requested range.
+        size: u64,
+        /// Base of an allocation it overlaps.
+        existing: u64,
+    },
+    /// A commit, decommit, protect or release range is not inside one
+    /// allocation: it starts in free memory or crosses an allocation's end.
+    #[error("range {address:#x} + {size:#x} is not inside one allocation")]
+    NotInOneAllocation {
+        /// Start of the rounded range.
+        address: u64,
+        /// Size of the rounded range.
+        size: u64,
+    },
+    /// A whole-allocation release (size 0) at an address that is not an
+    /// allocation's base.
+    #[error("{address:#x} is not the base of its allocation (base {base:#x})")]
+    NotAllocationBase {
+        /// The address given.
+        address: u64,
+        /// The base of the allocation that contains it.
+        base: u64,
+    },
+    /// A protection the engine does not accept (see [`Protection::is_valid`]).
+    #[error("invalid protection {0:?}")]
+    InvalidProtection(Protection),
+    /// A region kind that cannot be used for this operation (for example
+    /// `Free`, or `Mmio` without handlers).
+    #[error("region kind {0:?} cannot be allocated this way")]
+    InvalidKind(RegionKind),
+    /// The operation is not allowed on MMIO memory (commit, decommit, protect,
+    /// partial release).
+    #[error("operation not allowed on the MMIO region at {base:#x}")]
+    MmioRegion {
+        /// Base of the MMIO region.
+        base: u64,
+    },
+    /// No free range of this size exists at or above the start address.
+    #[error("no free range of {size:#x} bytes at or above {start:#x}")]
+    NoFreeSpace {
+        /// Size requested.
+        size: u64,
+        /// Lowest address searched.
+        start: u64,
+    },
+    /// A serialized state buffer was written by another format version.
+    #[error("memory state format version {found} is not supported (this build reads {supported})")]
+    UnsupportedStateVersion {
+        /// The version in the buffer.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A serialized state buffer is malformed; nothing was changed.
+    #[error("corrupt memory state: {0}")]
+    CorruptState(&'static str),
+}

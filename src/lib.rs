@@ -1,0 +1,149 @@
+//! # vmsnap — a Windows address space with O(1) snapshots
+//!
+//! `vmsnap` is the memory of a Windows user-mode emulator: an address space
+//! with reserve/commit, 64 KiB allocation granularity, page protections with
+//! guard pages, `VirtualQuery`-style region queries and MMIO ranges — whose
+//! pages and region map live in persistent copy-on-write structures, so taking
+//! a snapshot and returning to any earlier one cost O(what changed), not
+//! O(memory size).
+//!
+//! ```
+//! use vmsnap::{MemoryManager, Protection, RegionKind};
+//!
+//! let mut mm = MemoryManager::new();
+//! // Reserve 1 MiB anywhere, then commit its first two pages.
+//! let base = mm.allocate_memory(0x10_0000, Protection::READ_WRITE, true, 0, RegionKind::Private)?;
+//! mm.commit_memory(base, 0x2000, Protection::READ_WRITE)?;
+//! mm.write_memory(base + 0x10, b"hello")?;
+//!
+//! let before = mm.snapshot();                       // O(pages written since the last one)
+//! mm.write_memory(base + 0x10, b"HELLO")?;
+//! mm.restore(&before);                              // O(pages written since then)
+//!
+//! let mut buf = [0u8; 5];
+//! mm.read_memory(base + 0x10, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok::<(), vmsnap::MemoryError>(())
+//! ```
+//!
+//! ## The model
+//!
+//! **Allocations.** An allocation (a VAD, in NT terms) is a page-aligned range
+//! created by [`MemoryManager::allocate_memory_at`] /
+//! [`allocate_memory`](MemoryManager::allocate_memory) at a 64 KiB-aligned
+//! base, with a kind ([`RegionKind`]) and the protection it was created with.
+//! Allocations never overlap. Commit, decommit and protect act on pages inside
+//! *one* allocation; a range that crosses an allocation boundary is an error,
+//! as on Windows. A non-zero [`release_memory`](MemoryManager::release_memory)
+//! splits an allocation as `NtFreeVirtualMemory` does.
+//!
+//! **Pages.** Every page of an allocation is reserved or committed; committed
+//! pages have a [`Protection`] and bytes. Newly committed pages read as zeros;
+//! re-committing keeps the bytes and applies the new protection; decommitting
+//! drops the bytes.
+//!
+//! **Regions.** [`MemoryManager::region_info`] answers like `VirtualQuery`: the
+//! run of pages starting at an address that share state, protection and
+//! allocation.
+//!
+//! **Two views of memory.** The *host* view ([`read_memory`](MemoryManager::read_memory),
+//! [`write_memory`](MemoryManager::write_memory)) is the emulator's: it ignores
+//! protection but needs committed pages. The *guest* view
+//! ([`guest_read`](MemoryManager::guest_read), [`guest_write`](MemoryManager::guest_write),
+//! [`guest_fetch`](MemoryManager::guest_fetch)) is the emulated program's: it
+//! enforces read, write and execute and fires guard pages once, as Windows does.
+//!
+//! **Versions.** [`MemoryManager::snapshot`] freezes the live state into an
+//! immutable [`Snapshot`] (`Clone + Send + Sync`) and
+//! [`MemoryManager::restore`] returns to any snapshot, on any branch.
+//!
+//! ## The design
+//!
+//! ```text
+//!   MemoryManager (live)                       Snapshot (frozen, shared)
+//!   ┌────────────────────────────┐             ┌──────────────────────────┐
+//!   │ regions: imbl::OrdMap      │──clone O(1)─►│ regions                  │
+//!   │ pages:  LivePages          │             │ pages: PageTable         │
+//!   │   TLB (64 entries)         │             └────────────┬─────────────┘
+//!   │   overlay: page → buffer   │  freeze: O(dirty)        │ shares nodes
+//!   │   table: PageTable ────────┼──────────────────────────┘ and pages
+//!   └────────────────────────────┘
+//! ```
+//!
+//! * The **page table** (`page_table.rs`) is a persistent 64-way radix trie
+//!   over the page number (6 levels): each leaf holds 64 one-byte page states
+//!   and 64 `Arc` pointers to frozen 4 KiB pages. Cloning it is one `Arc`
+//!   bump; versions share every untouched node and page.
+//! * The live version's **written pages** sit in a flat mutable overlay
+//!   (`live.rs`): the first write to a page after a snapshot or restore copies
+//!   it into a pooled buffer, and every later write goes straight there, with
+//!   no path copy and no allocation. `snapshot()` moves the overlay into the
+//!   trie; `restore()` drops it. Both cost O(pages written), which is what a
+//!   fuzzer's dirty-page reset costs too.
+//! * A small **software TLB** maps recently used page numbers to their bytes,
+//!   so a hot 8-byte read is a compare and a copy.
+//! * The **region map** (`region_map.rs`) is an `imbl::OrdMap` of allocations.
+//!
+//! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
+//! `page_table`, `region_map` → `live` → `query` (shared by live and frozen
+//! versions) → `manager`, `snapshot`, `state` (serialization).
+//!
+//! ## Costs
+//!
+//! Every public method states its cost. In short: a read or write is O(pages
+//! touched) with a TLB hit costing a few nanoseconds; layout changes are
+//! O(log allocations + page-table leaves touched); `snapshot()` and
+//! `restore()` are O(pages written since the last of either), independent of
+//! memory size and history length.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod address;
+mod error;
+mod live;
+mod manager;
+mod page_table;
+mod protection;
+mod query;
+mod region_map;
+mod snapshot;
+mod state;
+
+pub use address::{granule_down, granule_up, page_down, page_up};
+pub use error::MemoryError;
+pub use manager::MemoryManager;
+pub use protection::{Access, Protection, RegionKind};
+pub use query::{MemoryStats, RegionInfo, ReservedRegion};
+pub use snapshot::{MemoryDiff, Snapshot};
+pub use state::STATE_FORMAT_VERSION;
+
+/// Size of a page.
+pub const PAGE_SIZE: u64 = 0x1000;
+/// Allocation granularity: every allocation base is a multiple of 64 KiB.
+pub const ALLOCATION_GRANULARITY: u64 = 0x10000;
+/// The lowest address an allocation may start at (the first 64 KiB, NULL
+/// included, is never allocated).
+pub const MIN_ALLOCATION_ADDRESS: u64 = 0x10000;
+/// The last usable byte of user space (inclusive).
+pub const MAX_ALLOCATION_ADDRESS: u64 = 0x7FFF_FFFE_FFFF;
+/// The exclusive end of user space.
+pub const USER_SPACE_END: u64 = 0x7FFF_FFFF_0000;
+/// Where 64-bit processes start searching for free memory.
+pub const DEFAULT_ALLOCATION_ADDRESS_64BIT: u64 = 0x1_0000_0000;
+/// Where 32-bit processes start searching for free memory.
+pub const DEFAULT_ALLOCATION_ADDRESS_32BIT: u64 = 0x10000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn thread_bounds() {
+        assert_send::<MemoryManager>();
+        assert_send_sync::<Snapshot>();
+    }
+}

@@ -1,0 +1,584 @@
+//! The persistent radix page table: page number → (state byte, frozen page).
+//!
+//! ```text
+//!  page number (36 bits used; user space needs 35)
+//!  ┌──────┬──────┬──────┬──────┬──────┬──────┐
+//!  │ L5   │ L4   │ L3   │ L2   │ L1   │ L0   │   6 bits per level, 64-way nodes
+//!  └──┬───┴──┬───┴──┬───┴──┬───┴──┬───┴──┬───┘
+//!     │      │      │      │      │      └─ index in a Leaf: meta[64] + pages[64]
+//!     └──────┴──────┴──────┴──────┴──────── index in an Inner node: children[64]
+//! ```
+//!
+//! Every node is an `Arc`. Cloning a table clones one pointer (O(1)); changing
+//! it copies the path from the root to the changed leaves (`Arc::make_mut`), so
+//! every older clone keeps seeing its own version. Two versions that share a
+//! subtree share it by pointer, which lets [`PageTable::diff`] skip everything
+//! that did not change.
+//!
+//! An absent subtree means "every page state byte is 0" (not committed). A
+//! committed page whose frozen page is `None` reads as zeros, so committing a
+//! gigabyte allocates nothing but a handful of shared nodes: a fully covered,
+//! uniform subtree is built once and shared by all its positions.
+//!
+//! The table never holds pages that are being written: the live version's
+//! written pages sit in the mutable overlay (`overlay.rs`) and enter the table
+//! only when a snapshot freezes them.
+
+use std::sync::Arc;
+
+use crate::protection::meta;
+
+/// Bytes in a page.
+pub(crate) const PAGE: usize = crate::PAGE_SIZE as usize;
+const BITS: u32 = 6;
+const FANOUT: usize = 1 << BITS;
+const INDEX_MASK: u64 = FANOUT as u64 - 1;
+/// Levels of the trie: level 0 holds leaves, level `LEVELS - 1` is the root.
+const LEVELS: u32 = 6;
+/// Page numbers must be below this bound (2^36).
+pub(crate) const VPN_LIMIT: u64 = 1 << (BITS * LEVELS);
+
+/// The bytes of a page.
+pub(crate) type PageBytes = [u8; PAGE];
+
+/// The zero page every committed-but-never-written page reads as.
+pub(crate) static ZERO_PAGE: PageBytes = [0; PAGE];
+
+/// An immutable page shared by every version that contains it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FrozenPage {
+    pub(crate) bytes: PageBytes,
+}
+
+#[derive(Clone)]
+struct Leaf {
+    meta: [u8; FANOUT],
+    pages: [Option<Arc<FrozenPage>>; FANOUT],
+}
+
+#[derive(Clone)]
+enum Node {
+    Inner([Option<Arc<Node>>; FANOUT]),
+    Leaf(Leaf),
+}
+
+impl Node {
+    fn empty(level: u32) -> Node {
+        if level == 0 {
+            Node::Leaf(Leaf { meta: [0; FANOUT], pages: std::array::from_fn(|_| None) })
+        } else {
+            Node::Inner(std::array::from_fn(|_| None))
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Node::Inner(children) => children.iter().all(Option::is_none),
+            Node::Leaf(leaf) => leaf.meta.iter().all(|&m| m == 0),
+        }
+    }
+}
+
+/// Pages covered by one node at `level`.
+#[inline]
+const fn span(level: u32) -> u64 {
+    1 << (BITS * (level + 1))
+}
+
+/// A change applied to every page of a range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RangeOp {
+    /// Commit with this protection: committed pages keep their bytes and take
+    /// the new protection; other pages become committed zero pages.
+    Commit(u8),
+    /// Replace the protection bits of committed pages (others untouched).
+    Protect(u8),
+    /// Decommit: state 0, bytes dropped.
+    Clear,
+    /// Set this state byte on every page and drop its bytes.
+    Set(u8),
+}
+
+impl RangeOp {
+    /// The state an absent (all-zero) page gets, when it changes.
+    fn fill_of_absent(self) -> Option<u8> {
+        match self {
+            RangeOp::Commit(prot) => Some(meta::COMMITTED | prot),
+            RangeOp::Set(m) if m != 0 => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Applies the op to one page; returns the change in committed pages.
+    #[inline]
+    fn apply(self, m: &mut u8, page: &mut Option<Arc<FrozenPage>>) -> i64 {
+        let was = i64::from(*m & meta::COMMITTED != 0);
+        match self {
+            RangeOp::Commit(prot) => {
+                if *m & meta::COMMITTED == 0 {
+                    *page = None;
+                }
+                *m = (*m & !meta::PROT) | meta::COMMITTED | prot;
+            }
+            RangeOp::Protect(prot) => {
+                if *m & meta::COMMITTED != 0 {
+                    *m = (*m & !meta::PROT) | prot;
+                }
+            }
+            RangeOp::Clear => {
+                *m = 0;
+                *page = None;
+            }
+            RangeOp::Set(new) => {
+                *m = new;
+                *page = None;
+            }
+        }
+        i64::from(*m & meta::COMMITTED != 0) - was
+    }
+}
+
+/// One page as the table holds it.
+#[derive(Clone, Copy)]
+pub(crate) struct PageEntry<'a> {
+    /// The state byte (see `protection::meta`).
+    pub(crate) meta: u8,
+    /// The frozen bytes, or `None` for a zero page (or an uncommitted one).
+    pub(crate) page: Option<&'a Arc<FrozenPage>>,
+}
+
+impl<'a> PageEntry<'a> {
+    /// The page's bytes (the zero page when it has none).
+    #[inline]
+    pub(crate) fn bytes(self) -> &'a PageBytes {
+        match self.page {
+            Some(p) => &p.bytes,
+            None => &ZERO_PAGE,
+        }
+    }
+}
+
+const ABSENT: PageEntry<'static> = PageEntry { meta: 0, page: None };
+
+/// A persistent map from page number to page state and bytes.
+///
+/// Clone: O(1). Lookup: O(levels) = 6 pointer hops.
+#[derive(Clone, Default)]
+pub(crate) struct PageTable {
+    root: Option<Arc<Node>>,
+}
+
+impl PageTable {
+    /// Looks up page `vpn` (`vpn < VPN_LIMIT`). Time: O(1) (6 levels).
+    #[inline]
+    pub(crate) fn get(&self, vpn: u64) -> PageEntry<'_> {
+        debug_assert!(vpn < VPN_LIMIT);
+        let Some(mut node) = self.root.as_deref() else {
+            return ABSENT;
+        };
+        let mut shift = BITS * (LEVELS - 1);
+        loop {
+            match node {
+                Node::Inner(children) => match &children[((vpn >> shift) & INDEX_MASK) as usize] {
+                    Some(child) => {
+                        node = child;
+                        shift -= BITS;
+                    }
+                    None => return ABSENT,
+                },
+                Node::Leaf(leaf) => {
+                    let i = (vpn & INDEX_MASK) as usize;
+                    return PageEntry { meta: leaf.meta[i], page: leaf.pages[i].as_ref() };
+                }
+            }
+        }
+    }
+
+    /// Applies `op` to every page in `[lo, hi)`. Returns the change in the
+    /// number of committed pages. Time: O(touched leaves + levels); fully
+    /// covered absent subtrees become shared uniform nodes in O(64 · levels).
+    pub(crate) fn update(&mut self, lo: u64, hi: u64, op: RangeOp) -> i64 {
+        debug_assert!(lo <= hi && hi <= VPN_LIMIT);
+        if lo == hi {
+            return 0;
+        }
+        update_node(&mut self.root, LEVELS - 1, 0, lo, hi, op)
+    }
+
+    /// Stores frozen bytes for the committed page `vpn`, keeping its state.
+    /// Time: O(levels) (path copy of at most 6 nodes).
+    pub(crate) fn set_page(&mut self, vpn: u64, page: Option<Arc<FrozenPage>>) {
+        let mut slot = &mut self.root;
+        let mut level = LEVELS - 1;
+        loop {
+            let node = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Node::empty(level))));
+            match node {
+                Node::Inner(children) => {
+                    slot = &mut children[((vpn >> (BITS * level)) & INDEX_MASK) as usize];
+                    level -= 1;
+                }
+                Node::Leaf(leaf) => {
+                    let i = (vpn & INDEX_MASK) as usize;
+                    debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
+                    leaf.pages[i] = page;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The first page in `[lo, hi)` whose state byte differs from the state of
+    /// page `lo`, or `hi` when none does. Time: O(leaves in the run).
+    pub(crate) fn run_end(&self, lo: u64, hi: u64) -> u64 {
+        if lo >= hi {
+            return hi;
+        }
+        let first = self.get(lo).meta;
+        self.find_first(lo, hi, |m| m != first).unwrap_or(hi)
+    }
+
+    /// The first page in `[lo, hi)` whose state byte satisfies `pred`.
+    /// Time: O(leaves scanned).
+    pub(crate) fn find_first(&self, lo: u64, hi: u64, pred: impl Fn(u8) -> bool + Copy) -> Option<u64> {
+        if lo >= hi {
+            return None;
+        }
+        find_node(self.root.as_deref(), LEVELS - 1, 0, lo, hi, pred)
+    }
+
+    /// Calls `f(vpn, meta, page)` for every page with a non-zero state, in
+    /// ascending order. Time: O(non-empty leaves).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, u8, Option<&Arc<FrozenPage>>)) {
+        for_each_node(self.root.as_deref(), LEVELS - 1, 0, &mut f);
+    }
+
+    /// Calls `f(vpn)` for every page whose state or bytes may differ between
+    /// `self` and `other`: subtrees shared by pointer are skipped, so the cost
+    /// follows what changed. Pages are reported in ascending order; a page whose
+    /// state and frozen page pointer are equal is not reported.
+    pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64)) {
+        diff_node(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut f);
+    }
+
+    /// True when both tables are the same version (same root pointer).
+    pub(crate) fn ptr_eq(&self, other: &PageTable) -> bool {
+        match (&self.root, &other.root) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+fn update_node(
+    slot: &mut Option<Arc<Node>>,
+    level: u32,
+    base: u64,
+    lo: u64,
+    hi: u64,
+    op: RangeOp,
+) -> i64 {
+    let end = base + span(level);
+    let covered = lo <= base && end <= hi;
+    match slot {
+        None => match op.fill_of_absent() {
+            None => return 0,
+            Some(m) if covered => {
+                *slot = Some(uniform(level, m));
+                return if m & meta::COMMITTED != 0 { span(level) as i64 } else { 0 };
+            }
+            Some(_) => *slot = Some(Arc::new(Node::empty(level))),
+        },
+        Some(node) if covered && matches!(op, RangeOp::Clear) => {
+            let gone = committed_in(node);
+            *slot = None;
+            return -(gone as i64);
+        }
+        Some(_) => {}
+    }
+    // Invariant: `slot` was filled just above when it was `None`.
+    let node = Arc::make_mut(slot.as_mut().expect("slot filled above"));
+    let from = lo.max(base) - base;
+    let to = hi.min(end) - base;
+    let mut delta = 0;
+    match node {
+        Node::Leaf(leaf) => {
+            for i in from as usize..to as usize {
+                delta += op.apply(&mut leaf.meta[i], &mut leaf.pages[i]);
+            }
+        }
+        Node::Inner(children) => {
+            let child_span = span(level - 1);
+            let first = (from / child_span) as usize;
+            let last = ((to - 1) / child_span) as usize;
+            for (i, child) in children.iter_mut().enumerate().take(last + 1).skip(first) {
+                delta += update_node(child, level - 1, base + i as u64 * child_span, lo, hi, op);
+            }
+        }
+    }
+    if node.is_empty() {
+        *slot = None;
+    }
+    delta
+}
+
+/// A subtree at `level` whose every page has state `m` and no bytes. Its
+/// nodes are shared: 64 pointers to one child at each level.
+fn uniform(level: u32, m: u8) -> Arc<Node> {
+    let mut node = Arc::new(Node::Leaf(Leaf {
+        meta: [m; FANOUT],
+        pages: std::array::from_fn(|_| None),
+    }));
+    for _ in 0..level {
+        let child = node;
+        node = Arc::new(Node::Inner(std::array::from_fn(|_| Some(child.clone()))));
+    }
+    node
+}
+
+/// Committed pages under `node`. Time: O(leaves under it).
+fn committed_in(node: &Node) -> u64 {
+    match node {
+        Node::Leaf(leaf) => leaf.meta.iter().filter(|&&m| m & meta::COMMITTED != 0).count() as u64,
+        Node::Inner(children) => children.iter().flatten().map(|c| committed_in(c)).sum(),
+    }
+}
+
+fn find_node(node: Option<&Node>, level: u32, base: u64, lo: u64, hi: u64, pred: impl Fn(u8) -> bool + Copy) -> Option<u64> {
+    let end = base + span(level);
+    let Some(node) = node else {
+        return pred(0).then(|| lo.max(base));
+    };
+    let from = lo.max(base) - base;
+    let to = hi.min(end) - base;
+    match node {
+        Node::Leaf(leaf) => (from..to).find(|&i| pred(leaf.meta[i as usize])).map(|i| base + i),
+        Node::Inner(children) => {
+            let child_span = span(level - 1);
+            let first_child = (from / child_span) as usize;
+            let last_child = ((to - 1) / child_span) as usize;
+            (first_child..=last_child).find_map(|i| {
+                find_node(children[i].as_deref(), level - 1, base + i as u64 * child_span, lo, hi, pred)
+            })
+        }
+    }
+}
+
+fn for_each_node(
+    node: Option<&Node>,
+    level: u32,
+    base: u64,
+    f: &mut impl FnMut(u64, u8, Option<&Arc<FrozenPage>>),
+) {
+    match node {
+        None => {}
+        Some(Node::Leaf(leaf)) => {
+            for i in 0..FANOUT {
+                if leaf.meta[i] != 0 {
+                    f(base + i as u64, leaf.meta[i], leaf.pages[i].as_ref());
+                }
+            }
+        }
+        Some(Node::Inner(children)) => {
+            let child_span = span(level - 1);
+            for (i, child) in children.iter().enumerate() {
+                for_each_node(child.as_deref(), level - 1, base + i as u64 * child_span, f);
+            }
+        }
+    }
+}
+
+fn diff_node(a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, level: u32, base: u64, f: &mut impl FnMut(u64)) {
+    let (a, b) = match (a, b) {
+        (None, None) => return,
+        (Some(x), Some(y)) if Arc::ptr_eq(x, y) => return,
+        (a, b) => (a.map(|n| &**n), b.map(|n| &**n)),
+    };
+    match (a, b) {
+        (Some(Node::Leaf(x)), Some(Node::Leaf(y))) => {
+            for i in 0..FANOUT {
+                let same_page = match (&x.pages[i], &y.pages[i]) {
+                    (None, None) => true,
+                    (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+                    _ => false,
+                };
+                if x.meta[i] != y.meta[i] || !same_page {
+                    f(base + i as u64);
+                }
+            }
+        }
+        (Some(Node::Leaf(x)), None) | (None, Some(Node::Leaf(x))) => {
+            for i in 0..FANOUT {
+                if x.meta[i] != 0 {
+                    f(base + i as u64);
+                }
+            }
+        }
+        (a, b) => {
+            let child_span = span(level - 1);
+            fn children(n: Option<&Node>, i: usize) -> Option<&Arc<Node>> {
+                match n {
+                    Some(Node::Inner(c)) => c[i].as_ref(),
+                    _ => None,
+                }
+            }
+            for i in 0..FANOUT {
+                diff_node(children(a, i), children(b, i), level - 1, base + i as u64 * child_span, f);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const RW: u8 = meta::COMMITTED | 3;
+    const RO: u8 = meta::COMMITTED | 1;
+
+    fn page(byte: u8) -> Arc<FrozenPage> {
+        Arc::new(FrozenPage { bytes: [byte; PAGE] })
+    }
+
+    fn collect(t: &PageTable) -> BTreeMap<u64, (u8, Option<u8>)> {
+        let mut out = BTreeMap::new();
+        t.for_each(|vpn, m, p| {
+            out.insert(vpn, (m, p.map(|p| p.bytes[0])));
+        });
+        out
+    }
+
+    #[test]
+    fn empty_table_reads_absent() {
+        let t = PageTable::default();
+        assert_eq!(t.get(0).meta, 0);
+        assert_eq!(t.get(VPN_LIMIT - 1).meta, 0);
+        assert_eq!(t.run_end(0, 100), 100);
+    }
+
+    #[test]
+    fn commit_counts_and_shares_uniform_nodes() {
+        let mut t = PageTable::default();
+        // A fully covered level-2 subtree: 262,144 pages (1 GiB).
+        let delta = t.update(1 << 18, 2 << 18, RangeOp::Commit(3));
+        assert_eq!(delta, 1 << 18);
+        assert_eq!(t.get(1 << 18).meta, RW);
+        assert_eq!(t.get((2 << 18) - 1).meta, RW);
+        assert_eq!(t.get(2 << 18).meta, 0);
+        assert_eq!(t.run_end(1 << 18, 3 << 18), 2 << 18);
+        // Unaligned range.
+        let delta = t.update(5, 200, RangeOp::Commit(1));
+        assert_eq!(delta, 195);
+        assert_eq!(t.get(4).meta, 0);
+        assert_eq!(t.get(5).meta, RO);
+        assert_eq!(t.get(199).meta, RO);
+        assert_eq!(t.run_end(5, 1000), 200);
+    }
+
+    #[test]
+    fn recommit_keeps_bytes_decommit_drops_them() {
+        let mut t = PageTable::default();
+        t.update(10, 20, RangeOp::Commit(3));
+        t.set_page(12, Some(page(7)));
+        assert_eq!(t.update(10, 20, RangeOp::Commit(1)), 0);
+        assert_eq!(t.get(12).meta, RO);
+        assert_eq!(t.get(12).bytes()[0], 7);
+        assert_eq!(t.update(12, 13, RangeOp::Clear), -1);
+        assert_eq!(t.get(12).meta, 0);
+        t.update(12, 13, RangeOp::Commit(3));
+        assert_eq!(t.get(12).bytes()[0], 0);
+        // Clearing everything prunes the tree.
+        assert_eq!(t.update(0, VPN_LIMIT, RangeOp::Clear), -10);
+        assert!(t.root.is_none());
+    }
+
+    #[test]
+    fn protect_touches_committed_pages_only() {
+        let mut t = PageTable::default();
+        t.update(0, 4, RangeOp::Commit(3));
+        assert_eq!(t.update(0, 8, RangeOp::Protect(1)), 0);
+        assert_eq!(t.get(3).meta, RO);
+        assert_eq!(t.get(5).meta, 0);
+    }
+
+    #[test]
+    fn versions_are_independent() {
+        let mut a = PageTable::default();
+        a.update(0, 128, RangeOp::Commit(3));
+        a.set_page(3, Some(page(1)));
+        let b = a.clone();
+        assert!(a.ptr_eq(&b));
+        a.set_page(3, Some(page(2)));
+        a.set_page(100, Some(page(9)));
+        assert_eq!(b.get(3).bytes()[0], 1);
+        assert_eq!(a.get(3).bytes()[0], 2);
+        let mut changed = Vec::new();
+        a.diff(&b, |v| changed.push(v));
+        assert_eq!(changed, vec![3, 100]);
+        let mut changed = Vec::new();
+        b.diff(&a, |v| changed.push(v));
+        assert_eq!(changed, vec![3, 100]);
+    }
+
+    #[test]
+    fn diff_against_empty_lists_every_page() {
+        let mut a = PageTable::default();
+        a.update(60, 70, RangeOp::Commit(3));
+        let mut changed = Vec::new();
+        a.diff(&PageTable::default(), |v| changed.push(v));
+        assert_eq!(changed, (60..70).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn matches_a_btreemap_model() {
+        // A small deterministic random walk against a plain map.
+        let mut t = PageTable::default();
+        let mut model: BTreeMap<u64, u8> = BTreeMap::new();
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..2000 {
+            let lo = next() % 5000;
+            let hi = lo + next() % 300 + 1;
+            let prot = [1u8, 3, 4, 5, 7, 0][(next() % 6) as usize];
+            let op = match next() % 4 {
+                0 => RangeOp::Commit(prot),
+                1 => RangeOp::Protect(prot),
+                2 => RangeOp::Clear,
+                _ => RangeOp::Set(meta::COMMITTED | meta::MMIO | 3),
+            };
+            let mut expected_delta = 0i64;
+            for v in lo..hi {
+                let old = model.get(&v).copied().unwrap_or(0);
+                let new = match op {
+                    RangeOp::Commit(p) => meta::COMMITTED | p | (old & meta::MMIO),
+                    RangeOp::Protect(p) if old != 0 => (old & !meta::PROT) | p,
+                    RangeOp::Protect(_) => 0,
+                    RangeOp::Clear => 0,
+                    RangeOp::Set(m) => m,
+                };
+                expected_delta += i64::from(new != 0) - i64::from(old != 0);
+                if new == 0 {
+                    model.remove(&v);
+                } else {
+                    model.insert(v, new);
+                }
+            }
+            assert_eq!(t.update(lo, hi, op), expected_delta);
+        }
+        let got: BTreeMap<u64, u8> = collect(&t).into_iter().map(|(k, (m, _))| (k, m)).collect();
+        assert_eq!(got, model);
+        for v in 0..5400 {
+            assert_eq!(t.get(v).meta, model.get(&v).copied().unwrap_or(0), "vpn {v}");
+            let end = t.run_end(v, 5400);
+            let first = model.get(&v).copied().unwrap_or(0);
+            let expect = (v..5400).find(|w| model.get(w).copied().unwrap_or(0) != first).unwrap_or(5400);
+            assert_eq!(end, expect, "run_end from {v}");
+        }
+    }
+}

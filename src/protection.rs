@@ -1,0 +1,199 @@
+//! Page protections, region kinds, access kinds, and the one-byte page state
+//! that the page table stores for every page.
+
+use bitflags::bitflags;
+use serde::{Deserialize, Serialize};
+
+bitflags! {
+    /// The protection of a page. `Protection::empty()` is "no access".
+    ///
+    /// `GUARD` is a modifier: the first guest access to a guard page fails with
+    /// [`MemoryError::GuardPageViolation`](crate::MemoryError::GuardPageViolation)
+    /// and clears the bit, as Windows does. Conversions to and from the Windows
+    /// `PAGE_*` values live in the `nt` face.
+    ///
+    /// Windows cannot express every bit pattern: write access always implies read
+    /// access, and a guard page needs some access. [`Protection::is_valid`] says
+    /// whether a value is one the engine accepts.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Protection: u8 {
+        /// The page can be read.
+        const READ = 1;
+        /// The page can be written (requires `READ`).
+        const WRITE = 2;
+        /// The page can be executed.
+        const EXECUTE = 4;
+        /// The page is a guard page: its first guest access fails once.
+        const GUARD = 8;
+    }
+}
+
+impl Protection {
+    /// `READ | WRITE`, the usual protection of data memory.
+    pub const READ_WRITE: Protection = Protection::READ.union(Protection::WRITE);
+    /// `READ | EXECUTE`, the usual protection of code.
+    pub const READ_EXECUTE: Protection = Protection::READ.union(Protection::EXECUTE);
+    /// `READ | WRITE | EXECUTE`.
+    pub const ALL_ACCESS: Protection = Protection::READ_WRITE.union(Protection::EXECUTE);
+
+    /// True when the engine accepts this protection: no unknown bits, `WRITE`
+    /// only together with `READ`, and `GUARD` only together with some access.
+    ///
+    /// ```
+    /// use vmsnap::Protection;
+    /// assert!(Protection::READ_WRITE.is_valid());
+    /// assert!(Protection::empty().is_valid()); // PAGE_NOACCESS
+    /// assert!(!Protection::WRITE.is_valid()); // Windows has no write-only page
+    /// assert!(!Protection::GUARD.is_valid()); // PAGE_GUARD | PAGE_NOACCESS is invalid
+    /// assert!(!Protection::from_bits_retain(0x40).is_valid());
+    /// ```
+    pub const fn is_valid(self) -> bool {
+        let bits = self.bits();
+        if bits & !Protection::all().bits() != 0 {
+            return false;
+        }
+        if bits & Protection::WRITE.bits() != 0 && bits & Protection::READ.bits() == 0 {
+            return false;
+        }
+        if bits & Protection::GUARD.bits() != 0
+            && bits & Protection::ALL_ACCESS.bits() == 0
+        {
+            return false;
+        }
+        true
+    }
+
+    /// True when a guest access of kind `access` is allowed (ignoring `GUARD`).
+    pub const fn allows(self, access: Access) -> bool {
+        self.bits() & access.required().bits() != 0
+    }
+}
+
+/// What an allocation is. `Free` describes unallocated memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RegionKind {
+    /// Not allocated.
+    Free,
+    /// Private memory (`VirtualAlloc`, `MEM_PRIVATE`).
+    Private,
+    /// A view of a file-backed section (`MEM_MAPPED`).
+    FileView,
+    /// A view of a pagefile-backed section (`MEM_MAPPED`).
+    PagefileView,
+    /// A mapped executable image (`MEM_IMAGE`).
+    Image,
+    /// Memory-mapped I/O: reads and writes call handlers.
+    Mmio,
+}
+
+/// The kind of a guest access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Access {
+    /// A data read.
+    Read,
+    /// A data write.
+    Write,
+    /// An instruction fetch.
+    Execute,
+}
+
+impl Access {
+    /// The protection bit this access needs.
+    pub const fn required(self) -> Protection {
+        match self {
+            Access::Read => Protection::READ,
+            Access::Write => Protection::WRITE,
+            Access::Execute => Protection::EXECUTE,
+        }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Execute => "execute",
+        })
+    }
+}
+
+/// The state of one page as the page table stores it: one byte.
+///
+/// ```text
+///  bit  7 6 5    4         3     2  1  0
+///       0 0 MMIO COMMITTED GUARD X  W  R
+/// ```
+///
+/// A page whose byte is 0 is not committed (free or reserved: the region map
+/// tells which). The all-zero byte is also what an absent page-table subtree
+/// means, so empty memory costs nothing.
+pub(crate) mod meta {
+    /// Mask of the protection bits.
+    pub const PROT: u8 = 0x0f;
+    /// The page is committed.
+    pub const COMMITTED: u8 = 0x10;
+    /// The page belongs to an MMIO region.
+    pub const MMIO: u8 = 0x20;
+    /// Every bit a valid meta byte may have.
+    pub const ALL: u8 = PROT | COMMITTED | MMIO;
+    /// `GUARD` inside the byte.
+    pub const GUARD: u8 = 0x08;
+
+    /// The meta byte of a committed page with protection `prot`.
+    #[inline]
+    pub const fn committed(prot: super::Protection) -> u8 {
+        COMMITTED | prot.bits()
+    }
+
+    /// The protection stored in a meta byte.
+    #[inline]
+    pub const fn protection(meta: u8) -> super::Protection {
+        super::Protection::from_bits_retain(meta & PROT)
+    }
+
+    /// True for a meta byte the engine could have written.
+    pub const fn is_valid(meta: u8) -> bool {
+        if meta == 0 {
+            return true;
+        }
+        meta & !ALL == 0
+            && meta & COMMITTED != 0
+            && super::Protection::from_bits_retain(meta & PROT).is_valid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity() {
+        for bits in 0u8..=255 {
+            let p = Protection::from_bits_retain(bits);
+            let expected = bits < 16
+                && (bits & 2 == 0 || bits & 1 != 0)
+                && (bits & 8 == 0 || bits & 7 != 0);
+            assert_eq!(p.is_valid(), expected, "bits {bits:#x}");
+        }
+    }
+
+    #[test]
+    fn allows() {
+        assert!(Protection::READ_WRITE.allows(Access::Write));
+        assert!(!Protection::READ.allows(Access::Write));
+        assert!(!Protection::READ_WRITE.allows(Access::Execute));
+        assert!(Protection::EXECUTE.allows(Access::Execute));
+        assert!(!Protection::empty().allows(Access::Read));
+    }
+
+    #[test]
+    fn meta_roundtrip() {
+        let m = meta::committed(Protection::READ | Protection::GUARD);
+        assert_eq!(meta::protection(m), Protection::READ | Protection::GUARD);
+        assert!(meta::is_valid(m));
+        assert!(meta::is_valid(0));
+        assert!(!meta::is_valid(Protection::READ.bits())); // not committed but has protection
+        assert!(!meta::is_valid(0x40 | meta::COMMITTED));
+    }
+}

@@ -1,0 +1,169 @@
+//! The allocation map: allocation base → [`Allocation`], in an `imbl::OrdMap`
+//! so cloning a version's map is O(1) and changing it copies O(log n) nodes.
+//!
+//! Allocations never overlap. Per-page state (committed, protection) lives in
+//! the page table, not here: an allocation only knows its range, its kind, the
+//! protection it was created with, and (for MMIO) its handlers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
+use crate::address::granule_up;
+use crate::protection::{Protection, RegionKind};
+use crate::{MIN_ALLOCATION_ADDRESS, USER_SPACE_END};
+
+/// Read handler of an MMIO region: `(offset from the region base, buffer)`.
+pub(crate) type MmioRead = dyn Fn(u64, &mut [u8]) + Send + Sync;
+/// Write handler of an MMIO region: `(offset from the region base, data)`.
+pub(crate) type MmioWrite = dyn Fn(u64, &[u8]) + Send + Sync;
+
+/// The handlers of an MMIO region.
+pub(crate) struct MmioHandlers {
+    pub(crate) read: Box<MmioRead>,
+    pub(crate) write: Box<MmioWrite>,
+}
+
+/// One allocation (a VAD, in NT terms).
+#[derive(Clone)]
+pub(crate) struct Allocation {
+    pub(crate) base: u64,
+    pub(crate) length: u64,
+    pub(crate) initial: Protection,
+    pub(crate) kind: RegionKind,
+    pub(crate) mmio: Option<Arc<MmioHandlers>>,
+}
+
+impl Allocation {
+    /// Exclusive end address.
+    #[inline]
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.length
+    }
+}
+
+impl fmt::Debug for Allocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Allocation")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("length", &format_args!("{:#x}", self.length))
+            .field("initial", &self.initial)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// Non-overlapping allocations by base address.
+#[derive(Clone, Default)]
+pub(crate) struct RegionMap {
+    map: OrdMap<u64, Allocation>,
+    reserved_bytes: u64,
+}
+
+impl RegionMap {
+    /// The allocation containing `address`. Time: O(log n).
+    pub(crate) fn containing(&self, address: u64) -> Option<&Allocation> {
+        self.map.get_prev(&address).map(|(_, a)| a).filter(|a| address < a.end())
+    }
+
+    /// The lowest allocation overlapping `[lo, hi)`. Time: O(log n).
+    pub(crate) fn overlapping(&self, lo: u64, hi: u64) -> Option<&Allocation> {
+        self.containing(lo).or_else(|| self.next_after(lo).filter(|a| a.base < hi))
+    }
+
+    /// The first allocation whose base is above `address`. Time: O(log n).
+    pub(crate) fn next_after(&self, address: u64) -> Option<&Allocation> {
+        let next = address.checked_add(1)?;
+        self.map.get_next(&next).map(|(_, a)| a)
+    }
+
+    /// Adds an allocation; the caller has checked it overlaps nothing.
+    pub(crate) fn insert(&mut self, allocation: Allocation) {
+        debug_assert!(self.overlapping(allocation.base, allocation.end()).is_none());
+        self.reserved_bytes += allocation.length;
+        self.map.insert(allocation.base, allocation);
+    }
+
+    /// Removes the allocation based at `base`.
+    pub(crate) fn remove(&mut self, base: u64) -> Option<Allocation> {
+        let removed = self.map.remove(&base)?;
+        self.reserved_bytes -= removed.length;
+        Some(removed)
+    }
+
+    /// Every allocation in address order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Allocation> + '_ {
+        self.map.values()
+    }
+
+    /// Number of allocations.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes reserved by all allocations.
+    pub(crate) fn reserved_bytes(&self) -> u64 {
+        self.reserved_bytes
+    }
+
+    /// First fit: the lowest 64 KiB-aligned base at or above `start` where
+    /// `size` bytes (rounded up to pages) overlap no allocation and end at or
+    /// below `USER_SPACE_END`. Time: O(k log n) for k allocations skipped.
+    pub(crate) fn find_free(&self, size: u64, start: u64) -> Option<u64> {
+        if size == 0 || start >= USER_SPACE_END {
+            return None;
+        }
+        let size = crate::address::page_up(size)?;
+        let mut candidate = granule_up(start.max(MIN_ALLOCATION_ADDRESS))?;
+        loop {
+            let end = candidate.checked_add(size)?;
+            if end > USER_SPACE_END {
+                return None;
+            }
+            match self.overlapping(candidate, end) {
+                None => return Some(candidate),
+                Some(a) => candidate = granule_up(a.end())?,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(base: u64, length: u64) -> Allocation {
+        Allocation { base, length, initial: Protection::READ, kind: RegionKind::Private, mmio: None }
+    }
+
+    #[test]
+    fn lookups() {
+        let mut m = RegionMap::default();
+        m.insert(alloc(0x10000, 0x1000));
+        m.insert(alloc(0x30000, 0x20000));
+        assert_eq!(m.containing(0x10fff).map(|a| a.base), Some(0x10000));
+        assert!(m.containing(0x11000).is_none());
+        assert_eq!(m.overlapping(0x11000, 0x30001).map(|a| a.base), Some(0x30000));
+        assert!(m.overlapping(0x11000, 0x30000).is_none());
+        assert_eq!(m.next_after(0x10000).map(|a| a.base), Some(0x30000));
+        assert_eq!(m.reserved_bytes(), 0x21000);
+        assert_eq!(m.remove(0x10000).map(|a| a.length), Some(0x1000));
+        assert_eq!(m.reserved_bytes(), 0x20000);
+    }
+
+    #[test]
+    fn first_fit_is_granule_aligned() {
+        let mut m = RegionMap::default();
+        m.insert(alloc(0x10000, 0x1000));
+        // The tail of the first granule is free but cannot hold an allocation.
+        assert_eq!(m.find_free(0x1000, 0), Some(0x20000));
+        m.insert(alloc(0x20000, 0x10000));
+        assert_eq!(m.find_free(0x1000, 0x10000), Some(0x30000));
+        assert_eq!(m.find_free(0, 0x10000), None);
+        assert_eq!(m.find_free(0x1000, USER_SPACE_END), None);
+        assert_eq!(m.find_free(USER_SPACE_END, 0), None);
+        assert_eq!(m.find_free(u64::MAX, 0), None);
+        assert_eq!(m.find_free(0x10000, USER_SPACE_END - 0x10000), Some(USER_SPACE_END - 0x10000));
+    }
+}

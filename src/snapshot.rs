@@ -1,0 +1,124 @@
+//! [`Snapshot`]: an immutable version of an address space, and [`MemoryDiff`].
+
+use std::sync::Arc;
+
+use crate::PAGE_SIZE;
+use crate::error::MemoryError;
+use crate::page_table::PageTable;
+use crate::query::{self, MemoryStats, RegionInfo, ReservedRegion};
+use crate::region_map::RegionMap;
+
+/// Everything a version holds. Cloning is O(1): two `Arc` bumps.
+#[derive(Clone)]
+pub(crate) struct Version {
+    pub(crate) regions: RegionMap,
+    pub(crate) pages: PageTable,
+    pub(crate) committed_pages: u64,
+    pub(crate) default_allocation_address: u64,
+    pub(crate) layout_version: u64,
+}
+
+/// An immutable version of an address space, made by
+/// [`MemoryManager::snapshot`](crate::MemoryManager::snapshot).
+///
+/// `Clone + Send + Sync`; cloning is O(1). It shares every unchanged page and
+/// page-table node with the manager and with other snapshots, so holding many
+/// costs only what differs between them. It can be read from any thread while
+/// the manager goes on.
+#[derive(Clone)]
+pub struct Snapshot {
+    inner: Arc<Version>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("layout_version", &self.inner.layout_version)
+            .field("allocations", &self.inner.regions.len())
+            .field("committed_pages", &self.inner.committed_pages)
+            .finish()
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn new(version: Version) -> Self {
+        Snapshot { inner: Arc::new(version) }
+    }
+
+    pub(crate) fn version(&self) -> &Version {
+        &self.inner
+    }
+
+    /// The layout version of the manager when this snapshot was taken. O(1).
+    pub fn layout_version(&self) -> u64 {
+        self.inner.layout_version
+    }
+
+    /// Reads bytes as the manager's host view did when the snapshot was taken
+    /// (MMIO ranges call the region's handler). Time: O(pages touched · levels).
+    pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        query::host_read(&self.inner.pages, &self.inner.regions, address, buf)
+    }
+
+    /// `VirtualQuery` on this version. Time: O(log n + leaves in the run).
+    pub fn region_info(&self, address: u64) -> RegionInfo {
+        query::region_info(&self.inner.regions, &self.inner.pages, address)
+    }
+
+    /// Every allocation of this version, in address order.
+    pub fn reserved_regions(&self) -> impl Iterator<Item = ReservedRegion> + '_ {
+        self.inner.regions.iter().map(ReservedRegion::from)
+    }
+
+    /// The default allocation address of this version. O(1).
+    pub fn default_allocation_address(&self) -> u64 {
+        self.inner.default_allocation_address
+    }
+
+    /// Reserved and committed bytes of this version. Time: O(1).
+    pub fn compute_memory_stats(&self) -> MemoryStats {
+        MemoryStats {
+            reserved_memory: self.inner.regions.reserved_bytes(),
+            committed_memory: self.inner.committed_pages * PAGE_SIZE,
+            allocation_count: self.inner.regions.len() as u64,
+            dirty_pages: 0,
+        }
+    }
+
+    /// The pages that differ between `self` and `other` (any two versions,
+    /// either order): bytes that differ, and pages committed in one but not the
+    /// other (or with another protection). A page rewritten with identical bytes
+    /// is not reported. Time: O(changed page-table paths): subtrees shared by
+    /// pointer are skipped, then candidate pages are compared byte by byte.
+    pub fn diff(&self, other: &Snapshot) -> MemoryDiff {
+        let (a, b) = (&self.inner.pages, &other.inner.pages);
+        let mut pages = Vec::new();
+        a.diff(b, |vpn| {
+            let (x, y) = (a.get(vpn), b.get(vpn));
+            let committed = |m: u8| m & crate::protection::meta::COMMITTED != 0;
+            if committed(x.meta) != committed(y.meta) || x.bytes() != y.bytes() {
+                pages.push(vpn * PAGE_SIZE);
+            }
+        });
+        MemoryDiff { pages }
+    }
+}
+
+/// What differs between two versions. See [`Snapshot::diff`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryDiff {
+    pages: Vec<u64>,
+}
+
+impl MemoryDiff {
+    /// Base addresses of the pages whose bytes differ (including pages
+    /// committed or decommitted in between), ascending.
+    pub fn changed_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().copied()
+    }
+
+    /// True when no page differs.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+}
