@@ -127,6 +127,17 @@ pub enum MemoryError {
         /// The version this build reads and writes.
         supported: u32,
     },
+    /// A buffer given to `deserialize_memory_state` does not start with the
+    /// state magic.
+    #[error("not a vmsnap memory state buffer (bad magic)")]
+    BadStateMagic,
+    /// A state buffer was written in the other mode (layout only vs. layout
+    /// and contents) than the one asked for.
+    #[error("memory state mode mismatch: buffer has contents = {buffer_has_contents}")]
+    StateModeMismatch {
+        /// True when the buffer holds page contents.
+        buffer_has_contents: bool,
+    },
     /// A serialized state buffer is malformed; nothing was changed.
     #[error("corrupt memory state: {0}")]
     CorruptState(&'static str),

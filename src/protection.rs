@@ -140,12 +140,6 @@ pub(crate) mod meta {
     /// `GUARD` inside the byte.
     pub const GUARD: u8 = 0x08;
 
-    /// The meta byte of a committed page with protection `prot`.
-    #[inline]
-    pub const fn committed(prot: super::Protection) -> u8 {
-        COMMITTED | prot.bits()
-    }
-
     /// The protection stored in a meta byte.
     #[inline]
     pub const fn protection(meta: u8) -> super::Protection {
@@ -189,7 +183,7 @@ mod tests {
 
     #[test]
     fn meta_roundtrip() {
-        let m = meta::committed(Protection::READ | Protection::GUARD);
+        let m = meta::COMMITTED | (Protection::READ | Protection::GUARD).bits();
         assert_eq!(meta::protection(m), Protection::READ | Protection::GUARD);
         assert!(meta::is_valid(m));
         assert!(meta::is_valid(0));

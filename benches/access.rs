@@ -1,0 +1,142 @@
+//! Reads, writes and page lookups on 1 GiB committed, next to a flat
+//! `Vec<u8>` of the same size measured in the same run.
+//!
+//! Run: `cargo bench --bench access`; ratios: `python3 benches/ratios.py access`.
+//!
+//! Both sides see the same access streams: sequential (stride = access size,
+//! wrapping) and random (a precomputed list of random offsets, aligned to the
+//! access size so an access never crosses a page). The vmsnap side holds
+//! 1 GiB of non-zero frozen pages (written, then snapshotted), as a fuzzer's
+//! base snapshot does; random writes dirty the overlay as they go.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind};
+
+const GIB: u64 = 1 << 30;
+const BASE: u64 = 0x1_0000_0000;
+const RANDOM_OFFSETS: usize = 1 << 20;
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn random_offsets(align: u64) -> Vec<u64> {
+    let mut s = 0x9E37_79B9_7F4A_7C15;
+    (0..RANDOM_OFFSETS).map(|_| (xorshift(&mut s) % GIB) & !(align - 1)).collect()
+}
+
+fn setup() -> (MemoryManager, Vec<u8>) {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(BASE, GIB, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    let mut flat = vec![0u8; GIB as usize];
+    let mut page = [0u8; PAGE_SIZE as usize];
+    for (i, chunk) in flat.chunks_exact_mut(PAGE_SIZE as usize).enumerate() {
+        page[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        page[8] = 0xA5;
+        chunk.copy_from_slice(&page);
+        mm.write_memory(BASE + i as u64 * PAGE_SIZE, &page).unwrap();
+    }
+    mm.snapshot(); // freeze: the 1 GiB now lives in the persistent page table
+    (mm, flat)
+}
+
+fn bench_access(c: &mut Criterion) {
+    let (mut mm, mut flat) = setup();
+    for size in [1usize, 8, 4096] {
+        let random = random_offsets(size as u64);
+        let mut group = c.benchmark_group(format!("read_{size}"));
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut buf = vec![0u8; size];
+        for pattern in ["sequential", "random"] {
+            let mut i = 0usize;
+            let mut off = 0u64;
+            group.bench_function(BenchmarkId::new("vec", pattern), |b| {
+                b.iter(|| {
+                    let at = next(pattern, &random, &mut i, &mut off, size) as usize;
+                    buf.copy_from_slice(&flat[at..at + size]);
+                    black_box(&buf);
+                })
+            });
+            let mut i = 0usize;
+            let mut off = 0u64;
+            group.bench_function(BenchmarkId::new("vmsnap", pattern), |b| {
+                b.iter(|| {
+                    let at = next(pattern, &random, &mut i, &mut off, size);
+                    mm.read_memory(BASE + at, &mut buf).unwrap();
+                    black_box(&buf);
+                })
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("write_{size}"));
+        group.throughput(Throughput::Bytes(size as u64));
+        let data = vec![0x5Au8; size];
+        for pattern in ["sequential", "random"] {
+            let mut i = 0usize;
+            let mut off = 0u64;
+            group.bench_function(BenchmarkId::new("vec", pattern), |b| {
+                b.iter(|| {
+                    let at = next(pattern, &random, &mut i, &mut off, size) as usize;
+                    flat[at..at + size].copy_from_slice(black_box(&data));
+                })
+            });
+            let mut i = 0usize;
+            let mut off = 0u64;
+            group.bench_function(BenchmarkId::new("vmsnap", pattern), |b| {
+                b.iter(|| {
+                    let at = next(pattern, &random, &mut i, &mut off, size);
+                    mm.write_memory(BASE + at, black_box(&data)).unwrap();
+                })
+            });
+        }
+        group.finish();
+    }
+
+    // Random page lookup: is the page committed, and with what protection?
+    // The flat baseline reads one byte of the page (the cheapest "lookup" a
+    // flat buffer has).
+    let random = random_offsets(PAGE_SIZE);
+    let mut group = c.benchmark_group("page_lookup");
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("vec", "random"), |b| {
+        b.iter(|| {
+            i = (i + 1) % random.len();
+            black_box(flat[random[i] as usize])
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("vmsnap", "random"), |b| {
+        b.iter(|| {
+            i = (i + 1) % random.len();
+            black_box(mm.page_protection(BASE + random[i]))
+        })
+    });
+    group.finish();
+}
+
+#[inline]
+fn next(pattern: &str, random: &[u64], i: &mut usize, off: &mut u64, size: usize) -> u64 {
+    if pattern == "random" {
+        *i = (*i + 1) % random.len();
+        random[*i]
+    } else {
+        *off = (*off + size as u64) % GIB;
+        *off
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(std::time::Duration::from_millis(800))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = bench_access
+}
+criterion_main!(benches);
