@@ -70,61 +70,125 @@ pub(crate) struct Resolved<'a> {
     pub(crate) bytes: &'a PageBytes,
 }
 
+/// Pages per overlay index chunk (16 MiB of address space).
+const INDEX_CHUNK: usize = 4096;
+/// Pages per slab of slot buffers (256 KiB).
+const SLAB_PAGES: usize = 64;
+
 /// Buffers of the pages written since the last freeze or reset.
+///
+/// * `index`: page number → slot, as a small hash map of 4096-entry arrays
+///   (one per 16 MiB of address space touched), so a lookup is one probe in a
+///   map that stays in cache plus one array load.
+/// * `slabs`: slot buffers, 64 pages per allocation; slot `s` lives at
+///   `slabs[s / 64][s % 64]`.
+/// * `dirty`: the pages inserted since the last reset, so reset and freeze
+///   cost O(dirty pages), not O(index size). Index arrays and slabs are kept
+///   across resets: a fuzz loop allocates nothing once warm.
 #[derive(Default)]
 struct Overlay {
-    map: FxHashMap<u64, u32>,
-    slots: Vec<Box<PageBytes>>,
+    index: FxHashMap<u64, Box<[u32; INDEX_CHUNK]>>,
+    slabs: Vec<Box<[PageBytes]>>,
     free: Vec<u32>,
+    dirty: Vec<u64>,
+    len: usize,
 }
 
 impl Overlay {
+    #[inline]
+    fn get(&self, vpn: u64) -> Option<u32> {
+        let chunk = self.index.get(&(vpn / INDEX_CHUNK as u64))?;
+        let slot = chunk[(vpn % INDEX_CHUNK as u64) as usize];
+        (slot != NO_SLOT).then_some(slot)
+    }
+
+    #[inline]
+    fn page(&self, slot: u32) -> &PageBytes {
+        &self.slabs[slot as usize / SLAB_PAGES][slot as usize % SLAB_PAGES]
+    }
+
+    #[inline]
+    fn page_mut(&mut self, slot: u32) -> &mut PageBytes {
+        &mut self.slabs[slot as usize / SLAB_PAGES][slot as usize % SLAB_PAGES]
+    }
+
+    /// Copies `src` into a free slot for `vpn` (which has none).
     fn insert(&mut self, vpn: u64, src: &PageBytes) -> u32 {
         let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize].copy_from_slice(src);
-                slot
-            }
+            Some(slot) => slot,
             None => {
-                let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 dirty pages");
-                self.slots.push(Box::new(*src));
+                let first = self.slabs.len() * SLAB_PAGES;
+                let slot = u32::try_from(first).expect("fewer than 2^32 dirty pages");
+                self.slabs.push(vec![[0u8; crate::page_table::PAGE]; SLAB_PAGES].into_boxed_slice());
+                self.free.extend((slot + 1..slot + SLAB_PAGES as u32).rev());
                 slot
             }
         };
-        self.map.insert(vpn, slot);
+        self.page_mut(slot).copy_from_slice(src);
+        let chunk = self
+            .index
+            .entry(vpn / INDEX_CHUNK as u64)
+            .or_insert_with(|| Box::new([NO_SLOT; INDEX_CHUNK]));
+        chunk[(vpn % INDEX_CHUNK as u64) as usize] = slot;
+        self.dirty.push(vpn);
+        self.len += 1;
         slot
     }
 
-    fn remove_range(&mut self, lo: u64, hi: u64) {
-        if self.map.is_empty() {
-            return;
-        }
-        if hi - lo < self.map.len() as u64 {
-            for vpn in lo..hi {
-                if let Some(slot) = self.map.remove(&vpn) {
-                    self.free.push(slot);
-                }
-            }
-        } else {
-            let free = &mut self.free;
-            self.map.retain(|&vpn, &mut slot| {
-                let keep = vpn < lo || vpn >= hi;
-                if !keep {
-                    free.push(slot);
-                }
-                keep
-            });
-        }
+    fn take(&mut self, vpn: u64) -> Option<u32> {
+        let chunk = self.index.get_mut(&(vpn / INDEX_CHUNK as u64))?;
+        let entry = &mut chunk[(vpn % INDEX_CHUNK as u64) as usize];
+        let slot = std::mem::replace(entry, NO_SLOT);
+        (slot != NO_SLOT).then(|| {
+            self.free.push(slot);
+            self.len -= 1;
+            slot
+        })
     }
 
-    /// Frees every slot, keeping a pool big enough for a cycle like this one.
+    fn remove_range(&mut self, lo: u64, hi: u64) {
+        if self.len == 0 {
+            return;
+        }
+        if hi - lo <= self.dirty.len() as u64 {
+            for vpn in lo..hi {
+                self.take(vpn);
+            }
+        } else {
+            let dirty = std::mem::take(&mut self.dirty);
+            for &vpn in &dirty {
+                if (lo..hi).contains(&vpn) {
+                    self.take(vpn);
+                }
+            }
+            self.dirty = dirty;
+        }
+        // `dirty` may now list pages that left the overlay; readers of the
+        // list check the index.
+    }
+
+    /// The pages in the overlay with their slots, ascending.
+    fn sorted(&mut self) -> Vec<(u64, u32)> {
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        self.dirty.iter().filter_map(|&vpn| self.get(vpn).map(|slot| (vpn, slot))).collect()
+    }
+
+    /// Frees every slot, keeping buffers for a cycle like this one.
     fn reset(&mut self) {
-        let used = self.map.len();
-        self.map.clear();
-        let keep = (2 * used).max(256).min(self.slots.len());
-        self.slots.truncate(keep);
+        for i in 0..self.dirty.len() {
+            let vpn = self.dirty[i];
+            if let Some(chunk) = self.index.get_mut(&(vpn / INDEX_CHUNK as u64)) {
+                chunk[(vpn % INDEX_CHUNK as u64) as usize] = NO_SLOT;
+            }
+        }
+        let keep_pages = (2 * self.len).max(4 * SLAB_PAGES);
+        let keep = keep_pages.div_ceil(SLAB_PAGES).min(self.slabs.len());
+        self.slabs.truncate(keep);
         self.free.clear();
-        self.free.extend((0..keep as u32).rev());
+        self.free.extend((0..(keep * SLAB_PAGES) as u32).rev());
+        self.dirty.clear();
+        self.len = 0;
     }
 }
 
@@ -171,7 +235,7 @@ impl LivePages {
 
     /// Pages currently in the overlay.
     pub(crate) fn dirty_pages(&self) -> usize {
-        self.overlay.map.len()
+        self.overlay.len
     }
 
     /// State and current bytes of page `vpn`. Fills the TLB.
@@ -188,7 +252,7 @@ impl LivePages {
     #[inline]
     fn entry_bytes(&self, e: TlbEntry) -> Resolved<'_> {
         let bytes = if e.slot != NO_SLOT {
-            &*self.overlay.slots[e.slot as usize]
+            self.overlay.page(e.slot)
         } else {
             // SAFETY: `frozen` was taken from a page owned by `self.table` (or
             // the static zero page) when the entry was filled, and the TLB is
@@ -204,8 +268,8 @@ impl LivePages {
     fn resolve_slow(&self, vpn: u64) -> Resolved<'_> {
         let entry = self.table.get(vpn);
         let mut e = TlbEntry { vpn, meta: entry.meta, slot: NO_SLOT, frozen: std::ptr::null() };
-        match self.overlay.map.get(&vpn) {
-            Some(&slot) => e.slot = slot,
+        match self.overlay.get(vpn) {
+            Some(slot) => e.slot = slot,
             None => e.frozen = entry.bytes() as *const PageBytes,
         }
         if entry.meta & meta::COMMITTED != 0 {
@@ -221,26 +285,45 @@ impl LivePages {
     pub(crate) fn page_mut(&mut self, vpn: u64) -> &mut PageBytes {
         let e = self.tlb[vpn as usize % TLB_ENTRIES].get();
         let slot = if e.vpn == vpn && e.slot != NO_SLOT { e.slot } else { self.make_dirty(vpn) };
-        &mut self.overlay.slots[slot as usize]
+        self.overlay.page_mut(slot)
     }
 
-    /// The overlay slot of `vpn` when the TLB says it is dirty, with its state.
+    /// The state byte of `vpn`, without touching its bytes or filling the
+    /// TLB. Time: O(1) (TLB hit or a 6-level walk).
     #[inline]
-    pub(crate) fn cached_dirty(&mut self, vpn: u64) -> Option<(u8, &mut PageBytes)> {
+    pub(crate) fn meta(&self, vpn: u64) -> u8 {
         let e = self.tlb[vpn as usize % TLB_ENTRIES].get();
-        if e.vpn == vpn && e.slot != NO_SLOT {
-            Some((e.meta, &mut self.overlay.slots[e.slot as usize]))
+        if e.vpn == vpn { e.meta } else { self.table.get(vpn).meta }
+    }
+
+    /// A mutable view of page `vpn` when its state byte satisfies
+    /// `meta & mask == need` (which must imply committed), copying the page
+    /// into the overlay on its first write. One TLB probe, or one page-table
+    /// walk and one overlay lookup.
+    #[inline]
+    pub(crate) fn writable(&mut self, vpn: u64, mask: u8, need: u8) -> Option<&mut PageBytes> {
+        debug_assert!(mask & need & meta::COMMITTED != 0);
+        let e = self.tlb[vpn as usize % TLB_ENTRIES].get();
+        let slot = if e.vpn == vpn && e.slot != NO_SLOT {
+            if e.meta & mask != need {
+                return None;
+            }
+            e.slot
         } else {
-            None
-        }
+            if self.table.get(vpn).meta & mask != need {
+                return None;
+            }
+            self.make_dirty(vpn)
+        };
+        Some(self.overlay.page_mut(slot))
     }
 
     #[cold]
     fn make_dirty(&mut self, vpn: u64) -> u32 {
         let entry = self.table.get(vpn);
         debug_assert!(entry.meta & meta::COMMITTED != 0);
-        let slot = match self.overlay.map.get(&vpn) {
-            Some(&slot) => slot,
+        let slot = match self.overlay.get(vpn) {
+            Some(slot) => slot,
             None => {
                 let src: &PageBytes = entry.bytes();
                 self.overlay.insert(vpn, src)
@@ -275,12 +358,10 @@ impl LivePages {
     /// Moves the overlay into the table and returns the frozen table.
     /// Time: O(dirty pages · levels), independent of memory size.
     pub(crate) fn freeze(&mut self) -> PageTable {
-        if !self.overlay.map.is_empty() {
+        if self.overlay.len != 0 {
             self.flush();
-            let mut dirty: Vec<(u64, u32)> = self.overlay.map.iter().map(|(&v, &s)| (v, s)).collect();
-            dirty.sort_unstable_by_key(|&(vpn, _)| vpn);
-            for (vpn, slot) in dirty {
-                let bytes: &PageBytes = &self.overlay.slots[slot as usize];
+            for (vpn, slot) in self.overlay.sorted() {
+                let bytes = self.overlay.page(slot);
                 let page = if bytes.iter().all(|&b| b == 0) {
                     None
                 } else {
@@ -344,6 +425,43 @@ mod tests {
         let t = live.freeze();
         assert!(t.get(2).page.is_none());
         assert_eq!(t.get(2).meta, RW);
+    }
+
+    #[test]
+    fn many_dirty_pages_survive_slab_growth_removal_and_reset() {
+        let mut live = LivePages::default();
+        live.update(0, 20_000, RangeOp::Commit(3));
+        let mark = |vpn: u64| (vpn % 251) as u8 + 1;
+        for vpn in (0..20_000).step_by(3) {
+            live.page_mut(vpn)[7] = mark(vpn);
+        }
+        assert_eq!(live.dirty_pages(), 6667);
+        // A small range probes page by page; a big one walks the dirty list.
+        live.update(30, 40, RangeOp::Clear);
+        live.update(9_000, 19_000, RangeOp::Clear);
+        let expect = |vpn: u64| {
+            if vpn % 3 == 0 && !(30..40).contains(&vpn) && !(9_000..19_000).contains(&vpn) { mark(vpn) } else { 0 }
+        };
+        for vpn in 0..20_000 {
+            let r = live.resolve(vpn);
+            if r.meta != 0 {
+                assert_eq!(r.bytes[7], expect(vpn), "vpn {vpn}");
+            }
+        }
+        let frozen = live.freeze();
+        assert_eq!(live.dirty_pages(), 0);
+        for vpn in (0..9_000).chain(19_000..20_000) {
+            assert_eq!(frozen.get(vpn).bytes()[7], expect(vpn), "frozen vpn {vpn}");
+        }
+        // Dirty again, then reset: the overlay's bytes vanish, buffers stay.
+        for vpn in (0..500).filter(|v| !(30..40).contains(v)) {
+            live.page_mut(vpn)[7] = 0xEE;
+        }
+        live.reset_to(frozen.clone());
+        for vpn in (0..500).filter(|v| !(30..40).contains(v)) {
+            assert_eq!(live.resolve(vpn).bytes[7], expect(vpn));
+        }
+        assert!(live.overlay.slabs.len() * SLAB_PAGES >= 980, "pool kept for the next cycle");
     }
 
     #[test]

@@ -113,11 +113,11 @@ impl MemoryManager {
     pub fn write_memory(&mut self, address: u64, data: &[u8]) -> Result<(), MemoryError> {
         let off = (address & PAGE_MASK) as usize;
         if off + data.len() <= PAGE && address < USER_SPACE_END {
-            if let Some((m, page)) = self.pages.cached_dirty(vpn(address)) {
-                if m & (meta::COMMITTED | meta::MMIO) == meta::COMMITTED {
-                    page[off..off + data.len()].copy_from_slice(data);
-                    return Ok(());
-                }
+            if let Some(page) =
+                self.pages.writable(vpn(address), meta::COMMITTED | meta::MMIO, meta::COMMITTED)
+            {
+                page[off..off + data.len()].copy_from_slice(data);
+                return Ok(());
             }
         }
         self.write_slow(address, data, None)
@@ -199,12 +199,10 @@ impl MemoryManager {
     pub fn guest_write(&mut self, address: u64, data: &[u8]) -> Result<(), MemoryError> {
         let off = (address & PAGE_MASK) as usize;
         if off + data.len() <= PAGE && address < USER_SPACE_END {
-            if let Some((m, page)) = self.pages.cached_dirty(vpn(address)) {
-                let need = meta::COMMITTED | Protection::WRITE.bits();
-                if m & (need | meta::MMIO | meta::GUARD) == need {
-                    page[off..off + data.len()].copy_from_slice(data);
-                    return Ok(());
-                }
+            let need = meta::COMMITTED | Protection::WRITE.bits();
+            if let Some(page) = self.pages.writable(vpn(address), need | meta::MMIO | meta::GUARD, need) {
+                page[off..off + data.len()].copy_from_slice(data);
+                return Ok(());
             }
         }
         self.write_slow(address, data, Some(Access::Write))
@@ -452,7 +450,7 @@ impl MemoryManager {
         if address >= USER_SPACE_END {
             return None;
         }
-        let m = self.pages.resolve(vpn(address)).meta;
+        let m = self.pages.meta(vpn(address));
         (m & meta::COMMITTED != 0).then(|| meta::protection(m))
     }
 
