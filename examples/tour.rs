@@ -43,11 +43,11 @@ fn main() -> Result<(), MemoryError> {
         let r = mm.region_info(address);
         if r.is_reserved {
             println!(
-                "  {:#014x} {:>10} bytes  {:<9} {:<10} {:?}",
+                "  {:#014x} {:>10} bytes  {:<9} {:<9} {:?}",
                 r.start,
                 r.length,
                 if r.is_committed { "committed" } else { "reserved" },
-                format!("{:?}", r.permissions),
+                r.permissions.to_string(),
                 r.kind
             );
         }

@@ -53,9 +53,7 @@ pub(crate) fn checked_end(address: u64, size: u64) -> Result<u64, MemoryError> {
     if size == 0 {
         return Err(MemoryError::ZeroSize { address });
     }
-    let end = address
-        .checked_add(size)
-        .ok_or(MemoryError::RangeOverflow { address, size })?;
+    let end = address.checked_add(size).ok_or(MemoryError::RangeOverflow { address, size })?;
     if end > USER_SPACE_END {
         return Err(MemoryError::OutsideUserSpace { address, size });
     }

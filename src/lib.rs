@@ -134,6 +134,11 @@ pub const DEFAULT_ALLOCATION_ADDRESS_64BIT: u64 = 0x1_0000_0000;
 /// Where 32-bit processes start searching for free memory.
 pub const DEFAULT_ALLOCATION_ADDRESS_32BIT: u64 = 0x10000;
 
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

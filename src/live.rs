@@ -58,8 +58,7 @@ struct TlbEntry {
     frozen: *const PageBytes,
 }
 
-const EMPTY_ENTRY: TlbEntry =
-    TlbEntry { vpn: INVALID_VPN, meta: 0, slot: NO_SLOT, frozen: std::ptr::null() };
+const EMPTY_ENTRY: TlbEntry = TlbEntry { vpn: INVALID_VPN, meta: 0, slot: NO_SLOT, frozen: std::ptr::null() };
 
 /// Where a page's current bytes are.
 #[derive(Clone, Copy)]
@@ -125,10 +124,8 @@ impl Overlay {
             }
         };
         self.page_mut(slot).copy_from_slice(src);
-        let chunk = self
-            .index
-            .entry(vpn / INDEX_CHUNK as u64)
-            .or_insert_with(|| Box::new([NO_SLOT; INDEX_CHUNK]));
+        let chunk =
+            self.index.entry(vpn / INDEX_CHUNK as u64).or_insert_with(|| Box::new([NO_SLOT; INDEX_CHUNK]));
         chunk[(vpn % INDEX_CHUNK as u64) as usize] = slot;
         self.dirty.push(vpn);
         self.len += 1;
@@ -213,11 +210,7 @@ impl Default for LivePages {
 
 impl LivePages {
     pub(crate) fn new(table: PageTable) -> Self {
-        LivePages {
-            table,
-            overlay: Overlay::default(),
-            tlb: std::array::from_fn(|_| Cell::new(EMPTY_ENTRY)),
-        }
+        LivePages { table, overlay: Overlay::default(), tlb: std::array::from_fn(|_| Cell::new(EMPTY_ENTRY)) }
     }
 
     fn flush(&self) {
@@ -440,7 +433,11 @@ mod tests {
         live.update(30, 40, RangeOp::Clear);
         live.update(9_000, 19_000, RangeOp::Clear);
         let expect = |vpn: u64| {
-            if vpn % 3 == 0 && !(30..40).contains(&vpn) && !(9_000..19_000).contains(&vpn) { mark(vpn) } else { 0 }
+            if vpn % 3 == 0 && !(30..40).contains(&vpn) && !(9_000..19_000).contains(&vpn) {
+                mark(vpn)
+            } else {
+                0
+            }
         };
         for vpn in 0..20_000 {
             let r = live.resolve(vpn);

@@ -10,7 +10,10 @@ use crate::protection::{Access, Protection, RegionKind, meta};
 use crate::query::{self, Denied, MemoryStats, RegionInfo, ReservedRegion};
 use crate::region_map::{Allocation, MmioHandlers, RegionMap};
 use crate::snapshot::{Snapshot, Version};
-use crate::{ALLOCATION_GRANULARITY, DEFAULT_ALLOCATION_ADDRESS_64BIT, MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
+use crate::{
+    ALLOCATION_GRANULARITY, DEFAULT_ALLOCATION_ADDRESS_64BIT, MIN_ALLOCATION_ADDRESS, PAGE_SIZE,
+    USER_SPACE_END,
+};
 
 /// An address space with Windows virtual-memory semantics whose pages live in
 /// persistent copy-on-write structures. See the [crate docs](crate) for the
@@ -265,7 +268,8 @@ impl MemoryManager {
     /// Applies a page-state change to `[lo, hi)` (byte addresses, page aligned).
     fn apply(&mut self, lo: u64, hi: u64, op: RangeOp) {
         let delta = self.pages.update(vpn(lo), vpn(hi), op);
-        self.committed_pages = self.committed_pages.checked_add_signed(delta).expect("committed count stays >= 0");
+        self.committed_pages =
+            self.committed_pages.checked_add_signed(delta).expect("committed count stays >= 0");
     }
 
     /// Allocates at the first free 64 KiB-aligned address at or above `start`
@@ -287,9 +291,8 @@ impl MemoryManager {
         if size == 0 {
             return Err(MemoryError::ZeroSize { address: start });
         }
-        let base = self
-            .find_free_allocation_base(size, start)
-            .ok_or(MemoryError::NoFreeSpace { size, start })?;
+        let base =
+            self.find_free_allocation_base(size, start).ok_or(MemoryError::NoFreeSpace { size, start })?;
         self.allocate_memory_at(base, size, protection, reserve_only, kind)?;
         Ok(base)
     }
@@ -307,7 +310,12 @@ impl MemoryManager {
     /// inside one allocation. Pages already committed keep their bytes and take
     /// `protection`; the others become zero pages. Not allowed on MMIO.
     /// Time: O(log n + touched leaves).
-    pub fn commit_memory(&mut self, address: u64, size: u64, protection: Protection) -> Result<(), MemoryError> {
+    pub fn commit_memory(
+        &mut self,
+        address: u64,
+        size: u64,
+        protection: Protection,
+    ) -> Result<(), MemoryError> {
         let bits = check_protection(protection)?;
         let (lo, hi) = page_range(address, size)?;
         let a = self.enclosing(lo, hi)?;
@@ -389,7 +397,12 @@ impl MemoryManager {
     /// Every page must be committed (`NotCommitted`) and inside one allocation
     /// (`NotInOneAllocation`). Bytes are kept. Not allowed on MMIO.
     /// Time: O(log n + touched leaves).
-    pub fn protect_memory(&mut self, address: u64, size: u64, protection: Protection) -> Result<Protection, MemoryError> {
+    pub fn protect_memory(
+        &mut self,
+        address: u64,
+        size: u64,
+        protection: Protection,
+    ) -> Result<Protection, MemoryError> {
         let bits = check_protection(protection)?;
         let (lo, hi) = page_range(address, size)?;
         let a = self.enclosing(lo, hi)?;

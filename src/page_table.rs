@@ -259,17 +259,9 @@ impl PageTable {
     pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64)) {
         diff_node(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut f);
     }
-
 }
 
-fn update_node(
-    slot: &mut Option<Arc<Node>>,
-    level: u32,
-    base: u64,
-    lo: u64,
-    hi: u64,
-    op: RangeOp,
-) -> i64 {
+fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi: u64, op: RangeOp) -> i64 {
     let end = base + span(level);
     let covered = lo <= base && end <= hi;
     match slot {
@@ -317,10 +309,7 @@ fn update_node(
 /// A subtree at `level` whose every page has state `m` and no bytes. Its
 /// nodes are shared: 64 pointers to one child at each level.
 fn uniform(level: u32, m: u8) -> Arc<Node> {
-    let mut node = Arc::new(Node::Leaf(Leaf {
-        meta: [m; FANOUT],
-        pages: std::array::from_fn(|_| None),
-    }));
+    let mut node = Arc::new(Node::Leaf(Leaf { meta: [m; FANOUT], pages: std::array::from_fn(|_| None) }));
     for _ in 0..level {
         let child = node;
         node = Arc::new(Node::Inner(std::array::from_fn(|_| Some(child.clone()))));
@@ -336,7 +325,14 @@ fn committed_in(node: &Node) -> u64 {
     }
 }
 
-fn find_node(node: Option<&Node>, level: u32, base: u64, lo: u64, hi: u64, pred: impl Fn(u8) -> bool + Copy) -> Option<u64> {
+fn find_node(
+    node: Option<&Node>,
+    level: u32,
+    base: u64,
+    lo: u64,
+    hi: u64,
+    pred: impl Fn(u8) -> bool + Copy,
+) -> Option<u64> {
     let end = base + span(level);
     let Some(node) = node else {
         return pred(0).then(|| lo.max(base));

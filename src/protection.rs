@@ -55,9 +55,7 @@ impl Protection {
         if bits & Protection::WRITE.bits() != 0 && bits & Protection::READ.bits() == 0 {
             return false;
         }
-        if bits & Protection::GUARD.bits() != 0
-            && bits & Protection::ALL_ACCESS.bits() == 0
-        {
+        if bits & Protection::GUARD.bits() != 0 && bits & Protection::ALL_ACCESS.bits() == 0 {
             return false;
         }
         true
@@ -66,6 +64,25 @@ impl Protection {
     /// True when a guest access of kind `access` is allowed (ignoring `GUARD`).
     pub const fn allows(self, access: Access) -> bool {
         self.bits() & access.required().bits() != 0
+    }
+}
+
+impl std::fmt::Display for Protection {
+    /// `rwx` letters, `-` for a missing right, `+guard` when `GUARD` is set:
+    /// `rw-`, `r-x`, `rw-+guard`, `---` (no access).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bit = |flag: Protection, c: char| if self.contains(flag) { c } else { '-' };
+        write!(
+            f,
+            "{}{}{}",
+            bit(Protection::READ, 'r'),
+            bit(Protection::WRITE, 'w'),
+            bit(Protection::EXECUTE, 'x')
+        )?;
+        if self.contains(Protection::GUARD) {
+            f.write_str("+guard")?;
+        }
+        Ok(())
     }
 }
 
@@ -165,11 +182,17 @@ mod tests {
     fn validity() {
         for bits in 0u8..=255 {
             let p = Protection::from_bits_retain(bits);
-            let expected = bits < 16
-                && (bits & 2 == 0 || bits & 1 != 0)
-                && (bits & 8 == 0 || bits & 7 != 0);
+            let expected = bits < 16 && (bits & 2 == 0 || bits & 1 != 0) && (bits & 8 == 0 || bits & 7 != 0);
             assert_eq!(p.is_valid(), expected, "bits {bits:#x}");
         }
+    }
+
+    #[test]
+    fn display() {
+        assert_eq!(Protection::READ_WRITE.to_string(), "rw-");
+        assert_eq!(Protection::READ_EXECUTE.to_string(), "r-x");
+        assert_eq!((Protection::READ_WRITE | Protection::GUARD).to_string(), "rw-+guard");
+        assert_eq!(Protection::empty().to_string(), "---");
     }
 
     #[test]

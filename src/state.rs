@@ -34,6 +34,9 @@ use crate::{MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
 const MAGIC: &[u8; 8] = b"VMSNAPMS";
+/// Buffers may not carry a layout version above 2^63, so the counter can
+/// keep growing for the life of any manager without overflowing.
+const MAX_LAYOUT_VERSION: u64 = 1 << 63;
 const HEADER: usize = 12;
 
 #[derive(Serialize, Deserialize)]
@@ -140,13 +143,19 @@ impl MemoryManager {
         }
         let version = u32::from_le_bytes(buffer[8..12].try_into().expect("4 bytes"));
         if version != STATE_FORMAT_VERSION {
-            return Err(MemoryError::UnsupportedStateVersion { found: version, supported: STATE_FORMAT_VERSION });
+            return Err(MemoryError::UnsupportedStateVersion {
+                found: version,
+                supported: STATE_FORMAT_VERSION,
+            });
         }
         let mut payload = &buffer[HEADER..];
-        let record: StateRecord =
-            rmp_serde::decode::from_read(&mut payload).map_err(|_| corrupt("MessagePack payload does not decode"))?;
+        let record: StateRecord = rmp_serde::decode::from_read(&mut payload)
+            .map_err(|_| corrupt("MessagePack payload does not decode"))?;
         if !payload.is_empty() {
             return Err(corrupt("trailing bytes after the payload"));
+        }
+        if record.layout_version > MAX_LAYOUT_VERSION {
+            return Err(corrupt("layout version out of range"));
         }
         if record.contents == is_snapshot {
             return Err(MemoryError::StateModeMismatch { buffer_has_contents: record.contents });
@@ -255,7 +264,8 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
         if *page >= VPN_LIMIT || table.get(*page).meta & meta::COMMITTED == 0 {
             return Err(corrupt("page bytes for a page that is not committed"));
         }
-        let bytes: &[u8; PAGE] = bytes.as_slice().try_into().map_err(|_| corrupt("page is not 4096 bytes"))?;
+        let bytes: &[u8; PAGE] =
+            bytes.as_slice().try_into().map_err(|_| corrupt("page is not 4096 bytes"))?;
         table.set_page(*page, Some(std::sync::Arc::new(FrozenPage { bytes: *bytes })));
     }
     debug_assert!(vpn(USER_SPACE_END) <= VPN_LIMIT);
@@ -333,6 +343,14 @@ mod tests {
         for cut in HEADER..good.len() {
             assert!(mm.deserialize_memory_state(&good[..cut], false).is_err(), "truncated at {cut}");
         }
+        let mut huge = MemoryManager::new();
+        huge.layout_version = u64::MAX;
+        let mut huge_buf = Vec::new();
+        huge.serialize_memory_state(&mut huge_buf, false);
+        assert_eq!(
+            mm.deserialize_memory_state(&huge_buf, false),
+            Err(MemoryError::CorruptState("layout version out of range"))
+        );
         let mut longer = good.clone();
         longer.push(0);
         assert!(mm.deserialize_memory_state(&longer, false).is_err());

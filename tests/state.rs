@@ -1,0 +1,218 @@
+//! `serialize_memory_state` / `deserialize_memory_state`: byte-identical round
+//! trips in both modes, version and mode checks, and hostile buffers (every
+//! truncation, every bit flip, arbitrary and mutated bytes) that must give an
+//! error or a valid state — never a panic, never a half-restored manager.
+
+use proptest::prelude::*;
+use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, STATE_FORMAT_VERSION};
+
+fn sample() -> MemoryManager {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x6000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    mm.allocate_memory_at(0x20000, 0x4000, Protection::READ, true, RegionKind::Image).unwrap();
+    mm.commit_memory(0x21000, 0x1000, Protection::READ_EXECUTE).unwrap();
+    mm.protect_memory(0x11000, 1, Protection::READ_WRITE | Protection::GUARD).unwrap();
+    mm.release_memory(0x13000, 0x1000).unwrap(); // splits: [0x10000,0x13000) and [0x14000,0x16000)
+    mm.write_memory(0x10ff0, b"crosses a page boundary").unwrap();
+    mm.write_memory(0x14000, &[0xAB; 64]).unwrap();
+    mm
+}
+
+fn serialize(mm: &MemoryManager, layout_only: bool) -> Vec<u8> {
+    let mut buf = Vec::new();
+    mm.serialize_memory_state(&mut buf, layout_only);
+    buf
+}
+
+/// Everything observable about a manager, to compare before and after.
+fn observe(mm: &MemoryManager) -> (Vec<vmsnap::ReservedRegion>, vmsnap::MemoryStats, u64, u64, Vec<u8>) {
+    (
+        mm.reserved_regions().collect(),
+        mm.compute_memory_stats(),
+        mm.layout_version(),
+        mm.default_allocation_address(),
+        serialize(mm, false),
+    )
+}
+
+#[test]
+fn contents_round_trip_is_byte_identical() {
+    let mm = sample();
+    let a = serialize(&mm, false);
+    let mut copy = MemoryManager::new();
+    copy.deserialize_memory_state(&a, false).unwrap();
+    assert_eq!(serialize(&copy, false), a);
+    assert_eq!(copy.reserved_regions().collect::<Vec<_>>(), mm.reserved_regions().collect::<Vec<_>>());
+    for page in (0x10000..0x26000).step_by(PAGE_SIZE as usize) {
+        assert_eq!(copy.region_info(page), mm.region_info(page), "region at {page:#x}");
+    }
+    let mut text = [0u8; 23];
+    copy.read_memory(0x10ff0, &mut text).unwrap();
+    assert_eq!(&text, b"crosses a page boundary");
+}
+
+#[test]
+fn layout_round_trip_is_byte_identical() {
+    let mm = sample();
+    let a = serialize(&mm, true);
+    let mut copy = MemoryManager::new();
+    copy.deserialize_memory_state(&a, true).unwrap();
+    assert_eq!(serialize(&copy, true), a);
+    // No bytes travelled: the copy's committed pages read zeros.
+    let mut text = [0xFFu8; 8];
+    copy.read_memory(0x10ff0, &mut text).unwrap();
+    assert_eq!(text, [0; 8]);
+    assert!(a.len() < serialize(&mm, false).len());
+}
+
+#[test]
+fn deserialize_replaces_the_whole_state() {
+    let mut target = MemoryManager::new();
+    target.allocate_memory_at(0x50000, 0x1000, Protection::READ, false, RegionKind::Private).unwrap();
+    target.set_default_allocation_address(0x7000_0000);
+    let mm = sample();
+    target.deserialize_memory_state(&serialize(&mm, false), false).unwrap();
+    assert!(!target.overlaps_reserved_region(0x50000, 0x1000));
+    assert_eq!(target.default_allocation_address(), mm.default_allocation_address());
+}
+
+#[test]
+fn layout_version_never_repeats() {
+    let mm = sample();
+    let buf = serialize(&mm, false);
+    let mut target = MemoryManager::new();
+    for _ in 0..40 {
+        target.allocate_memory(0x1000, Protection::READ, false, 0, RegionKind::Private).unwrap();
+    }
+    let before = target.layout_version();
+    assert!(before > mm.layout_version());
+    target.deserialize_memory_state(&buf, false).unwrap();
+    assert_eq!(target.layout_version(), before + 1);
+}
+
+#[test]
+fn mmio_regions_are_left_out() {
+    let mut mm = sample();
+    mm.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    let buf = serialize(&mm, false);
+    let mut copy = MemoryManager::new();
+    copy.deserialize_memory_state(&buf, false).unwrap();
+    assert_eq!(copy.region_kind(0x7FFE_0000), RegionKind::Free);
+    // Its owner registers it again, and the state is the original one.
+    copy.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    assert_eq!(copy.reserved_regions().collect::<Vec<_>>(), mm.reserved_regions().collect::<Vec<_>>());
+}
+
+#[test]
+fn other_versions_and_modes_are_refused() {
+    let mut mm = sample();
+    let good = serialize(&mm, false);
+    let before = observe(&mm);
+    let mut v2 = good.clone();
+    v2[8..12].copy_from_slice(&(STATE_FORMAT_VERSION + 1).to_le_bytes());
+    assert_eq!(
+        mm.deserialize_memory_state(&v2, false),
+        Err(MemoryError::UnsupportedStateVersion {
+            found: STATE_FORMAT_VERSION + 1,
+            supported: STATE_FORMAT_VERSION
+        })
+    );
+    assert_eq!(
+        mm.deserialize_memory_state(&good, true),
+        Err(MemoryError::StateModeMismatch { buffer_has_contents: true })
+    );
+    let mut magic = good.clone();
+    magic[0] ^= 0x20;
+    assert_eq!(mm.deserialize_memory_state(&magic, false), Err(MemoryError::BadStateMagic));
+    assert_eq!(mm.deserialize_memory_state(&[], false), Err(MemoryError::BadStateMagic));
+    assert_eq!(observe(&mm), before);
+}
+
+#[test]
+fn every_truncation_is_refused_and_changes_nothing() {
+    let mut mm = sample();
+    for layout_only in [false, true] {
+        let good = serialize(&mm, layout_only);
+        let before = observe(&mm);
+        for cut in 0..good.len() {
+            assert!(mm.deserialize_memory_state(&good[..cut], layout_only).is_err(), "cut at {cut}");
+        }
+        assert_eq!(observe(&mm), before);
+    }
+}
+
+#[test]
+fn every_bit_flip_gives_an_error_or_a_consistent_state() {
+    let small = {
+        let mut mm = MemoryManager::new();
+        mm.allocate_memory_at(0x10000, 0x3000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+        mm.protect_memory(0x11000, 0x1000, Protection::READ).unwrap();
+        mm.write_memory(0x10000, &[7; 16]).unwrap();
+        mm
+    };
+    let good = serialize(&small, true);
+    for bit in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let mut mm = sample();
+        let before = observe(&mm);
+        match mm.deserialize_memory_state(&bad, true) {
+            Err(_) => assert_eq!(observe(&mm), before, "bit {bit}: a refused buffer changed the manager"),
+            Ok(()) => assert_consistent(&mm),
+        }
+    }
+}
+
+/// A manager restored from a buffer must be internally consistent: its own
+/// serialization round-trips and its region walk covers user space.
+fn assert_consistent(mm: &MemoryManager) {
+    let again = serialize(mm, false);
+    let mut copy = MemoryManager::new();
+    copy.deserialize_memory_state(&again, false).unwrap();
+    assert_eq!(serialize(&copy, false), again);
+    let mut address = 0;
+    let mut regions = 0;
+    while address < vmsnap::USER_SPACE_END && regions < 10_000 {
+        let r = mm.region_info(address);
+        assert!(r.length > 0);
+        address = r.start + r.length;
+        regions += 1;
+    }
+    assert_eq!(address, vmsnap::USER_SPACE_END);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512), layout_only: bool) {
+        let mut buf = b"VMSNAPMS".to_vec();
+        buf.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&payload);
+        let mut mm = sample();
+        let before = observe(&mm);
+        match mm.deserialize_memory_state(&buf, layout_only) {
+            Err(_) => prop_assert_eq!(observe(&mm), before),
+            Ok(()) => assert_consistent(&mm),
+        }
+    }
+
+    #[test]
+    fn mutated_buffers_never_panic(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        layout_only: bool,
+    ) {
+        let mut buf = serialize(&sample(), layout_only);
+        for (at, byte) in edits {
+            let i = at.index(buf.len());
+            buf[i] = byte;
+        }
+        let mut mm = MemoryManager::new();
+        mm.allocate_memory_at(0x30000, 0x1000, Protection::READ, false, RegionKind::Private).unwrap();
+        let before = observe(&mm);
+        match mm.deserialize_memory_state(&buf, layout_only) {
+            Err(_) => prop_assert_eq!(observe(&mm), before),
+            Ok(()) => assert_consistent(&mm),
+        }
+    }
+}
