@@ -116,7 +116,8 @@ pub enum MemoryError {
     NoFreeSpace {
         /// Size requested.
         size: u64,
-        /// Lowest address searched.
+        /// Lowest address searched (the default allocation address when the
+        /// caller passed 0).
         start: u64,
     },
     /// A serialized state buffer was written by another format version.

@@ -433,7 +433,7 @@ mod tests {
         live.update(30, 40, RangeOp::Clear);
         live.update(9_000, 19_000, RangeOp::Clear);
         let expect = |vpn: u64| {
-            if vpn % 3 == 0 && !(30..40).contains(&vpn) && !(9_000..19_000).contains(&vpn) {
+            if vpn.is_multiple_of(3) && !(30..40).contains(&vpn) && !(9_000..19_000).contains(&vpn) {
                 mark(vpn)
             } else {
                 0

@@ -115,13 +115,13 @@ impl MemoryManager {
     #[inline]
     pub fn write_memory(&mut self, address: u64, data: &[u8]) -> Result<(), MemoryError> {
         let off = (address & PAGE_MASK) as usize;
-        if off + data.len() <= PAGE && address < USER_SPACE_END {
-            if let Some(page) =
+        if off + data.len() <= PAGE
+            && address < USER_SPACE_END
+            && let Some(page) =
                 self.pages.writable(vpn(address), meta::COMMITTED | meta::MMIO, meta::COMMITTED)
-            {
-                page[off..off + data.len()].copy_from_slice(data);
-                return Ok(());
-            }
+        {
+            page[off..off + data.len()].copy_from_slice(data);
+            return Ok(());
         }
         self.write_slow(address, data, None)
     }
@@ -161,7 +161,12 @@ impl MemoryManager {
     /// A guest data read: every page must be committed and readable. The
     /// first guard page met fails with `GuardPageViolation` and loses its guard
     /// bit (the read is not performed; a retry goes through). A refused access
-    /// reads nothing. Time: as [`read_memory`](Self::read_memory).
+    /// reads nothing.
+    ///
+    /// Pages are checked in address order; on each page the protection is
+    /// checked before the guard bit, as NT's fault handler does, so an access
+    /// the page's protection forbids is an `AccessViolation` and leaves the
+    /// guard armed. Time: as [`read_memory`](Self::read_memory).
     #[inline]
     pub fn guest_read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.guest_load(address, buf, Access::Read)
@@ -233,7 +238,7 @@ impl MemoryManager {
             return Err(MemoryError::InvalidKind(kind));
         }
         let bits = check_protection(protection)?;
-        if address % ALLOCATION_GRANULARITY != 0 {
+        if !address.is_multiple_of(ALLOCATION_GRANULARITY) {
             return Err(MemoryError::Misaligned { address, alignment: ALLOCATION_GRANULARITY });
         }
         let end = self.new_range(address, size)?;
@@ -419,8 +424,9 @@ impl MemoryManager {
         Ok(old)
     }
 
-    /// Maps an MMIO region: `address` page aligned, `size` rounded up to
-    /// pages, nothing allocated there yet. The region reports committed,
+    /// Maps an MMIO region: `address` page aligned (not necessarily 64 KiB:
+    /// MMIO is the emulator's own device memory, not a Windows allocation),
+    /// `size` rounded up to pages, no byte of it allocated yet. The region reports committed,
     /// `READ | WRITE`, kind `Mmio`. Every access to it calls a handler once per
     /// contiguous run, with the offset from the region's base. Snapshots keep
     /// the handlers, not bytes. Time: O(log n + levels).
@@ -431,7 +437,7 @@ impl MemoryManager {
         read: impl Fn(u64, &mut [u8]) + Send + Sync + 'static,
         write: impl Fn(u64, &[u8]) + Send + Sync + 'static,
     ) -> Result<(), MemoryError> {
-        if address % PAGE_SIZE != 0 {
+        if !address.is_multiple_of(PAGE_SIZE) {
             return Err(MemoryError::Misaligned { address, alignment: PAGE_SIZE });
         }
         let end = self.new_range(address, size)?;

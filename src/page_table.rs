@@ -109,6 +109,14 @@ impl RangeOp {
         }
     }
 
+    /// The state a page with state `m` and no bytes gets.
+    fn apply_meta(self, m: u8) -> u8 {
+        let mut m = m;
+        let mut page = None;
+        self.apply(&mut m, &mut page);
+        m
+    }
+
     /// Applies the op to one page; returns the change in committed pages.
     #[inline]
     fn apply(self, m: &mut u8, page: &mut Option<Arc<FrozenPage>>) -> i64 {
@@ -278,6 +286,18 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
             *slot = None;
             return -(gone as i64);
         }
+        Some(node) if covered => {
+            // A uniform subtree (say, a committed gigabyte never written)
+            // changes as a whole: O(64 · levels), not O(pages).
+            if let Some(m) = uniform_meta(node) {
+                let new = op.apply_meta(m);
+                if new != m {
+                    *slot = (new != 0).then(|| uniform(level, new));
+                }
+                let committed = |m: u8| i64::from(m & meta::COMMITTED != 0);
+                return (committed(new) - committed(m)) * span(level) as i64;
+            }
+        }
         Some(_) => {}
     }
     // Invariant: `slot` was filled just above when it was `None`.
@@ -306,6 +326,18 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
     delta
 }
 
+/// Pages under `node`, from its depth.
+fn span_of(node: &Node) -> u64 {
+    let mut level = 0;
+    let mut n = node;
+    while let Node::Inner(children) = n {
+        level += 1;
+        // Invariant: inner nodes are pruned when empty, so one child exists.
+        n = children.iter().flatten().next().expect("inner nodes are never empty");
+    }
+    span(level)
+}
+
 /// A subtree at `level` whose every page has state `m` and no bytes. Its
 /// nodes are shared: 64 pointers to one child at each level.
 fn uniform(level: u32, m: u8) -> Arc<Node> {
@@ -317,8 +349,33 @@ fn uniform(level: u32, m: u8) -> Arc<Node> {
     node
 }
 
-/// Committed pages under `node`. Time: O(leaves under it).
+/// The state byte of every page under `node`, when they all share it and none
+/// has bytes: a node built by [`uniform`] (or a leaf that happens to be).
+/// Time: O(64 · levels).
+fn uniform_meta(node: &Node) -> Option<u8> {
+    match node {
+        Node::Leaf(leaf) => {
+            let m = leaf.meta[0];
+            (leaf.meta.iter().all(|&x| x == m) && leaf.pages.iter().all(Option::is_none)).then_some(m)
+        }
+        Node::Inner(children) => {
+            let first = children[0].as_ref()?;
+            if children.iter().all(|c| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, first))) {
+                uniform_meta(first)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Committed pages under `node`. Time: O(non-uniform leaves under it).
 fn committed_in(node: &Node) -> u64 {
+    if let Node::Inner(_) = node
+        && let Some(m) = uniform_meta(node)
+    {
+        return if m & meta::COMMITTED != 0 { span_of(node) } else { 0 };
+    }
     match node {
         Node::Leaf(leaf) => leaf.meta.iter().filter(|&&m| m & meta::COMMITTED != 0).count() as u64,
         Node::Inner(children) => children.iter().flatten().map(|c| committed_in(c)).sum(),
@@ -337,6 +394,11 @@ fn find_node(
     let Some(node) = node else {
         return pred(0).then(|| lo.max(base));
     };
+    if let Node::Inner(_) = node
+        && let Some(m) = uniform_meta(node)
+    {
+        return pred(m).then(|| lo.max(base));
+    }
     let from = lo.max(base) - base;
     let to = hi.min(end) - base;
     match node {
@@ -478,6 +540,25 @@ mod tests {
         assert_eq!(t.get(12).bytes()[0], 0);
         // Clearing everything prunes the tree.
         assert_eq!(t.update(0, VPN_LIMIT, RangeOp::Clear), -10);
+        assert!(t.root.is_none());
+    }
+
+    #[test]
+    fn huge_uniform_ranges_change_as_a_whole() {
+        let mut t = PageTable::default();
+        // 256 GiB committed, then protected, queried and released.
+        let (lo, hi) = (1 << 24, 65 << 24);
+        assert_eq!(t.update(lo, hi, RangeOp::Commit(3)), 1 << 30);
+        assert_eq!(t.update(lo, hi, RangeOp::Protect(1)), 0);
+        assert_eq!(t.get(lo + 12345).meta, RO);
+        assert_eq!(t.run_end(lo, VPN_LIMIT), hi);
+        assert_eq!(t.find_first(lo, hi, |m| m & meta::COMMITTED == 0), None);
+        // Carve a hole in the middle: only the touched path is split.
+        assert_eq!(t.update(lo + 100, lo + 200, RangeOp::Clear), -100);
+        assert_eq!(t.run_end(lo, hi), lo + 100);
+        assert_eq!(t.run_end(lo + 100, hi), lo + 200);
+        assert_eq!(t.run_end(lo + 200, hi), hi);
+        assert_eq!(t.update(0, VPN_LIMIT, RangeOp::Clear), -((1 << 30) - 100));
         assert!(t.root.is_none());
     }
 

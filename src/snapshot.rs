@@ -86,9 +86,10 @@ impl Snapshot {
     }
 
     /// The pages that differ between `self` and `other` (any two versions,
-    /// either order): bytes that differ, and pages committed in one but not the
-    /// other (or with another protection). A page rewritten with identical bytes
-    /// is not reported. Time: O(changed page-table paths): subtrees shared by
+    /// either order): pages whose bytes differ, and pages committed in one but
+    /// not the other. A page rewritten with identical bytes, or whose protection
+    /// alone changed, is not reported (compare [`region_info`](Self::region_info)
+    /// for layout changes). Time: O(changed page-table paths): subtrees shared by
     /// pointer are skipped, then candidate pages are compared byte by byte.
     pub fn diff(&self, other: &Snapshot) -> MemoryDiff {
         let (a, b) = (&self.inner.pages, &other.inner.pages);
