@@ -204,6 +204,18 @@ impl MemoryManager {
     /// pages fire as for [`guest_read`](Self::guest_read). A refused write
     /// changes nothing. Time: as [`write_memory`](Self::write_memory).
     #[inline]
+    ///
+    /// ```
+    /// # use vmsnap::{Access, MemoryError, MemoryManager, Protection, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// let stack = mm.allocate_memory(0x10000, Protection::READ_WRITE | Protection::GUARD, false, 0, RegionKind::Private)?;
+    /// // The first touch of a guard page fails once and disarms it...
+    /// assert_eq!(mm.guest_write(stack, &[1]), Err(MemoryError::GuardPageViolation { address: stack, access: Access::Write }));
+    /// assert_eq!(mm.region_info(stack).permissions, Protection::READ_WRITE);
+    /// // ...and the retry goes through.
+    /// mm.guest_write(stack, &[1])?;
+    /// # Ok::<(), MemoryError>(())
+    /// ```
     pub fn guest_write(&mut self, address: u64, data: &[u8]) -> Result<(), MemoryError> {
         let off = (address & PAGE_MASK) as usize;
         if off + data.len() <= PAGE && address < USER_SPACE_END {
@@ -353,6 +365,18 @@ impl MemoryManager {
     /// become independent allocations (the upper one based at the range end), as
     /// `NtFreeVirtualMemory` does. An MMIO region can only be released whole.
     /// Time: O(log n + touched leaves).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, Protection, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// mm.allocate_memory_at(0x10000, 0x4000, Protection::READ_WRITE, false, RegionKind::Private)?;
+    /// mm.release_memory(0x11000, 0x1000)?;                 // punch a hole
+    /// assert_eq!(mm.region_info(0x10000).allocation_length, 0x1000);
+    /// assert_eq!(mm.region_info(0x12000).allocation_base, 0x12000); // its own allocation now
+    /// mm.release_memory(0x12000, 0)?;                      // released whole, at its new base
+    /// assert!(!mm.overlaps_reserved_region(0x11000, 0x3000));
+    /// # Ok::<(), vmsnap::MemoryError>(())
+    /// ```
     pub fn release_memory(&mut self, address: u64, size: u64) -> Result<(), MemoryError> {
         if size == 0 {
             let base = page_down(address);
@@ -430,6 +454,18 @@ impl MemoryManager {
     /// `READ | WRITE`, kind `Mmio`. Every access to it calls a handler once per
     /// contiguous run, with the offset from the region's base. Snapshots keep
     /// the handlers, not bytes. Time: O(log n + levels).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// // A KUSER_SHARED_DATA-like page whose bytes are computed on each read.
+    /// mm.allocate_mmio(0x7FFE_0000, 0x1000, |offset, buf| buf.fill(offset as u8), |_, _| {})?;
+    /// let mut buf = [0u8; 2];
+    /// mm.read_memory(0x7FFE_0014, &mut buf)?;
+    /// assert_eq!(buf, [0x14, 0x14]); // one call, offset 0x14 from the region base
+    /// assert_eq!(mm.region_kind(0x7FFE_0000), RegionKind::Mmio);
+    /// # Ok::<(), vmsnap::MemoryError>(())
+    /// ```
     pub fn allocate_mmio(
         &mut self,
         address: u64,
@@ -457,6 +493,18 @@ impl MemoryManager {
 
     /// `VirtualQuery`: the run of pages at `address` with the same state,
     /// protection and allocation. Time: O(log n + leaves in the run).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, Protection, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// mm.allocate_memory_at(0x10000, 0x10000, Protection::READ_WRITE, true, RegionKind::Private)?;
+    /// mm.commit_memory(0x10000, 0x2000, Protection::READ)?;
+    /// let r = mm.region_info(0x10123);
+    /// assert_eq!((r.start, r.length, r.is_committed, r.permissions), (0x10000, 0x2000, true, Protection::READ));
+    /// let r = mm.region_info(0x12000);
+    /// assert_eq!((r.length, r.is_committed, r.is_reserved), (0xE000, false, true));
+    /// # Ok::<(), vmsnap::MemoryError>(())
+    /// ```
     pub fn region_info(&self, address: u64) -> RegionInfo {
         query::region_info(&self.regions, self.pages.table(), address)
     }

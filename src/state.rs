@@ -85,6 +85,22 @@ impl MemoryManager {
     ///
     /// Time: O(allocations + committed pages) (contents mode also copies every
     /// non-zero page once).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, Protection, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// mm.allocate_memory_at(0x10000, 0x1000, Protection::READ_WRITE, false, RegionKind::Private)?;
+    /// mm.write_memory(0x10000, b"state")?;
+    /// let mut buffer = Vec::new();
+    /// mm.serialize_memory_state(&mut buffer, false);    // layout and contents
+    ///
+    /// let mut copy = MemoryManager::new();
+    /// copy.deserialize_memory_state(&buffer, false)?;
+    /// let mut again = Vec::new();
+    /// copy.serialize_memory_state(&mut again, false);
+    /// assert_eq!(buffer, again);                         // byte-identical round trip
+    /// # Ok::<(), vmsnap::MemoryError>(())
+    /// ```
     pub fn serialize_memory_state(&self, buffer: &mut Vec<u8>, is_snapshot: bool) {
         let table = self.pages.table();
         let mut runs: Vec<RunRecord> = Vec::new();
