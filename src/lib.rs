@@ -113,6 +113,7 @@ mod state;
 pub use address::{granule_down, granule_up, page_down, page_up};
 pub use error::MemoryError;
 pub use manager::MemoryManager;
+pub use page_table::frozen_pages_alive;
 pub use protection::{Access, Protection, RegionKind};
 pub use query::{MemoryStats, RegionInfo, ReservedRegion};
 pub use snapshot::{MemoryDiff, Snapshot};

@@ -38,7 +38,6 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
-use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -355,11 +354,7 @@ impl LivePages {
             self.flush();
             for (vpn, slot) in self.overlay.sorted() {
                 let bytes = self.overlay.page(slot);
-                let page = if bytes.iter().all(|&b| b == 0) {
-                    None
-                } else {
-                    Some(Arc::new(FrozenPage { bytes: *bytes }))
-                };
+                let page = if bytes.iter().all(|&b| b == 0) { None } else { Some(FrozenPage::new(bytes)) };
                 self.table.set_page(vpn, page);
             }
             self.overlay.reset();

@@ -9,7 +9,7 @@ use crate::page_table::{PAGE, PageTable, RangeOp};
 use crate::protection::{Access, Protection, RegionKind, meta};
 use crate::query::{self, Denied, MemoryStats, RegionInfo, ReservedRegion};
 use crate::region_map::{Allocation, MmioHandlers, RegionMap};
-use crate::snapshot::{Snapshot, Version};
+use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::{
     ALLOCATION_GRANULARITY, DEFAULT_ALLOCATION_ADDRESS_64BIT, MIN_ALLOCATION_ADDRESS, PAGE_SIZE,
     USER_SPACE_END,
@@ -28,6 +28,7 @@ pub struct MemoryManager {
     pub(crate) committed_pages: u64,
     pub(crate) default_allocation_address: u64,
     pub(crate) layout_version: u64,
+    pub(crate) lineage: Lineage,
 }
 
 impl Default for MemoryManager {
@@ -65,6 +66,7 @@ impl MemoryManager {
             committed_pages: 0,
             default_allocation_address: DEFAULT_ALLOCATION_ADDRESS_64BIT,
             layout_version: 0,
+            lineage: Lineage::default(),
         }
     }
 
@@ -566,13 +568,21 @@ impl MemoryManager {
         self.regions.iter().map(ReservedRegion::from)
     }
 
-    /// Reserved and committed bytes, allocations, dirty pages. Time: O(1).
+    /// Reserved and committed bytes, allocations, dirty pages, the bytes
+    /// private to the live version and shared with snapshots, and the number
+    /// of live versions. Time: O(page-table nodes private to the live version)
+    /// — O(1) right after a snapshot or restore.
     pub fn compute_memory_stats(&self) -> MemoryStats {
+        let (private, shared) = self.pages.table().sharing();
+        let dirty = self.pages.dirty_pages() as u64;
         MemoryStats {
             reserved_memory: self.regions.reserved_bytes(),
             committed_memory: self.committed_pages * PAGE_SIZE,
             allocation_count: self.regions.len() as u64,
-            dirty_pages: self.pages.dirty_pages() as u64,
+            dirty_pages: dirty,
+            private_memory: (private + dirty) * PAGE_SIZE,
+            shared_memory: shared * PAGE_SIZE,
+            live_versions: self.lineage.alive(),
         }
     }
 
@@ -592,6 +602,7 @@ impl MemoryManager {
             committed_pages: self.committed_pages,
             default_allocation_address: self.default_allocation_address,
             layout_version: self.layout_version,
+            token: VersionToken::new(&self.lineage),
         })
     }
 
@@ -606,6 +617,7 @@ impl MemoryManager {
         self.regions = v.regions.clone();
         self.committed_pages = v.committed_pages;
         self.default_allocation_address = v.default_allocation_address;
+        self.lineage = v.token.lineage().clone();
         self.bump_layout();
     }
 }

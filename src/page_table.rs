@@ -25,6 +25,7 @@
 //! only when a snapshot freezes them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::protection::meta;
 
@@ -50,24 +51,79 @@ pub(crate) struct FrozenPage {
     pub(crate) bytes: PageBytes,
 }
 
+/// Frozen pages alive in this process (see [`crate::frozen_pages_alive`]).
+static FROZEN_PAGES: AtomicU64 = AtomicU64::new(0);
+
+impl FrozenPage {
+    /// A new shared page holding a copy of `bytes`.
+    pub(crate) fn new(bytes: &PageBytes) -> Arc<FrozenPage> {
+        FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
+        Arc::new(FrozenPage { bytes: *bytes })
+    }
+}
+
+impl Drop for FrozenPage {
+    fn drop(&mut self) {
+        FROZEN_PAGES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The number of frozen pages alive in the whole process: pages held by
+/// snapshots and page tables (not zero pages, not the live overlay's
+/// buffers). A diagnostic for leak tests: it returns to its old value when
+/// every version holding a page is dropped. Time: O(1).
+pub fn frozen_pages_alive() -> u64 {
+    FROZEN_PAGES.load(Ordering::Relaxed)
+}
+
 #[derive(Clone)]
 struct Leaf {
     meta: [u8; FANOUT],
     pages: [Option<Arc<FrozenPage>>; FANOUT],
+    /// Pages with bytes (`Some`) in this leaf.
+    stored: u64,
+}
+
+#[derive(Clone)]
+struct Inner {
+    children: [Option<Arc<Node>>; FANOUT],
+    /// Pages with bytes under this node.
+    stored: u64,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = [Option<Arc<Node>>; FANOUT];
+    fn deref(&self) -> &Self::Target {
+        &self.children
+    }
+}
+
+impl std::ops::DerefMut for Inner {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.children
+    }
 }
 
 #[derive(Clone)]
 enum Node {
-    Inner([Option<Arc<Node>>; FANOUT]),
+    Inner(Inner),
     Leaf(Leaf),
 }
 
 impl Node {
     fn empty(level: u32) -> Node {
         if level == 0 {
-            Node::Leaf(Leaf { meta: [0; FANOUT], pages: std::array::from_fn(|_| None) })
+            Node::Leaf(Leaf { meta: [0; FANOUT], pages: std::array::from_fn(|_| None), stored: 0 })
         } else {
-            Node::Inner(std::array::from_fn(|_| None))
+            Node::Inner(Inner { children: std::array::from_fn(|_| None), stored: 0 })
+        }
+    }
+
+    /// Pages with bytes under this node. O(1).
+    fn stored(&self) -> u64 {
+        match self {
+            Node::Inner(inner) => inner.stored,
+            Node::Leaf(leaf) => leaf.stored,
         }
     }
 
@@ -216,23 +272,53 @@ impl PageTable {
     /// Stores frozen bytes for the committed page `vpn`, keeping its state.
     /// Time: O(levels) (path copy of at most 6 nodes).
     pub(crate) fn set_page(&mut self, vpn: u64, page: Option<Arc<FrozenPage>>) {
-        let mut slot = &mut self.root;
-        let mut level = LEVELS - 1;
-        loop {
-            let node = Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Node::empty(level))));
-            match node {
-                Node::Inner(children) => {
-                    slot = &mut children[((vpn >> (BITS * level)) & INDEX_MASK) as usize];
-                    level -= 1;
+        fn set(slot: &mut Option<Arc<Node>>, level: u32, vpn: u64, page: Option<Arc<FrozenPage>>) -> i64 {
+            match Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Node::empty(level)))) {
+                Node::Inner(inner) => {
+                    let child = &mut inner.children[((vpn >> (BITS * level)) & INDEX_MASK) as usize];
+                    let delta = set(child, level - 1, vpn, page);
+                    inner.stored = inner.stored.checked_add_signed(delta).expect("stored count stays >= 0");
+                    delta
                 }
                 Node::Leaf(leaf) => {
                     let i = (vpn & INDEX_MASK) as usize;
                     debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
+                    let delta = i64::from(page.is_some()) - i64::from(leaf.pages[i].is_some());
                     leaf.pages[i] = page;
-                    return;
+                    leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
+                    delta
                 }
             }
         }
+        set(&mut self.root, LEVELS - 1, vpn, page);
+    }
+
+    /// Pages with bytes (not zero pages) in this version. Time: O(1).
+    #[cfg(test)]
+    pub(crate) fn stored_pages(&self) -> u64 {
+        self.root.as_deref().map_or(0, Node::stored)
+    }
+
+    /// Frozen pages held only by this table (`private`) and those it shares
+    /// with other tables or versions (`shared`), found by reference counts: a
+    /// page is private when it and every node above it are referenced once.
+    /// Time: O(private nodes): a shared subtree is counted from its cached total.
+    pub(crate) fn sharing(&self) -> (u64, u64) {
+        fn walk(node: &Arc<Node>) -> (u64, u64) {
+            if Arc::strong_count(node) != 1 {
+                return (0, node.stored());
+            }
+            match &**node {
+                Node::Leaf(leaf) => leaf.pages.iter().flatten().fold((0, 0), |(p, s), page| {
+                    if Arc::strong_count(page) == 1 { (p + 1, s) } else { (p, s + 1) }
+                }),
+                Node::Inner(inner) => inner.children.iter().flatten().fold((0, 0), |(p, s), child| {
+                    let (cp, cs) = walk(child);
+                    (p + cp, s + cs)
+                }),
+            }
+        }
+        self.root.as_ref().map_or((0, 0), walk)
     }
 
     /// The first page in `[lo, hi)` whose state byte differs from the state of
@@ -310,13 +396,18 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
             for i in from as usize..to as usize {
                 delta += op.apply(&mut leaf.meta[i], &mut leaf.pages[i]);
             }
+            leaf.stored = leaf.pages.iter().filter(|p| p.is_some()).count() as u64;
         }
-        Node::Inner(children) => {
+        Node::Inner(inner) => {
             let child_span = span(level - 1);
             let first = (from / child_span) as usize;
             let last = ((to - 1) / child_span) as usize;
-            for (i, child) in children.iter_mut().enumerate().take(last + 1).skip(first) {
-                delta += update_node(child, level - 1, base + i as u64 * child_span, lo, hi, op);
+            let stored = |c: &Option<Arc<Node>>| c.as_deref().map_or(0, Node::stored);
+            for i in first..=last {
+                let before = stored(&inner.children[i]);
+                delta +=
+                    update_node(&mut inner.children[i], level - 1, base + i as u64 * child_span, lo, hi, op);
+                inner.stored = inner.stored + stored(&inner.children[i]) - before;
             }
         }
     }
@@ -341,10 +432,14 @@ fn span_of(node: &Node) -> u64 {
 /// A subtree at `level` whose every page has state `m` and no bytes. Its
 /// nodes are shared: 64 pointers to one child at each level.
 fn uniform(level: u32, m: u8) -> Arc<Node> {
-    let mut node = Arc::new(Node::Leaf(Leaf { meta: [m; FANOUT], pages: std::array::from_fn(|_| None) }));
+    let mut node =
+        Arc::new(Node::Leaf(Leaf { meta: [m; FANOUT], pages: std::array::from_fn(|_| None), stored: 0 }));
     for _ in 0..level {
         let child = node;
-        node = Arc::new(Node::Inner(std::array::from_fn(|_| Some(child.clone()))));
+        node = Arc::new(Node::Inner(Inner {
+            children: std::array::from_fn(|_| Some(child.clone())),
+            stored: 0,
+        }));
     }
     node
 }
@@ -488,7 +583,7 @@ mod tests {
     const RO: u8 = meta::COMMITTED | 1;
 
     fn page(byte: u8) -> Arc<FrozenPage> {
-        Arc::new(FrozenPage { bytes: [byte; PAGE] })
+        FrozenPage::new(&[byte; PAGE])
     }
 
     fn collect(t: &PageTable) -> BTreeMap<u64, (u8, Option<u8>)> {
@@ -590,6 +685,32 @@ mod tests {
         let mut changed = Vec::new();
         b.diff(&a, |v| changed.push(v));
         assert_eq!(changed, vec![3, 100]);
+    }
+
+    #[test]
+    fn stored_counts_and_sharing_follow_reference_counts() {
+        let mut a = PageTable::default();
+        a.update(0, 300, RangeOp::Commit(3));
+        for v in [1u64, 2, 100, 250] {
+            a.set_page(v, Some(page(v as u8)));
+        }
+        assert_eq!(a.stored_pages(), 4);
+        assert_eq!(a.sharing(), (4, 0));
+        let b = a.clone();
+        assert_eq!(a.sharing(), (0, 4), "a clone shares everything");
+        a.set_page(1, Some(page(9)));
+        assert_eq!(a.sharing(), (1, 3), "only the rewritten page is private");
+        assert_eq!(b.sharing(), (1, 3), "b's old page 1 is private to b");
+        drop(b);
+        assert_eq!(a.sharing(), (4, 0));
+        a.set_page(2, None);
+        assert_eq!(a.stored_pages(), 3);
+        a.update(0, 64, RangeOp::Clear);
+        assert_eq!(a.stored_pages(), 2);
+        a.update(90, 300, RangeOp::Commit(1));
+        assert_eq!(a.stored_pages(), 2, "re-commit keeps bytes");
+        a.update(200, 300, RangeOp::Clear);
+        assert_eq!(a.stored_pages(), 1);
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub struct MemoryStats {
     /// Live manager only: pages written since the last `snapshot()` or
     /// `restore()` (the overlay). 0 for a snapshot.
     pub dirty_pages: u64,
+    /// Bytes of stored pages only this version holds (for the live manager,
+    /// the dirty pages too): what dropping it would free. Zero pages cost
+    /// nothing and are not counted.
+    pub private_memory: u64,
+    /// Bytes of stored pages this version shares with other versions.
+    pub shared_memory: u64,
+    /// Versions (snapshots) alive in this version's lineage: the snapshots of
+    /// this manager and of the managers restored from them.
+    pub live_versions: u64,
 }
 
 /// A page source: where the bytes and the state of a page come from.

@@ -1,6 +1,7 @@
 //! [`Snapshot`]: an immutable version of an address space, and [`MemoryDiff`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::PAGE_SIZE;
 use crate::error::MemoryError;
@@ -8,14 +9,46 @@ use crate::page_table::PageTable;
 use crate::query::{self, MemoryStats, RegionInfo, ReservedRegion};
 use crate::region_map::RegionMap;
 
-/// Everything a version holds. Cloning is O(1): two `Arc` bumps.
-#[derive(Clone)]
+/// Counts the versions alive in one lineage: the snapshots taken by a
+/// manager, by the managers restored from them, and so on.
+#[derive(Clone, Default)]
+pub(crate) struct Lineage(Arc<AtomicU64>);
+
+impl Lineage {
+    /// Versions of this lineage alive now.
+    pub(crate) fn alive(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A version's membership in its lineage: counted while it lives.
+pub(crate) struct VersionToken(Lineage);
+
+impl VersionToken {
+    pub(crate) fn new(lineage: &Lineage) -> Self {
+        lineage.0.fetch_add(1, Ordering::Relaxed);
+        VersionToken(lineage.clone())
+    }
+
+    pub(crate) fn lineage(&self) -> &Lineage {
+        &self.0
+    }
+}
+
+impl Drop for VersionToken {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything a version holds.
 pub(crate) struct Version {
     pub(crate) regions: RegionMap,
     pub(crate) pages: PageTable,
     pub(crate) committed_pages: u64,
     pub(crate) default_allocation_address: u64,
     pub(crate) layout_version: u64,
+    pub(crate) token: VersionToken,
 }
 
 /// An immutable version of an address space, made by
@@ -75,13 +108,20 @@ impl Snapshot {
         self.inner.default_allocation_address
     }
 
-    /// Reserved and committed bytes of this version. Time: O(1).
+    /// Reserved and committed bytes of this version, the bytes of its pages
+    /// that no other version holds (`private_memory`) and those it shares
+    /// (`shared_memory`), and the versions alive in its lineage.
+    /// Time: O(page-table nodes private to this version).
     pub fn compute_memory_stats(&self) -> MemoryStats {
+        let (private, shared) = self.inner.pages.sharing();
         MemoryStats {
             reserved_memory: self.inner.regions.reserved_bytes(),
             committed_memory: self.inner.committed_pages * PAGE_SIZE,
             allocation_count: self.inner.regions.len() as u64,
             dirty_pages: 0,
+            private_memory: private * PAGE_SIZE,
+            shared_memory: shared * PAGE_SIZE,
+            live_versions: self.inner.token.lineage().alive(),
         }
     }
 

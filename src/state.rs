@@ -282,7 +282,7 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
         }
         let bytes: &[u8; PAGE] =
             bytes.as_slice().try_into().map_err(|_| corrupt("page is not 4096 bytes"))?;
-        table.set_page(*page, Some(std::sync::Arc::new(FrozenPage { bytes: *bytes })));
+        table.set_page(*page, Some(FrozenPage::new(bytes)));
     }
     debug_assert!(vpn(USER_SPACE_END) <= VPN_LIMIT);
     Ok((regions, table, committed))
