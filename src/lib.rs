@@ -100,6 +100,7 @@
 #![warn(missing_docs)]
 
 mod address;
+mod diff;
 mod error;
 mod live;
 mod manager;
@@ -111,12 +112,13 @@ mod snapshot;
 mod state;
 
 pub use address::{granule_down, granule_up, page_down, page_up};
+pub use diff::{MemoryDiff, PageChange, PageChangeKind, RegionChange};
 pub use error::MemoryError;
 pub use manager::MemoryManager;
 pub use page_table::frozen_pages_alive;
 pub use protection::{Access, Protection, RegionKind};
 pub use query::{MemoryStats, RegionInfo, ReservedRegion};
-pub use snapshot::{MemoryDiff, Snapshot};
+pub use snapshot::Snapshot;
 pub use state::STATE_FORMAT_VERSION;
 
 /// Size of a page.

@@ -606,6 +606,17 @@ impl MemoryManager {
         })
     }
 
+    /// What changed from `base` (old) to the live state (new): the same
+    /// report as [`Snapshot::diff`]. The pages written since the last snapshot
+    /// or restore are first folded into the live page table (as `snapshot()`
+    /// does, without making a version), which is why this takes `&mut self`;
+    /// nothing observable changes. Time: O(dirty pages + changed page-table
+    /// paths), independent of memory size.
+    pub fn diff_from(&mut self, base: &Snapshot) -> crate::MemoryDiff {
+        let live = self.pages.freeze();
+        crate::diff::diff_versions(base.regions(), base.pages(), &self.regions, &live)
+    }
+
     /// Returns to `snapshot` (any earlier one, from any branch): bytes,
     /// allocations, protections and guard bits, MMIO regions (with their
     /// handlers), default allocation address. The layout version moves forward

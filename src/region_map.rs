@@ -43,6 +43,21 @@ impl Allocation {
     }
 }
 
+impl PartialEq for Allocation {
+    /// Same range, kind and initial protection; MMIO handlers by identity.
+    fn eq(&self, other: &Self) -> bool {
+        self.base == other.base
+            && self.length == other.length
+            && self.initial == other.initial
+            && self.kind == other.kind
+            && match (&self.mmio, &other.mmio) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
 impl fmt::Debug for Allocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Allocation")
@@ -95,6 +110,11 @@ impl RegionMap {
     /// Every allocation in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Allocation> + '_ {
         self.map.values()
+    }
+
+    /// The underlying persistent map.
+    pub(crate) fn map(&self) -> &OrdMap<u64, Allocation> {
+        &self.map
     }
 
     /// Number of allocations.

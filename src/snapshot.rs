@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::PAGE_SIZE;
+use crate::diff::MemoryDiff;
 use crate::error::MemoryError;
 use crate::page_table::PageTable;
 use crate::query::{self, MemoryStats, RegionInfo, ReservedRegion};
@@ -125,41 +126,30 @@ impl Snapshot {
         }
     }
 
-    /// The pages that differ between `self` and `other` (any two versions,
-    /// either order): pages whose bytes differ, and pages committed in one but
-    /// not the other. A page rewritten with identical bytes, or whose protection
-    /// alone changed, is not reported (compare [`region_info`](Self::region_info)
-    /// for layout changes). Time: O(changed page-table paths): subtrees shared by
-    /// pointer are skipped, then candidate pages are compared byte by byte.
+    /// What changed from `self` (old) to `other` (new), for any two
+    /// versions in either order: allocations made and released, runs of pages
+    /// committed, decommitted or reprotected, and the pages whose bytes differ
+    /// (including pages committed or decommitted in between). A page rewritten
+    /// with identical bytes is not reported.
+    ///
+    /// Time: O(changed page-table paths + changed allocations): subtrees the two
+    /// versions share by pointer are skipped, so the cost follows what changed,
+    /// not the memory size; each candidate page is compared once (`memcmp`,
+    /// stopping at the first difference).
     pub fn diff(&self, other: &Snapshot) -> MemoryDiff {
-        let (a, b) = (&self.inner.pages, &other.inner.pages);
-        let mut pages = Vec::new();
-        a.diff(b, |vpn| {
-            let (x, y) = (a.get(vpn), b.get(vpn));
-            let committed = |m: u8| m & crate::protection::meta::COMMITTED != 0;
-            if committed(x.meta) != committed(y.meta) || x.bytes() != y.bytes() {
-                pages.push(vpn * PAGE_SIZE);
-            }
-        });
-        MemoryDiff { pages }
-    }
-}
-
-/// What differs between two versions. See [`Snapshot::diff`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemoryDiff {
-    pages: Vec<u64>,
-}
-
-impl MemoryDiff {
-    /// Base addresses of the pages whose bytes differ (including pages
-    /// committed or decommitted in between), ascending.
-    pub fn changed_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pages.iter().copied()
+        crate::diff::diff_versions(
+            &self.inner.regions,
+            &self.inner.pages,
+            &other.inner.regions,
+            &other.inner.pages,
+        )
     }
 
-    /// True when no page differs.
-    pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+    pub(crate) fn pages(&self) -> &PageTable {
+        &self.inner.pages
+    }
+
+    pub(crate) fn regions(&self) -> &RegionMap {
+        &self.inner.regions
     }
 }

@@ -1,0 +1,323 @@
+//! [`MemoryDiff`]: what changed between two versions, found by walking their
+//! page tables side by side and skipping every subtree they share by pointer.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use imbl::ordmap::DiffItem;
+
+use crate::PAGE_SIZE;
+use crate::page_table::{FrozenPage, PageBytes, PageTable, ZERO_PAGE};
+use crate::protection::{Protection, meta};
+use crate::query::ReservedRegion;
+use crate::region_map::RegionMap;
+
+/// A change to the layout between two versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegionChange {
+    /// An allocation exists in the new version and not (with this base and
+    /// length) in the old one.
+    Allocated(ReservedRegion),
+    /// An allocation of the old version is gone (or changed its length: a
+    /// partial release shows as `Released` + `Allocated`).
+    Released(ReservedRegion),
+    /// Pages `[address, address + length)` became committed with `permissions`.
+    Committed {
+        /// First page.
+        address: u64,
+        /// Bytes (whole pages).
+        length: u64,
+        /// Protection of the new pages.
+        permissions: Protection,
+    },
+    /// Pages `[address, address + length)` stopped being committed (decommitted
+    /// or released).
+    Decommitted {
+        /// First page.
+        address: u64,
+        /// Bytes (whole pages).
+        length: u64,
+    },
+    /// Committed pages `[address, address + length)` changed protection
+    /// (a guard page firing shows here too).
+    ProtectionChanged {
+        /// First page.
+        address: u64,
+        /// Bytes (whole pages).
+        length: u64,
+        /// Protection in the old version.
+        old: Protection,
+        /// Protection in the new version.
+        new: Protection,
+    },
+}
+
+/// How a page's bytes changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageChangeKind {
+    /// Committed in both versions, with different bytes.
+    Modified,
+    /// Committed only in the new version.
+    Committed,
+    /// Committed only in the old version.
+    Decommitted,
+}
+
+/// One page whose bytes differ between two versions.
+#[derive(Clone)]
+pub struct PageChange {
+    address: u64,
+    kind: PageChangeKind,
+    old: Option<Arc<FrozenPage>>,
+    new: Option<Arc<FrozenPage>>,
+}
+
+impl std::fmt::Debug for PageChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageChange")
+            .field("address", &format_args!("{:#x}", self.address))
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl PageChange {
+    /// Base address of the page.
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
+    /// How it changed.
+    pub fn kind(&self) -> PageChangeKind {
+        self.kind
+    }
+
+    /// The page's bytes in the old version (zeros where it was not committed).
+    pub fn old_bytes(&self) -> &[u8] {
+        bytes(&self.old)
+    }
+
+    /// The page's bytes in the new version (zeros where it is not committed).
+    pub fn new_bytes(&self) -> &[u8] {
+        bytes(&self.new)
+    }
+
+    /// The byte ranges (offsets inside the page) where old and new bytes
+    /// differ, ascending and maximal. Computed on demand. Time: O(page).
+    pub fn byte_ranges(&self) -> Vec<Range<usize>> {
+        changed_ranges(self.old_bytes(), self.new_bytes())
+    }
+}
+
+fn bytes(page: &Option<Arc<FrozenPage>>) -> &PageBytes {
+    page.as_deref().map_or(&ZERO_PAGE, |p| &p.bytes)
+}
+
+/// Maximal ranges where `a` and `b` differ. Equal 64-byte blocks are skipped
+/// with one comparison each.
+pub(crate) fn changed_ranges(a: &[u8], b: &[u8]) -> Vec<Range<usize>> {
+    debug_assert_eq!(a.len(), b.len());
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    let mut push = |i: usize| match ranges.last_mut() {
+        Some(r) if r.end == i => r.end = i + 1,
+        _ => ranges.push(i..i + 1),
+    };
+    for (block, (x, y)) in a.chunks(64).zip(b.chunks(64)).enumerate() {
+        if x == y {
+            continue;
+        }
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            if p != q {
+                push(block * 64 + i);
+            }
+        }
+    }
+    ranges
+}
+
+/// What differs between two versions: layout changes and page changes. See
+/// [`Snapshot::diff`](crate::Snapshot::diff) and
+/// [`MemoryManager::diff_from`](crate::MemoryManager::diff_from).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryDiff {
+    regions: Vec<RegionChange>,
+    pages: Vec<PageChange>,
+}
+
+impl MemoryDiff {
+    /// Base addresses of the pages whose bytes differ between the two
+    /// versions (including pages committed or decommitted in between),
+    /// ascending.
+    pub fn changed_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pages.iter().map(|p| p.address)
+    }
+
+    /// The changed pages with their old and new bytes, ascending.
+    pub fn page_changes(&self) -> &[PageChange] {
+        &self.pages
+    }
+
+    /// Layout changes: allocations first (ascending base), then page-state runs
+    /// (ascending address).
+    pub fn region_changes(&self) -> &[RegionChange] {
+        &self.regions
+    }
+
+    /// True when nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty() && self.regions.is_empty()
+    }
+}
+
+/// The diff from version `(ra, ta)` (old) to `(rb, tb)` (new).
+pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: &PageTable) -> MemoryDiff {
+    let mut regions = Vec::new();
+    for item in ra.map().diff(rb.map()) {
+        match item {
+            DiffItem::Add(_, a) => regions.push(RegionChange::Allocated(a.into())),
+            DiffItem::Remove(_, a) => regions.push(RegionChange::Released(a.into())),
+            DiffItem::Update { old: (_, o), new: (_, n) } => {
+                let (o, n): (ReservedRegion, ReservedRegion) = (o.into(), n.into());
+                if o != n {
+                    regions.push(RegionChange::Released(o));
+                    regions.push(RegionChange::Allocated(n));
+                }
+            }
+        }
+    }
+    regions.sort_by_key(|c| match c {
+        RegionChange::Allocated(r) | RegionChange::Released(r) => {
+            (r.base, matches!(c, RegionChange::Allocated(_)))
+        }
+        _ => (0, false),
+    });
+
+    let mut pages = Vec::new();
+    let mut run: Option<(u64, u64, u8, u8)> = None; // (first page, count, old meta, new meta)
+    let mut runs = Vec::new();
+    ta.diff(tb, |vpn| {
+        let (x, y) = (ta.get(vpn), tb.get(vpn));
+        if x.meta != y.meta {
+            match &mut run {
+                Some((first, count, om, nm)) if *first + *count == vpn && *om == x.meta && *nm == y.meta => {
+                    *count += 1
+                }
+                _ => {
+                    runs.extend(run.take());
+                    run = Some((vpn, 1, x.meta, y.meta));
+                }
+            }
+        }
+        let committed = |m: u8| m & meta::COMMITTED != 0 && m & meta::MMIO == 0;
+        let kind = match (committed(x.meta), committed(y.meta)) {
+            (true, true) => PageChangeKind::Modified,
+            (false, true) => PageChangeKind::Committed,
+            (true, false) => PageChangeKind::Decommitted,
+            (false, false) => return,
+        };
+        let old = if committed(x.meta) { x.page.cloned() } else { None };
+        let new = if committed(y.meta) { y.page.cloned() } else { None };
+        let same_bytes = match (&old, &new) {
+            (Some(p), Some(q)) => Arc::ptr_eq(p, q) || p.bytes == q.bytes,
+            (None, None) => kind == PageChangeKind::Modified,
+            (Some(p), None) | (None, Some(p)) => kind == PageChangeKind::Modified && p.bytes == ZERO_PAGE,
+        };
+        if kind != PageChangeKind::Modified || !same_bytes {
+            pages.push(PageChange { address: vpn * PAGE_SIZE, kind, old, new });
+        }
+    });
+    runs.extend(run);
+    for (first, count, om, nm) in runs {
+        let (address, length) = (first * PAGE_SIZE, count * PAGE_SIZE);
+        let committed = |m: u8| m & meta::COMMITTED != 0;
+        regions.push(match (committed(om), committed(nm)) {
+            (false, true) => RegionChange::Committed { address, length, permissions: meta::protection(nm) },
+            (true, false) => RegionChange::Decommitted { address, length },
+            (true, true) => RegionChange::ProtectionChanged {
+                address,
+                length,
+                old: meta::protection(om),
+                new: meta::protection(nm),
+            },
+            (false, false) => continue,
+        });
+    }
+    MemoryDiff { regions, pages }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryManager, RegionKind};
+
+    #[test]
+    fn ranges_are_maximal() {
+        let a = [0u8; 300];
+        let mut b = a;
+        b[3] = 1;
+        b[4] = 1;
+        b[64] = 9;
+        b[299] = 2;
+        assert_eq!(changed_ranges(&a, &b), vec![3..5, 64..65, 299..300]);
+        assert!(changed_ranges(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn reports_layout_and_bytes() {
+        let mut mm = MemoryManager::new();
+        mm.allocate_memory_at(0x10000, 0x4000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+        mm.allocate_memory_at(0x20000, 0x2000, Protection::READ, false, RegionKind::Private).unwrap();
+        mm.write_memory(0x10000, b"abcd").unwrap();
+        let old = mm.snapshot();
+
+        mm.write_memory(0x10001, b"XY").unwrap(); // modified
+        mm.write_memory(0x11000, b"same").unwrap();
+        mm.write_memory(0x11000, &[0; 4]).unwrap(); // rewritten to identical bytes
+        mm.protect_memory(0x12000, 0x2000, Protection::READ).unwrap();
+        mm.decommit_memory(0x13000, 0x1000).unwrap();
+        mm.release_memory(0x20000, 0).unwrap();
+        mm.allocate_memory_at(0x30000, 0x1000, Protection::READ_WRITE, false, RegionKind::Image).unwrap();
+        let live = mm.diff_from(&old);
+        let new = mm.snapshot();
+        let diff = old.diff(&new);
+        assert_eq!(live.changed_pages().collect::<Vec<_>>(), diff.changed_pages().collect::<Vec<_>>());
+
+        assert_eq!(
+            diff.changed_pages().collect::<Vec<_>>(),
+            vec![0x10000, 0x13000, 0x20000, 0x21000, 0x30000]
+        );
+        let kinds: Vec<_> = diff.page_changes().iter().map(|p| p.kind()).collect();
+        use PageChangeKind::*;
+        assert_eq!(kinds, vec![Modified, Decommitted, Decommitted, Decommitted, Committed]);
+        assert_eq!(diff.page_changes()[0].byte_ranges(), vec![1..3]);
+        assert_eq!(&diff.page_changes()[0].new_bytes()[..4], b"aXYd");
+
+        let r = diff.region_changes();
+        assert!(r.contains(&RegionChange::Released(ReservedRegion {
+            base: 0x20000,
+            length: 0x2000,
+            kind: RegionKind::Private,
+            initial_permissions: Protection::READ
+        })));
+        assert!(r.iter().any(|c| matches!(c, RegionChange::Allocated(a) if a.base == 0x30000)));
+        assert!(r.contains(&RegionChange::ProtectionChanged {
+            address: 0x12000,
+            length: 0x1000,
+            old: Protection::READ_WRITE,
+            new: Protection::READ
+        }));
+        assert!(r.contains(&RegionChange::Decommitted { address: 0x13000, length: 0x1000 }));
+        assert!(r.contains(&RegionChange::Decommitted { address: 0x20000, length: 0x2000 }));
+        assert!(r.contains(&RegionChange::Committed {
+            address: 0x30000,
+            length: 0x1000,
+            permissions: Protection::READ_WRITE
+        }));
+
+        // The reverse diff mirrors it.
+        let back = new.diff(&old);
+        assert_eq!(back.changed_pages().collect::<Vec<_>>(), diff.changed_pages().collect::<Vec<_>>());
+        assert_eq!(back.page_changes()[4].kind(), Decommitted);
+        assert!(old.diff(&old).is_empty());
+    }
+}
