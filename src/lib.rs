@@ -110,6 +110,7 @@ mod query;
 mod region_map;
 mod snapshot;
 mod state;
+mod timeline;
 
 pub use address::{granule_down, granule_up, page_down, page_up};
 pub use diff::{MemoryDiff, PageChange, PageChangeKind, RegionChange};
@@ -120,6 +121,7 @@ pub use protection::{Access, Protection, RegionKind};
 pub use query::{MemoryStats, RegionInfo, ReservedRegion};
 pub use snapshot::Snapshot;
 pub use state::STATE_FORMAT_VERSION;
+pub use timeline::{SnapshotId, Timeline, TimelineEntry, TimelineError, VersionMemory};
 
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 0x1000;
