@@ -117,7 +117,10 @@ fn fuzz_reset(c: &mut Criterion) {
     for clustered in [false, true] {
         let pattern = if clustered { "clustered" } else { "random" };
         let mut group = c.benchmark_group(format!("fuzz_reset_{pattern}"));
-        group.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
         for k in [1usize, 10, 100, 1000] {
             let sets = page_sets(pages, k, clustered, 256);
             group.throughput(Throughput::Elements(k as u64));
@@ -175,11 +178,9 @@ fn restore_history(c: &mut Criterion) {
     }
     let targets: Vec<usize> = (0..1024).map(|_| (xorshift(&mut s) % VERSIONS as u64) as usize).collect();
     // Pages that differ between consecutive targets (what a restore "moves").
-    let differing: usize = targets
-        .windows(2)
-        .map(|w| history[w[0]].diff(&history[w[1]]).changed_pages().count())
-        .sum::<usize>()
-        / (targets.len() - 1);
+    let differing: usize =
+        targets.windows(2).map(|w| history[w[0]].diff(&history[w[1]]).changed_pages().count()).sum::<usize>()
+            / (targets.len() - 1);
     eprintln!("restore_history: {differing} pages differ on average between consecutive targets");
 
     let mut group = c.benchmark_group("restore_history");

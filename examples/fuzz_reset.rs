@@ -52,7 +52,10 @@ fn main() -> Result<(), vmsnap::MemoryError> {
     let base = mm.snapshot();
 
     println!("fuzz reset loop, {} MiB of target memory, random dirty pages", memory >> 20);
-    println!("{:>6} {:>14} {:>14} {:>14} {:>9} {:>9}", "dirty", "vmsnap/s", "dirty-list/s", "full-copy/s", "vs list", "vs full");
+    println!(
+        "{:>6} {:>14} {:>14} {:>14} {:>9} {:>9}",
+        "dirty", "vmsnap/s", "dirty-list/s", "full-copy/s", "vs list", "vs full"
+    );
     let budget = Duration::from_millis(700);
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for k in ks {

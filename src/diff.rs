@@ -218,9 +218,9 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
         let old = if committed(x.meta) { x.page.cloned() } else { None };
         let new = if committed(y.meta) { y.page.cloned() } else { None };
         let same_bytes = match (&old, &new) {
-            (Some(p), Some(q)) => Arc::ptr_eq(p, q) || p.bytes == q.bytes,
+            (Some(p), Some(q)) => p.same_bytes(q),
             (None, None) => kind == PageChangeKind::Modified,
-            (Some(p), None) | (None, Some(p)) => kind == PageChangeKind::Modified && p.bytes == ZERO_PAGE,
+            (Some(p), None) | (None, Some(p)) => kind == PageChangeKind::Modified && p.is_zero(),
         };
         if kind != PageChangeKind::Modified || !same_bytes {
             pages.push(PageChange { address: vpn * PAGE_SIZE, kind, old, new });
@@ -297,7 +297,8 @@ mod tests {
             base: 0x20000,
             length: 0x2000,
             kind: RegionKind::Private,
-            initial_permissions: Protection::READ
+            initial_permissions: Protection::READ,
+            attributes: 0
         })));
         assert!(r.iter().any(|c| matches!(c, RegionChange::Allocated(a) if a.base == 0x30000)));
         assert!(r.contains(&RegionChange::ProtectionChanged {

@@ -261,6 +261,7 @@ impl MemoryManager {
             length: end - address,
             initial: protection,
             kind,
+            attributes: 0,
             mmio: None,
         });
         if !reserve_only {
@@ -484,6 +485,7 @@ impl MemoryManager {
             length: end - address,
             initial: Protection::READ_WRITE,
             kind: RegionKind::Mmio,
+            attributes: 0,
             mmio: Some(Arc::new(MmioHandlers { read: Box::new(read), write: Box::new(write) })),
         });
         self.apply(address, end, RangeOp::Set(meta::COMMITTED | meta::MMIO | Protection::READ_WRITE.bits()));
@@ -530,6 +532,35 @@ impl MemoryManager {
     pub fn find_free_allocation_base(&self, size: u64, start: u64) -> Option<u64> {
         let start = if start == 0 { self.default_allocation_address } else { start };
         self.regions.find_free(size, start)
+    }
+
+    /// First fit inside `[lowest, highest_end)`: the lowest 64 KiB-aligned
+    /// base (with `top_down`, the highest) where `size` bytes fit without
+    /// overlapping an allocation; `highest_end` is clamped to
+    /// [`USER_SPACE_END`]. What `MEM_TOP_DOWN` and `zero_bits` need.
+    /// Time: O(k log n) for the k allocations skipped.
+    pub fn find_free_allocation_base_in(
+        &self,
+        size: u64,
+        lowest: u64,
+        highest_end: u64,
+        top_down: bool,
+    ) -> Option<u64> {
+        self.regions.find_free_in(size, lowest, highest_end, top_down)
+    }
+
+    /// Stores `attributes` on the allocation containing `address`. The
+    /// engine does not interpret them: they are kept, split with the
+    /// allocation, reported in [`RegionInfo`] and [`ReservedRegion`], captured
+    /// by snapshots and serialization. The `nt` face keeps `PAGE_NOCACHE` /
+    /// `PAGE_WRITECOMBINE` there. A layout change. Time: O(log n).
+    pub fn set_allocation_attributes(&mut self, address: u64, attributes: u32) -> Result<(), MemoryError> {
+        let a = self.regions.containing(address).ok_or(MemoryError::NotAllocated { address })?;
+        let updated = crate::region_map::Allocation { attributes, ..a.clone() };
+        self.regions.remove(updated.base);
+        self.regions.insert(updated);
+        self.bump_layout();
+        Ok(())
     }
 
     /// True when any byte of `[address, address + size)` is allocated (the end

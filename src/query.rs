@@ -35,6 +35,9 @@ pub struct RegionInfo {
     pub initial_permissions: Protection,
     /// The allocation's kind; `Free` when free.
     pub kind: RegionKind,
+    /// The allocation's opaque attributes (0 when free); see
+    /// [`MemoryManager::set_allocation_attributes`](crate::MemoryManager::set_allocation_attributes).
+    pub attributes: u32,
 }
 
 /// One allocation, as [`MemoryManager::reserved_regions`](crate::MemoryManager::reserved_regions) lists it.
@@ -48,11 +51,19 @@ pub struct ReservedRegion {
     pub kind: RegionKind,
     /// Protection given at creation.
     pub initial_permissions: Protection,
+    /// Opaque attributes (see [`MemoryManager::set_allocation_attributes`](crate::MemoryManager::set_allocation_attributes)).
+    pub attributes: u32,
 }
 
 impl From<&Allocation> for ReservedRegion {
     fn from(a: &Allocation) -> Self {
-        ReservedRegion { base: a.base, length: a.length, kind: a.kind, initial_permissions: a.initial }
+        ReservedRegion {
+            base: a.base,
+            length: a.length,
+            kind: a.kind,
+            initial_permissions: a.initial,
+            attributes: a.attributes,
+        }
     }
 }
 
@@ -113,6 +124,7 @@ pub(crate) fn region_info(regions: &RegionMap, table: &PageTable, address: u64) 
         permissions: Protection::empty(),
         initial_permissions: Protection::empty(),
         kind: RegionKind::Free,
+        attributes: 0,
     };
     if address >= USER_SPACE_END {
         return free(0);
@@ -134,6 +146,7 @@ pub(crate) fn region_info(regions: &RegionMap, table: &PageTable, address: u64) 
         permissions: if committed { meta::protection(m) } else { Protection::empty() },
         initial_permissions: a.initial,
         kind: a.kind,
+        attributes: a.attributes,
     }
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct Allocation {
     pub(crate) length: u64,
     pub(crate) initial: Protection,
     pub(crate) kind: RegionKind,
+    /// Opaque to the engine (see `MemoryManager::set_allocation_attributes`).
+    pub(crate) attributes: u32,
     pub(crate) mmio: Option<Arc<MmioHandlers>>,
 }
 
@@ -50,6 +52,7 @@ impl PartialEq for Allocation {
             && self.length == other.length
             && self.initial == other.initial
             && self.kind == other.kind
+            && self.attributes == other.attributes
             && match (&self.mmio, &other.mmio) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -131,14 +134,44 @@ impl RegionMap {
     /// `size` bytes (rounded up to pages) overlap no allocation and end at or
     /// below `USER_SPACE_END`. Time: O(k log n) for k allocations skipped.
     pub(crate) fn find_free(&self, size: u64, start: u64) -> Option<u64> {
-        if size == 0 || start >= USER_SPACE_END {
+        self.find_free_in(size, start, USER_SPACE_END, false)
+    }
+
+    /// First fit inside `[lowest, highest_end)`: the lowest (or, with
+    /// `top_down`, the highest) 64 KiB-aligned base where `size` bytes
+    /// (rounded up to pages) overlap no allocation. Time: O(k log n).
+    pub(crate) fn find_free_in(
+        &self,
+        size: u64,
+        lowest: u64,
+        highest_end: u64,
+        top_down: bool,
+    ) -> Option<u64> {
+        let highest_end = highest_end.min(USER_SPACE_END);
+        if size == 0 || lowest >= highest_end {
             return None;
         }
         let size = crate::address::page_up(size)?;
-        let mut candidate = granule_up(start.max(MIN_ALLOCATION_ADDRESS))?;
+        let lowest = granule_up(lowest.max(MIN_ALLOCATION_ADDRESS))?;
+        if top_down {
+            let mut end = highest_end;
+            loop {
+                let candidate = crate::address::granule_down(end.checked_sub(size)?);
+                if candidate < lowest {
+                    return None;
+                }
+                // The allocation with the highest base below the candidate's
+                // end overlaps it if any allocation does.
+                match self.map.get_prev(&(candidate + size - 1)).map(|(_, a)| a) {
+                    Some(a) if a.end() > candidate => end = a.base,
+                    _ => return Some(candidate),
+                }
+            }
+        }
+        let mut candidate = lowest;
         loop {
             let end = candidate.checked_add(size)?;
-            if end > USER_SPACE_END {
+            if end > highest_end {
                 return None;
             }
             match self.overlapping(candidate, end) {
@@ -154,7 +187,14 @@ mod tests {
     use super::*;
 
     fn alloc(base: u64, length: u64) -> Allocation {
-        Allocation { base, length, initial: Protection::READ, kind: RegionKind::Private, mmio: None }
+        Allocation {
+            base,
+            length,
+            initial: Protection::READ,
+            kind: RegionKind::Private,
+            attributes: 0,
+            mmio: None,
+        }
     }
 
     #[test]
@@ -185,5 +225,18 @@ mod tests {
         assert_eq!(m.find_free(USER_SPACE_END, 0), None);
         assert_eq!(m.find_free(u64::MAX, 0), None);
         assert_eq!(m.find_free(0x10000, USER_SPACE_END - 0x10000), Some(USER_SPACE_END - 0x10000));
+    }
+
+    #[test]
+    fn top_down_and_bounded() {
+        let mut m = RegionMap::default();
+        m.insert(alloc(0x7000_0000, 0x1000));
+        m.insert(alloc(0x6FFF_0000, 0x1000));
+        assert_eq!(m.find_free_in(0x1000, 0x10000, 0x7001_0000, true), Some(0x6FFE_0000));
+        assert_eq!(m.find_free_in(0x2_0000, 0x10000, 0x8000_0000, true), Some(0x7FFE_0000));
+        assert_eq!(m.find_free_in(0x1000, 0x6FFF_0000, 0x7001_0000, true), None);
+        assert_eq!(m.find_free_in(0x1000, 0x6FFF_0000, 0x7002_0000, false), Some(0x7001_0000));
+        assert_eq!(m.find_free_in(0x1000, 0x10000, 0x10000, true), None);
+        assert_eq!(m.find_free_in(0x1000, 0, USER_SPACE_END, true), Some(USER_SPACE_END - 0x10000));
     }
 }

@@ -11,7 +11,7 @@
 //! `StateRecord` is a MessagePack array (struct fields in declaration order):
 //! `[contents, default_allocation_address, layout_version, allocations, runs,
 //! pages]`, where `allocations` are `[base, length, initial_protection_bits,
-//! kind]` in ascending order, `runs` are `[first_page_number, page_count,
+//! kind, attributes]` in ascending order, `runs` are `[first_page_number, page_count,
 //! state_byte]` (maximal runs of committed pages with the same state), and
 //! `pages` are `[page_number, bytes(4096)]` for every committed page whose
 //! bytes are not all zero (contents mode only). The encoding is deterministic,
@@ -50,7 +50,7 @@ struct StateRecord {
 }
 
 #[derive(Serialize, Deserialize)]
-struct AllocationRecord(u64, u64, u8, u8);
+struct AllocationRecord(u64, u64, u8, u8, u32);
 
 #[derive(Serialize, Deserialize)]
 struct RunRecord(u64, u64, u8);
@@ -124,7 +124,9 @@ impl MemoryManager {
             allocations: self
                 .regions
                 .iter()
-                .map(|a| AllocationRecord(a.base, a.length, a.initial.bits(), kind_code(a.kind)))
+                .map(|a| {
+                    AllocationRecord(a.base, a.length, a.initial.bits(), kind_code(a.kind), a.attributes)
+                })
                 .collect(),
             runs,
             pages,
@@ -204,7 +206,7 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
     let mut regions = RegionMap::default();
     let mut mmio: Vec<(u64, u64)> = Vec::new();
     let mut previous_end = 0u64;
-    for &AllocationRecord(base, length, initial, kind) in &record.allocations {
+    for &AllocationRecord(base, length, initial, kind, attributes) in &record.allocations {
         let end = base.checked_add(length).ok_or(corrupt("allocation range overflows"))?;
         if base % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 || length == 0 {
             return Err(corrupt("allocation not page aligned"));
@@ -224,7 +226,7 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
         match kind {
             RegionKind::Free => return Err(corrupt("allocation of kind Free")),
             RegionKind::Mmio => mmio.push((base, end)),
-            _ => regions.insert(Allocation { base, length, initial, kind, mmio: None }),
+            _ => regions.insert(Allocation { base, length, initial, kind, attributes, mmio: None }),
         }
     }
 

@@ -25,6 +25,7 @@ fn free_info(start: u64, length: u64) -> RegionInfo {
         permissions: Protection::empty(),
         initial_permissions: Protection::empty(),
         kind: RegionKind::Free,
+        attributes: 0,
     }
 }
 
@@ -133,6 +134,7 @@ fn allocate_at_reserve_only_leaves_pages_reserved() {
             permissions: Protection::empty(),
             initial_permissions: RW,
             kind: RegionKind::Private,
+            attributes: 0,
         }
     );
     let mut buf = [0u8; 4];
@@ -159,6 +161,7 @@ fn allocate_at_committed_commits_whole_allocation_with_zeros() {
             permissions: Protection::READ,
             initial_permissions: Protection::READ,
             kind: RegionKind::Image,
+            attributes: 0,
         }
     );
     assert_eq!(read_vec(&mm, A, 0x3000), vec![0u8; 0x3000]);
@@ -381,18 +384,26 @@ fn reserved_regions_are_listed_in_address_order() {
     assert_eq!(
         got,
         vec![
-            ReservedRegion { base: A, length: 0x1000, kind: RegionKind::Private, initial_permissions: RW },
+            ReservedRegion {
+                base: A,
+                length: 0x1000,
+                kind: RegionKind::Private,
+                initial_permissions: RW,
+                attributes: 0
+            },
             ReservedRegion {
                 base: A + 0x20000,
                 length: 0x20000,
                 kind: RegionKind::FileView,
                 initial_permissions: Protection::READ_EXECUTE,
+                attributes: 0,
             },
             ReservedRegion {
                 base: A + 0x50000,
                 length: 0x3000,
                 kind: RegionKind::Image,
                 initial_permissions: Protection::READ,
+                attributes: 0,
             },
         ]
     );

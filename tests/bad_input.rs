@@ -381,6 +381,7 @@ fn addresses_at_and_above_user_space_end_are_free_with_length_zero() {
                 permissions: Protection::empty(),
                 initial_permissions: Protection::empty(),
                 kind: RegionKind::Free,
+                attributes: 0,
             },
             "{address:#x}"
         );

@@ -291,6 +291,7 @@ fn region_info_splits_on_protection_changes() {
             permissions: RW,
             initial_permissions: RW,
             kind: RegionKind::Private,
+            attributes: 0,
         }
     );
     // Protecting back merges the regions.

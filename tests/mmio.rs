@@ -84,7 +84,13 @@ fn allocate_mmio_rounds_size_up_to_pages() {
     map(&mut mm, B, 0x1801).unwrap();
     assert_eq!(
         mm.reserved_regions().collect::<Vec<_>>(),
-        vec![ReservedRegion { base: B, length: 0x2000, kind: RegionKind::Mmio, initial_permissions: RW }]
+        vec![ReservedRegion {
+            base: B,
+            length: 0x2000,
+            kind: RegionKind::Mmio,
+            initial_permissions: RW,
+            attributes: 0
+        }]
     );
     let stats = mm.compute_memory_stats();
     assert_eq!((stats.reserved_memory, stats.committed_memory), (0x2000, 0x2000));
@@ -106,6 +112,7 @@ fn mmio_region_info_reports_committed_read_write_mmio() {
             permissions: RW,
             initial_permissions: RW,
             kind: RegionKind::Mmio,
+            attributes: 0,
         }
     );
     assert_eq!(mm.region_kind(B), RegionKind::Mmio);

@@ -167,6 +167,7 @@ fn snapshot_is_frozen_while_the_manager_moves_on() {
             permissions: R | G,
             initial_permissions: RW,
             kind: RegionKind::Private,
+            attributes: 0,
         }
     );
     let i = s.region_info(page(2));
@@ -174,7 +175,13 @@ fn snapshot_is_frozen_while_the_manager_moves_on() {
     assert_eq!(s.region_info(A + 0x10000).kind, RegionKind::Free);
     assert_eq!(
         s.reserved_regions().collect::<Vec<_>>(),
-        vec![ReservedRegion { base: A, length: 0x10000, kind: RegionKind::Private, initial_permissions: RW }]
+        vec![ReservedRegion {
+            base: A,
+            length: 0x10000,
+            kind: RegionKind::Private,
+            initial_permissions: RW,
+            attributes: 0
+        }]
     );
     let stats = s.compute_memory_stats();
     assert_eq!((stats.reserved_memory, stats.committed_memory, stats.allocation_count), (0x10000, 0x2000, 1));
