@@ -195,8 +195,7 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
     let mut pages = Vec::new();
     let mut run: Option<(u64, u64, u8, u8)> = None; // (first page, count, old meta, new meta)
     let mut runs = Vec::new();
-    ta.diff(tb, |vpn| {
-        let (x, y) = (ta.get(vpn), tb.get(vpn));
+    ta.diff(tb, |vpn, x, y| {
         if x.meta != y.meta {
             match &mut run {
                 Some((first, count, om, nm)) if *first + *count == vpn && *om == x.meta && *nm == y.meta => {

@@ -38,10 +38,11 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::page_table::{FrozenPage, PageBytes, PageTable, RangeOp};
+use crate::page_table::{FrozenPage, PageBytes, PageTable, RangeOp, ZERO_PAGE, fingerprint};
 use crate::protection::meta;
 
 const TLB_ENTRIES: usize = 64;
@@ -185,6 +186,16 @@ impl Overlay {
         self.free.extend((0..(keep * SLAB_PAGES) as u32).rev());
         self.dirty.clear();
         self.len = 0;
+    }
+}
+
+/// A frozen copy of a written page, or `None` when it holds only zeros.
+fn frozen_copy(bytes: &PageBytes) -> Option<Arc<FrozenPage>> {
+    let fingerprint = fingerprint(bytes);
+    if fingerprint == 0 && bytes == &ZERO_PAGE {
+        None
+    } else {
+        Some(FrozenPage::with_fingerprint(bytes, fingerprint))
     }
 }
 
@@ -353,13 +364,26 @@ impl LivePages {
         if self.overlay.len != 0 {
             self.flush();
             for (vpn, slot) in self.overlay.sorted() {
-                let bytes = self.overlay.page(slot);
-                let page = if bytes.iter().all(|&b| b == 0) { None } else { Some(FrozenPage::new(bytes)) };
-                self.table.set_page(vpn, page);
+                self.table.set_page(vpn, frozen_copy(self.overlay.page(slot)));
             }
             self.overlay.reset();
         }
         self.table.clone()
+    }
+
+    /// The live version as a frozen table, without changing `self`: the
+    /// table with the overlay's pages copied in. Time: O(dirty pages · levels).
+    pub(crate) fn frozen_view(&self) -> PageTable {
+        let mut table = self.table.clone();
+        let mut dirty = self.overlay.dirty.clone();
+        dirty.sort_unstable();
+        dirty.dedup();
+        for vpn in dirty {
+            if let Some(slot) = self.overlay.get(vpn) {
+                table.set_page(vpn, frozen_copy(self.overlay.page(slot)));
+            }
+        }
+        table
     }
 
     /// Drops the overlay and adopts `table`. Time: O(dirty pages).
@@ -373,7 +397,7 @@ impl LivePages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page_table::{PAGE, ZERO_PAGE};
+    use crate::page_table::PAGE;
 
     const RW: u8 = meta::COMMITTED | 3;
 

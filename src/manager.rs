@@ -638,13 +638,12 @@ impl MemoryManager {
     }
 
     /// What changed from `base` (old) to the live state (new): the same
-    /// report as [`Snapshot::diff`]. The pages written since the last snapshot
-    /// or restore are first folded into the live page table (as `snapshot()`
-    /// does, without making a version), which is why this takes `&mut self`;
-    /// nothing observable changes. Time: O(dirty pages + changed page-table
-    /// paths), independent of memory size.
-    pub fn diff_from(&mut self, base: &Snapshot) -> crate::MemoryDiff {
-        let live = self.pages.freeze();
+    /// report as [`Snapshot::diff`]. The manager is not changed (the pages
+    /// written since the last snapshot or restore are copied into a temporary
+    /// frozen view). Time: O(dirty pages · levels + changed page-table paths),
+    /// independent of memory size.
+    pub fn diff_from(&self, base: &Snapshot) -> crate::MemoryDiff {
+        let live = self.pages.frozen_view();
         crate::diff::diff_versions(base.regions(), base.pages(), &self.regions, &live)
     }
 

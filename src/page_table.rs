@@ -97,7 +97,6 @@ impl FrozenPage {
 
     /// A new shared page whose fingerprint the caller computed.
     pub(crate) fn with_fingerprint(bytes: &PageBytes, fingerprint: u64) -> Arc<FrozenPage> {
-        debug_assert_eq!(fingerprint, self::fingerprint(bytes));
         FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
         Arc::new(FrozenPage { fingerprint, bytes: *bytes })
     }
@@ -117,12 +116,52 @@ pub fn frozen_pages_alive() -> u64 {
     FROZEN_PAGES.load(Ordering::Relaxed)
 }
 
-#[derive(Clone)]
+/// Source of leaf ids; 0 means "no origin".
+static NEXT_LEAF_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A leaf: 64 page states and page pointers, plus its lineage.
+///
+/// `id` is unique per leaf; a leaf made by copying another (`Arc::make_mut`
+/// on a shared leaf) records that leaf's id in `origin`, and every change to
+/// an entry sets its bit in `changed`. Two leaves where one is the other's
+/// origin can then differ only in the entries `x.changed | y.changed`, so a
+/// diff reads those entries and nothing else of the two leaves.
+#[repr(C)]
 struct Leaf {
     meta: [u8; FANOUT],
-    pages: [Option<Arc<FrozenPage>>; FANOUT],
+    id: u64,
+    origin: u64,
+    changed: u64,
     /// Pages with bytes (`Some`) in this leaf.
     stored: u64,
+    pages: [Option<Arc<FrozenPage>>; FANOUT],
+}
+
+impl Leaf {
+    fn new(meta: [u8; FANOUT]) -> Leaf {
+        Leaf {
+            meta,
+            id: NEXT_LEAF_ID.fetch_add(1, Ordering::Relaxed),
+            origin: 0,
+            changed: 0,
+            stored: 0,
+            pages: std::array::from_fn(|_| None),
+        }
+    }
+}
+
+impl Clone for Leaf {
+    /// A copy is a new leaf whose origin is `self`, with nothing changed yet.
+    fn clone(&self) -> Leaf {
+        Leaf {
+            meta: self.meta,
+            id: NEXT_LEAF_ID.fetch_add(1, Ordering::Relaxed),
+            origin: self.id,
+            changed: 0,
+            stored: self.stored,
+            pages: self.pages.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -154,7 +193,7 @@ enum Node {
 impl Node {
     fn empty(level: u32) -> Node {
         if level == 0 {
-            Node::Leaf(Leaf { meta: [0; FANOUT], pages: std::array::from_fn(|_| None), stored: 0 })
+            Node::Leaf(Leaf::new([0; FANOUT]))
         } else {
             Node::Inner(Inner { children: std::array::from_fn(|_| None), stored: 0 })
         }
@@ -326,6 +365,7 @@ impl PageTable {
                     debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
                     let delta = i64::from(page.is_some()) - i64::from(leaf.pages[i].is_some());
                     leaf.pages[i] = page;
+                    leaf.changed |= 1 << i;
                     leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
                     delta
                 }
@@ -391,7 +431,7 @@ impl PageTable {
     /// `self` and `other`: subtrees shared by pointer are skipped, so the cost
     /// follows what changed. Pages are reported in ascending order; a page whose
     /// state and frozen page pointer are equal is not reported.
-    pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64)) {
+    pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64, PageEntry<'_>, PageEntry<'_>)) {
         diff_node(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut f);
     }
 }
@@ -437,6 +477,7 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
             for i in from as usize..to as usize {
                 delta += op.apply(&mut leaf.meta[i], &mut leaf.pages[i]);
             }
+            leaf.changed |= range_mask(from as usize, to as usize);
             leaf.stored = leaf.pages.iter().filter(|p| p.is_some()).count() as u64;
         }
         Node::Inner(inner) => {
@@ -473,8 +514,7 @@ fn span_of(node: &Node) -> u64 {
 /// A subtree at `level` whose every page has state `m` and no bytes. Its
 /// nodes are shared: 64 pointers to one child at each level.
 fn uniform(level: u32, m: u8) -> Arc<Node> {
-    let mut node =
-        Arc::new(Node::Leaf(Leaf { meta: [m; FANOUT], pages: std::array::from_fn(|_| None), stored: 0 }));
+    let mut node = Arc::new(Node::Leaf(Leaf::new([m; FANOUT])));
     for _ in 0..level {
         let child = node;
         node = Arc::new(Node::Inner(Inner {
@@ -483,6 +523,12 @@ fn uniform(level: u32, m: u8) -> Arc<Node> {
         }));
     }
     node
+}
+
+/// Bits `from..to` set (`to <= 64`).
+fn range_mask(from: usize, to: usize) -> u64 {
+    let upper = if to >= FANOUT { u64::MAX } else { (1u64 << to) - 1 };
+    upper & !((1u64 << from) - 1)
 }
 
 /// The state byte of every page under `node`, when they all share it and none
@@ -574,7 +620,13 @@ fn for_each_node(
     }
 }
 
-fn diff_node(a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, level: u32, base: u64, f: &mut impl FnMut(u64)) {
+fn diff_node<'t>(
+    a: Option<&'t Arc<Node>>,
+    b: Option<&'t Arc<Node>>,
+    level: u32,
+    base: u64,
+    f: &mut impl FnMut(u64, PageEntry<'t>, PageEntry<'t>),
+) {
     let (a, b) = match (a, b) {
         (None, None) => return,
         (Some(x), Some(y)) if Arc::ptr_eq(x, y) => return,
@@ -582,21 +634,34 @@ fn diff_node(a: Option<&Arc<Node>>, b: Option<&Arc<Node>>, level: u32, base: u64
     };
     match (a, b) {
         (Some(Node::Leaf(x)), Some(Node::Leaf(y))) => {
-            for i in 0..FANOUT {
+            // Related leaves can differ only where either changed.
+            let mut candidates =
+                if x.origin == y.id || y.origin == x.id { x.changed | y.changed } else { u64::MAX };
+            while candidates != 0 {
+                let i = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
                 let same_page = match (&x.pages[i], &y.pages[i]) {
                     (None, None) => true,
                     (Some(p), Some(q)) => Arc::ptr_eq(p, q),
                     _ => false,
                 };
                 if x.meta[i] != y.meta[i] || !same_page {
-                    f(base + i as u64);
+                    let entry = |l: &'t Leaf| PageEntry { meta: l.meta[i], page: l.pages[i].as_ref() };
+                    f(base + i as u64, entry(x), entry(y));
                 }
             }
         }
-        (Some(Node::Leaf(x)), None) | (None, Some(Node::Leaf(x))) => {
+        (Some(Node::Leaf(x)), None) => {
             for i in 0..FANOUT {
                 if x.meta[i] != 0 {
-                    f(base + i as u64);
+                    f(base + i as u64, PageEntry { meta: x.meta[i], page: x.pages[i].as_ref() }, ABSENT);
+                }
+            }
+        }
+        (None, Some(Node::Leaf(y))) => {
+            for i in 0..FANOUT {
+                if y.meta[i] != 0 {
+                    f(base + i as u64, ABSENT, PageEntry { meta: y.meta[i], page: y.pages[i].as_ref() });
                 }
             }
         }
@@ -730,17 +795,17 @@ mod tests {
         a.set_page(3, Some(page(1)));
         let b = a.clone();
         let mut same = Vec::new();
-        a.diff(&b, |v| same.push(v));
+        a.diff(&b, |v, _, _| same.push(v));
         assert!(same.is_empty());
         a.set_page(3, Some(page(2)));
         a.set_page(100, Some(page(9)));
         assert_eq!(b.get(3).bytes()[0], 1);
         assert_eq!(a.get(3).bytes()[0], 2);
         let mut changed = Vec::new();
-        a.diff(&b, |v| changed.push(v));
+        a.diff(&b, |v, _, _| changed.push(v));
         assert_eq!(changed, vec![3, 100]);
         let mut changed = Vec::new();
-        b.diff(&a, |v| changed.push(v));
+        b.diff(&a, |v, _, _| changed.push(v));
         assert_eq!(changed, vec![3, 100]);
     }
 
@@ -771,11 +836,35 @@ mod tests {
     }
 
     #[test]
+    fn diff_sees_changes_on_both_sides_of_a_copied_leaf() {
+        let mut a = PageTable::default();
+        a.update(0, 64, RangeOp::Commit(3));
+        a.set_page(1, Some(page(1)));
+        let mut b = a.clone();
+        b.set_page(2, Some(page(2))); // b's leaf is a copy of a's
+        a.set_page(3, Some(page(3))); // a's leaf, unique again, changes in place
+        a.update(10, 11, RangeOp::Protect(1));
+        let mut changed = Vec::new();
+        a.diff(&b, |v, _, _| changed.push(v));
+        assert_eq!(changed, vec![2, 3, 10]);
+        let mut changed = Vec::new();
+        b.diff(&a, |v, _, _| changed.push(v));
+        assert_eq!(changed, vec![2, 3, 10]);
+        // A grandchild is not related to its grandparent: full comparison.
+        let c = b.clone();
+        let mut d = c.clone();
+        d.set_page(5, Some(page(5)));
+        let mut changed = Vec::new();
+        a.diff(&d, |v, _, _| changed.push(v));
+        assert_eq!(changed, vec![2, 3, 5, 10]);
+    }
+
+    #[test]
     fn diff_against_empty_lists_every_page() {
         let mut a = PageTable::default();
         a.update(60, 70, RangeOp::Commit(3));
         let mut changed = Vec::new();
-        a.diff(&PageTable::default(), |v| changed.push(v));
+        a.diff(&PageTable::default(), |v, _, _| changed.push(v));
         assert_eq!(changed, (60..70).collect::<Vec<_>>());
     }
 

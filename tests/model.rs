@@ -4,9 +4,10 @@
 //!
 //! Ops: allocate (fixed address and first fit), MMIO regions, commit,
 //! decommit, release (whole and partial), protect, host and guest reads and
-//! writes, guest fetches, snapshot, restore (to any kept snapshot), unmap-all,
-//! default-address changes; with hostile inputs (size 0, overflowing ranges,
-//! ranges past user space, misaligned bases, invalid protections and kinds).
+//! writes, guest fetches, snapshot, restore (to any kept snapshot), dropping a
+//! kept snapshot, unmap-all, default-address changes; with hostile inputs
+//! (size 0, overflowing ranges, ranges past user space, misaligned bases,
+//! invalid protections and kinds).
 //!
 //! Every step checks the op's result (Ok/Err; the exact error for guest and
 //! host accesses; old protection; bytes read; first-fit base; MMIO handler
@@ -14,7 +15,13 @@
 //! the layout version, and then the whole observable state: `reserved_regions`,
 //! `compute_memory_stats`, `region_info` (length included), `region_kind`,
 //! `page_protection` and one-byte host reads of every page in the address
-//! window and of every allocated page, and the bytes of every committed page.
+//! window and of every allocated page, and the bytes of every committed page;
+//! `live_versions` equals the number of snapshots kept, and
+//! `diff_from(kept snapshot)` lists exactly the pages (with their change kind)
+//! whose committed-ness or bytes differ between the model's saved copy and the
+//! model now. `diff_from` folds the dirty pages into the page table, so in half
+//! of the cases (`sparse_diffs`) it runs only every `SPARSE_DIFF_STRIDE` steps,
+//! letting dirty pages meet decommits, snapshots and restores as before.
 //! At the end of each case every kept `Snapshot` is checked the same way
 //! against the model's copy, and `Snapshot::diff` between every pair of them.
 //!
@@ -28,8 +35,8 @@ use proptest::prelude::*;
 use proptest::strategy::{NewTree, ValueTree};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use vmsnap::{
-    Access, MemoryError, MemoryManager, MemoryStats, Protection, RegionInfo, RegionKind, ReservedRegion,
-    Snapshot, USER_SPACE_END,
+    Access, MemoryError, MemoryManager, MemoryStats, PageChangeKind, Protection, RegionInfo, RegionKind,
+    ReservedRegion, Snapshot, USER_SPACE_END,
 };
 
 const PAGE: u64 = 0x1000;
@@ -41,6 +48,8 @@ const WINDOW_END: u64 = 0xc_0000;
 const CASES: u32 = 64;
 const OPS_PER_CASE: usize = 160;
 const MAX_SNAPSHOTS: usize = 8;
+/// With `sparse_diffs`, `diff_from` is checked every this many steps.
+const SPARSE_DIFF_STRIDE: usize = 8;
 
 // ------------------------------------------------------------------ helpers
 
@@ -501,6 +510,7 @@ impl Model {
                 length: a.length,
                 kind: a.kind,
                 initial_permissions: a.initial,
+                attributes: 0,
             })
             .collect()
     }
@@ -530,6 +540,7 @@ impl Model {
                         permissions: key.unwrap_or(Protection::empty()),
                         initial_permissions: a.initial,
                         kind: a.kind,
+                        attributes: 0,
                     },
                 );
             }
@@ -555,6 +566,7 @@ impl Model {
             permissions: Protection::empty(),
             initial_permissions: Protection::empty(),
             kind: RegionKind::Free,
+            attributes: 0,
         }
     }
 
@@ -637,6 +649,7 @@ enum Op {
     GuestFetch { address: Addr, len: usize },
     Snapshot,
     Restore { index: usize },
+    DropSnapshot { index: usize },
     UnmapAll,
     SetDefault { address: H },
 }
@@ -646,12 +659,16 @@ enum Op {
 /// ops yet a failure shrinks to a short sequence. `Debug` lists only the ops
 /// that run, with their slot numbers.
 #[derive(Clone)]
-struct Ops(Vec<Option<Op>>);
+struct Ops {
+    ops: Vec<Option<Op>>,
+    /// Check `diff_from` only every `SPARSE_DIFF_STRIDE` steps (else after every step).
+    sparse_diffs: bool,
+}
 
 impl fmt::Debug for Ops {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "[")?;
-        for (i, op) in self.0.iter().enumerate() {
+        writeln!(f, "sparse_diffs: {}, [", self.sparse_diffs)?;
+        for (i, op) in self.ops.iter().enumerate() {
             if let Some(op) = op {
                 writeln!(f, "    /* {i:3} */ {op:?},")?;
             }
@@ -908,6 +925,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(address, len)| Op::GuestFetch { address, len }),
         4 => Just(Op::Snapshot),
         3 => (0usize..MAX_SNAPSHOTS).prop_map(|index| Op::Restore { index }),
+        2 => (0usize..MAX_SNAPSHOTS).prop_map(|index| Op::DropSnapshot { index }),
         1 => Just(Op::UnmapAll),
         1 => h(prop::sample::select(vec![0u64, 0x10000, 0x23456, 0x40000, 0xa0000]).boxed())
             .prop_map(|address| Op::SetDefault { address }),
@@ -915,7 +933,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn ops() -> impl Strategy<Value = Ops> {
-    prop::collection::vec(Slot(op()), OPS_PER_CASE).prop_map(Ops)
+    (prop::collection::vec(Slot(op()), OPS_PER_CASE), any::<bool>())
+        .prop_map(|(ops, sparse_diffs)| Ops { ops, sparse_diffs })
 }
 
 // ------------------------------------------------------------------ harness
@@ -1059,6 +1078,23 @@ fn check_diff(x: &SavedSnapshot, y: &SavedSnapshot) -> Result<(), TestCaseError>
     prop_assert_eq!(&forward, &want, "changed_pages");
     prop_assert_eq!(&backward, &want, "changed_pages (reverse order)");
     Ok(())
+}
+
+/// The pages whose committed-ness or bytes differ from model `old` to model
+/// `new`, with how they changed; MMIO pages left out.
+fn page_changes(old: &Model, new: &Model) -> Vec<(u64, PageChangeKind)> {
+    let mut all: Vec<u64> = old.pages.keys().chain(new.pages.keys()).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter()
+        .filter(|&p| !old.is_mmio(p) && !new.is_mmio(p))
+        .filter_map(|p| match (old.pages.get(&p), new.pages.get(&p)) {
+            (Some(a), Some(b)) => (a.bytes != b.bytes).then_some((p, PageChangeKind::Modified)),
+            (Some(_), None) => Some((p, PageChangeKind::Decommitted)),
+            (None, Some(_)) => Some((p, PageChangeKind::Committed)),
+            (None, None) => None,
+        })
+        .collect()
 }
 
 struct SavedSnapshot {
@@ -1280,6 +1316,13 @@ impl Harness {
                     true
                 }
             }
+            Op::DropSnapshot { index } => {
+                if !self.snapshots.is_empty() {
+                    let len = self.snapshots.len();
+                    drop(self.snapshots.remove(index % len));
+                }
+                false
+            }
             Op::UnmapAll => {
                 self.mm.unmap_all_memory();
                 self.model.allocs.clear();
@@ -1311,7 +1354,8 @@ impl Harness {
         }
     }
 
-    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+    /// Runs step `i`; `diff` says whether to check `diff_from` after it.
+    fn step(&mut self, i: usize, op: &Op, diff: bool) -> Result<(), TestCaseError> {
         let before = self.mm.layout_version();
         let changed = self.apply(op)?;
         let after = self.mm.layout_version();
@@ -1320,7 +1364,42 @@ impl Harness {
         } else {
             prop_assert_eq!(after, before, "layout version changed");
         }
-        check_view(&self.mm, &self.model)
+        check_view(&self.mm, &self.model)?;
+        self.check_versions(i, diff)
+    }
+
+    /// Live versions, and `diff_from` one kept snapshot (chosen by the step
+    /// index) against the model.
+    fn check_versions(&mut self, i: usize, diff: bool) -> Result<(), TestCaseError> {
+        let kept = self.snapshots.len() as u64;
+        prop_assert_eq!(self.mm.compute_memory_stats().live_versions, kept, "live_versions of the manager");
+        if let Some(saved) = self.snapshots.first() {
+            prop_assert_eq!(
+                saved.snapshot.compute_memory_stats().live_versions,
+                kept,
+                "live_versions of a snapshot"
+            );
+        }
+        if self.snapshots.is_empty() || !diff {
+            return Ok(());
+        }
+        let k = i % self.snapshots.len();
+        let saved = &self.snapshots[k];
+        let layout_version = self.mm.layout_version();
+        let d = self.mm.diff_from(&saved.snapshot);
+        prop_assert_eq!(self.mm.layout_version(), layout_version, "diff_from changed the layout version");
+        let (old, new) = (&saved.model, &self.model);
+        let got: Vec<(u64, PageChangeKind)> = d
+            .page_changes()
+            .iter()
+            .map(|c| (c.address(), c.kind()))
+            .filter(|&(p, _)| !old.is_mmio(p) && !new.is_mmio(p))
+            .collect();
+        let pages: Vec<u64> = d.changed_pages().filter(|&p| !old.is_mmio(p) && !new.is_mmio(p)).collect();
+        let want = page_changes(old, new);
+        prop_assert_eq!(&got, &want, "diff_from(snapshot {} of those kept): page changes", k);
+        prop_assert_eq!(pages, want.iter().map(|&(p, _)| p).collect::<Vec<_>>(), "changed_pages");
+        Ok(())
     }
 
     fn check_snapshots(&self) -> Result<(), TestCaseError> {
@@ -1342,10 +1421,11 @@ impl Harness {
 fn run(ops: &Ops) -> Result<(), TestCaseError> {
     let mut h = Harness::new();
     check_view(&h.mm, &h.model)?;
-    for (i, op) in ops.0.iter().enumerate() {
+    for (i, op) in ops.ops.iter().enumerate() {
         if let Some(op) = op {
             let at = h.resolved(op).map_or(String::new(), |a| format!(" (address {a:#x})"));
-            h.step(op).map_err(|e| TestCaseError::fail(format!("step {i} {op:?}{at}: {e}")))?;
+            let diff = !ops.sparse_diffs || i % SPARSE_DIFF_STRIDE == SPARSE_DIFF_STRIDE - 1;
+            h.step(i, op, diff).map_err(|e| TestCaseError::fail(format!("step {i} {op:?}{at}: {e}")))?;
         }
     }
     h.check_snapshots()
