@@ -2,12 +2,11 @@
 //! page tables side by side and skipping every subtree they share by pointer.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use imbl::ordmap::DiffItem;
 
 use crate::PAGE_SIZE;
-use crate::page_table::{FrozenPage, PageBytes, PageTable, ZERO_PAGE};
+use crate::page_table::{PageBytes, PageTable, ZERO_PAGE};
 use crate::protection::{Protection, meta};
 use crate::query::ReservedRegion;
 use crate::region_map::RegionMap;
@@ -63,16 +62,17 @@ pub enum PageChangeKind {
     Decommitted,
 }
 
-/// One page whose bytes differ between two versions.
-#[derive(Clone)]
-pub struct PageChange {
+/// One page whose bytes differ between two versions, with both versions'
+/// bytes (borrowed from the [`MemoryDiff`]).
+#[derive(Clone, Copy)]
+pub struct PageChange<'a> {
     address: u64,
     kind: PageChangeKind,
-    old: Option<Arc<FrozenPage>>,
-    new: Option<Arc<FrozenPage>>,
+    old: &'a PageBytes,
+    new: &'a PageBytes,
 }
 
-impl std::fmt::Debug for PageChange {
+impl std::fmt::Debug for PageChange<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageChange")
             .field("address", &format_args!("{:#x}", self.address))
@@ -81,7 +81,7 @@ impl std::fmt::Debug for PageChange {
     }
 }
 
-impl PageChange {
+impl<'a> PageChange<'a> {
     /// Base address of the page.
     pub fn address(&self) -> u64 {
         self.address
@@ -93,24 +93,20 @@ impl PageChange {
     }
 
     /// The page's bytes in the old version (zeros where it was not committed).
-    pub fn old_bytes(&self) -> &[u8] {
-        bytes(&self.old)
+    pub fn old_bytes(&self) -> &'a [u8] {
+        self.old
     }
 
     /// The page's bytes in the new version (zeros where it is not committed).
-    pub fn new_bytes(&self) -> &[u8] {
-        bytes(&self.new)
+    pub fn new_bytes(&self) -> &'a [u8] {
+        self.new
     }
 
     /// The byte ranges (offsets inside the page) where old and new bytes
-    /// differ, ascending and maximal. Computed on demand. Time: O(page).
+    /// differ, ascending and maximal. Time: O(page).
     pub fn byte_ranges(&self) -> Vec<Range<usize>> {
-        changed_ranges(self.old_bytes(), self.new_bytes())
+        changed_ranges(self.old, self.new)
     }
-}
-
-fn bytes(page: &Option<Arc<FrozenPage>>) -> &PageBytes {
-    page.as_deref().map_or(&ZERO_PAGE, |p| &p.bytes)
 }
 
 /// Maximal ranges where `a` and `b` differ. Equal 64-byte blocks are skipped
@@ -138,23 +134,50 @@ pub(crate) fn changed_ranges(a: &[u8], b: &[u8]) -> Vec<Range<usize>> {
 /// What differs between two versions: layout changes and page changes. See
 /// [`Snapshot::diff`](crate::Snapshot::diff) and
 /// [`MemoryManager::diff_from`](crate::MemoryManager::diff_from).
-#[derive(Clone, Debug, Default)]
+///
+/// It holds both versions' page tables (two pointers), so the bytes of a
+/// changed page are read only when asked for.
+#[derive(Clone, Default)]
 pub struct MemoryDiff {
     regions: Vec<RegionChange>,
-    pages: Vec<PageChange>,
+    pages: Vec<(u64, PageChangeKind)>,
+    old: PageTable,
+    new: PageTable,
+}
+
+impl std::fmt::Debug for MemoryDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDiff")
+            .field("regions", &self.regions)
+            .field("pages", &self.pages.len())
+            .finish()
+    }
 }
 
 impl MemoryDiff {
     /// Base addresses of the pages whose bytes differ between the two
     /// versions (including pages committed or decommitted in between),
-    /// ascending.
-    pub fn changed_pages(&self) -> impl Iterator<Item = u64> + '_ {
-        self.pages.iter().map(|p| p.address)
+    /// ascending. Time: O(1) per item.
+    pub fn changed_pages(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.pages.iter().map(|&(address, _)| address)
     }
 
     /// The changed pages with their old and new bytes, ascending.
-    pub fn page_changes(&self) -> &[PageChange] {
-        &self.pages
+    /// Time: O(changed pages · levels) (each page is looked up in both versions).
+    pub fn page_changes(&self) -> Vec<PageChange<'_>> {
+        fn bytes(table: &PageTable, address: u64) -> &PageBytes {
+            let e = table.get(address / PAGE_SIZE);
+            if e.meta & meta::COMMITTED != 0 && e.meta & meta::MMIO == 0 { e.bytes() } else { &ZERO_PAGE }
+        }
+        self.pages
+            .iter()
+            .map(|&(address, kind)| PageChange {
+                address,
+                kind,
+                old: bytes(&self.old, address),
+                new: bytes(&self.new, address),
+            })
+            .collect()
     }
 
     /// Layout changes: allocations first (ascending base), then page-state runs
@@ -214,15 +237,10 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
             (true, false) => PageChangeKind::Decommitted,
             (false, false) => return,
         };
-        let old = if committed(x.meta) { x.page.cloned() } else { None };
-        let new = if committed(y.meta) { y.page.cloned() } else { None };
-        let same_bytes = match (&old, &new) {
-            (Some(p), Some(q)) => p.same_bytes(q),
-            (None, None) => kind == PageChangeKind::Modified,
-            (Some(p), None) | (None, Some(p)) => kind == PageChangeKind::Modified && p.is_zero(),
-        };
-        if kind != PageChangeKind::Modified || !same_bytes {
-            pages.push(PageChange { address: vpn * PAGE_SIZE, kind, old, new });
+
+        let same_bytes = kind == PageChangeKind::Modified && x.same_bytes(&y);
+        if !same_bytes {
+            pages.push((vpn * PAGE_SIZE, kind));
         }
     });
     runs.extend(run);
@@ -241,7 +259,7 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
             (false, false) => continue,
         });
     }
-    MemoryDiff { regions, pages }
+    MemoryDiff { regions, pages, old: ta.clone(), new: tb.clone() }
 }
 
 #[cfg(test)]

@@ -135,6 +135,9 @@ struct Leaf {
     /// Pages with bytes (`Some`) in this leaf.
     stored: u64,
     pages: [Option<Arc<FrozenPage>>; FANOUT],
+    /// `pages[i].fingerprint`, kept beside the pointer so a diff can tell
+    /// two pages apart without touching either (0 where there is no page).
+    fingerprints: [u64; FANOUT],
 }
 
 impl Leaf {
@@ -146,6 +149,7 @@ impl Leaf {
             changed: 0,
             stored: 0,
             pages: std::array::from_fn(|_| None),
+            fingerprints: [0; FANOUT],
         }
     }
 }
@@ -160,6 +164,7 @@ impl Clone for Leaf {
             changed: 0,
             stored: self.stored,
             pages: self.pages.clone(),
+            fingerprints: self.fingerprints,
         }
     }
 }
@@ -304,6 +309,38 @@ impl<'a> PageEntry<'a> {
 
 const ABSENT: PageEntry<'static> = PageEntry { meta: 0, page: None };
 
+/// One side of a page that differs between two tables, as a diff sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct DiffEntry<'a> {
+    /// The state byte.
+    pub(crate) meta: u8,
+    /// The frozen page, if any.
+    pub(crate) page: Option<&'a Arc<FrozenPage>>,
+    /// The page's fingerprint, read from the leaf (0 without a page).
+    pub(crate) fingerprint: u64,
+}
+
+impl DiffEntry<'_> {
+    const ABSENT: DiffEntry<'static> = DiffEntry { meta: 0, page: None, fingerprint: 0 };
+
+    fn of(leaf: &Leaf, i: usize) -> DiffEntry<'_> {
+        DiffEntry { meta: leaf.meta[i], page: leaf.pages[i].as_ref(), fingerprint: leaf.fingerprints[i] }
+    }
+
+    /// True when both sides hold the same bytes (no page = zeros). Touches
+    /// page memory only when the fingerprints match.
+    pub(crate) fn same_bytes(&self, other: &DiffEntry<'_>) -> bool {
+        if self.fingerprint != other.fingerprint {
+            return false;
+        }
+        match (self.page, other.page) {
+            (None, None) => true,
+            (Some(p), Some(q)) => p.same_bytes(q),
+            (Some(p), None) | (None, Some(p)) => p.is_zero(),
+        }
+    }
+}
+
 /// A persistent map from page number to page state and bytes.
 ///
 /// Clone: O(1). Lookup: O(levels) = 6 pointer hops.
@@ -364,6 +401,7 @@ impl PageTable {
                     let i = (vpn & INDEX_MASK) as usize;
                     debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
                     let delta = i64::from(page.is_some()) - i64::from(leaf.pages[i].is_some());
+                    leaf.fingerprints[i] = page.as_ref().map_or(0, |p| p.fingerprint);
                     leaf.pages[i] = page;
                     leaf.changed |= 1 << i;
                     leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
@@ -431,7 +469,7 @@ impl PageTable {
     /// `self` and `other`: subtrees shared by pointer are skipped, so the cost
     /// follows what changed. Pages are reported in ascending order; a page whose
     /// state and frozen page pointer are equal is not reported.
-    pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64, PageEntry<'_>, PageEntry<'_>)) {
+    pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64, DiffEntry<'_>, DiffEntry<'_>)) {
         diff_node(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut f);
     }
 }
@@ -476,6 +514,9 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
         Node::Leaf(leaf) => {
             for i in from as usize..to as usize {
                 delta += op.apply(&mut leaf.meta[i], &mut leaf.pages[i]);
+                if leaf.pages[i].is_none() {
+                    leaf.fingerprints[i] = 0;
+                }
             }
             leaf.changed |= range_mask(from as usize, to as usize);
             leaf.stored = leaf.pages.iter().filter(|p| p.is_some()).count() as u64;
@@ -625,7 +666,7 @@ fn diff_node<'t>(
     b: Option<&'t Arc<Node>>,
     level: u32,
     base: u64,
-    f: &mut impl FnMut(u64, PageEntry<'t>, PageEntry<'t>),
+    f: &mut impl FnMut(u64, DiffEntry<'t>, DiffEntry<'t>),
 ) {
     let (a, b) = match (a, b) {
         (None, None) => return,
@@ -646,22 +687,21 @@ fn diff_node<'t>(
                     _ => false,
                 };
                 if x.meta[i] != y.meta[i] || !same_page {
-                    let entry = |l: &'t Leaf| PageEntry { meta: l.meta[i], page: l.pages[i].as_ref() };
-                    f(base + i as u64, entry(x), entry(y));
+                    f(base + i as u64, DiffEntry::of(x, i), DiffEntry::of(y, i));
                 }
             }
         }
         (Some(Node::Leaf(x)), None) => {
             for i in 0..FANOUT {
                 if x.meta[i] != 0 {
-                    f(base + i as u64, PageEntry { meta: x.meta[i], page: x.pages[i].as_ref() }, ABSENT);
+                    f(base + i as u64, DiffEntry::of(x, i), DiffEntry::ABSENT);
                 }
             }
         }
         (None, Some(Node::Leaf(y))) => {
             for i in 0..FANOUT {
                 if y.meta[i] != 0 {
-                    f(base + i as u64, ABSENT, PageEntry { meta: y.meta[i], page: y.pages[i].as_ref() });
+                    f(base + i as u64, DiffEntry::ABSENT, DiffEntry::of(y, i));
                 }
             }
         }
