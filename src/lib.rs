@@ -104,6 +104,7 @@ mod diff;
 mod error;
 mod live;
 mod manager;
+pub mod nt;
 mod page_table;
 mod protection;
 mod query;
