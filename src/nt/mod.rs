@@ -8,10 +8,10 @@
 //! base and size back exactly when Windows would.
 //!
 //! It follows real Windows as `WINDOWS-SEMANTICS.md` records it; each rule
-//! in the docs carries that document's evidence tag: **[W]** asserted by a
-//! Wine conformance test run against Windows, **[D]** Microsoft
-//! documentation, **[R]** ReactOS, **[I]** Wine's implementation. Where the
-//! sources disagree, the strongest evidence wins ([W] over [R] over [I]).
+//! in the docs carries that document's evidence tag: **\[W\]** asserted by a
+//! Wine conformance test run against Windows, **\[D\]** Microsoft
+//! documentation, **\[R\]** ReactOS, **\[I\]** Wine's implementation. Where the
+//! sources disagree, the strongest evidence wins (\[W\] over \[R\] over \[I\]).
 //!
 //! | call | Windows | what it does |
 //! |---|---|---|
@@ -57,7 +57,7 @@
 //! ## Cache modifiers
 //!
 //! `PAGE_NOCACHE` and `PAGE_WRITECOMBINE` are per-allocation attributes on
-//! modern Windows (§9 [W]). The allocation call stores them with
+//! modern Windows (§9 \[W\]). The allocation call stores them with
 //! [`MemoryManager::set_allocation_attributes`](crate::MemoryManager::set_allocation_attributes)
 //! (the attribute value is the `PAGE_*` modifier bit); queries report them in
 //! `AllocationProtect` and in the `Protect` of every accessible committed

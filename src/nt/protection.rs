@@ -21,10 +21,10 @@ pub(crate) const CACHE_MODIFIERS: u32 = PAGE_NOCACHE | PAGE_WRITECOMBINE;
 
 /// True when `protect` is a valid `PAGE_*` value in *some* context
 /// (WINDOWS-SEMANTICS §5): exactly one base value in the low byte; no bit of
-/// 0x800 or above [R]; `PAGE_GUARD` not with `PAGE_NOACCESS`, `PAGE_NOCACHE`
-/// or `PAGE_WRITECOMBINE` [D][R]; `PAGE_NOCACHE` not with `PAGE_NOACCESS` or
-/// `PAGE_WRITECOMBINE` [D][R]; `PAGE_WRITECOMBINE` not with `PAGE_NOACCESS`
-/// [D]. `PAGE_WRITECOPY` and `PAGE_EXECUTE_WRITECOPY` pass here: they are
+/// 0x800 or above \[R\]; `PAGE_GUARD` not with `PAGE_NOACCESS`, `PAGE_NOCACHE`
+/// or `PAGE_WRITECOMBINE` \[D\]\[R\]; `PAGE_NOCACHE` not with `PAGE_NOACCESS` or
+/// `PAGE_WRITECOMBINE` \[D\]\[R\]; `PAGE_WRITECOMBINE` not with `PAGE_NOACCESS`
+/// \[D\]. `PAGE_WRITECOPY` and `PAGE_EXECUTE_WRITECOPY` pass here: they are
 /// valid for section views, not for private memory (see
 /// [`protection_from_page`]). Time: O(1).
 ///
@@ -67,7 +67,7 @@ pub const fn is_valid_page_protection(protect: u32) -> bool {
 ///
 /// Fails with `STATUS_INVALID_PAGE_PROTECTION` for every value
 /// [`is_valid_page_protection`] refuses, and for `PAGE_WRITECOPY` /
-/// `PAGE_EXECUTE_WRITECOPY`, which private memory refuses [W][R] (§4.2, §5)
+/// `PAGE_EXECUTE_WRITECOPY`, which private memory refuses \[W\]\[R\] (§4.2, §5)
 /// and which [`Protection`] cannot express. `PAGE_EXECUTE` is
 /// [`Protection::EXECUTE`] alone; `PAGE_GUARD` is [`Protection::GUARD`].
 /// Time: O(1).
@@ -96,8 +96,7 @@ pub const fn protection_from_page(protect: u32) -> Result<(Protection, u32), NtS
         // PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY: not for private memory.
         _ => return Err(NtStatus::INVALID_PAGE_PROTECTION),
     };
-    let protection =
-        if protect & PAGE_GUARD != 0 { base.union(Protection::GUARD) } else { base };
+    let protection = if protect & PAGE_GUARD != 0 { base.union(Protection::GUARD) } else { base };
     Ok((protection, protect & CACHE_MODIFIERS))
 }
 

@@ -53,13 +53,13 @@ impl From<RegionInfo> for MemoryBasicInformation {
     /// What Windows reports for the region `info` describes (§8):
     ///
     /// * free: `MEM_FREE`, `Protect` = `PAGE_NOACCESS`, `AllocationBase`,
-    ///   `AllocationProtect` and `Type` 0 [W];
-    /// * reserved: `MEM_RESERVE`, `Protect` = 0 [W];
+    ///   `AllocationProtect` and `Type` 0 \[W\];
+    /// * reserved: `MEM_RESERVE`, `Protect` = 0 \[W\];
     /// * committed: `MEM_COMMIT`, `Protect` = the page's protection with
-    ///   `PAGE_GUARD` and the allocation's cache modifier [W] (see
+    ///   `PAGE_GUARD` and the allocation's cache modifier \[W\] (see
     ///   [`page_from_protection`](super::page_from_protection));
     /// * `Type`: `MEM_PRIVATE` for private memory, `MEM_MAPPED` for
-    ///   `FileView` / `PagefileView`, `MEM_IMAGE` for `Image` [W]. MMIO
+    ///   `FileView` / `PagefileView`, `MEM_IMAGE` for `Image` \[W\]. MMIO
     ///   regions, which Windows has no user-mode equivalent for, report as
     ///   committed private read-write memory.
     ///
@@ -107,10 +107,10 @@ impl From<RegionInfo> for MemoryBasicInformation {
 /// [`MemoryBasicInformation`]).
 ///
 /// `address` at or past [`USER_SPACE_END`] → `STATUS_INVALID_PARAMETER`
-/// [I][R] (Win32 87 [D]). Any lower address answers, a free one below
-/// `0x10000` (NULL included) with `MEM_FREE` [I]. `base_address` is
-/// `PAGE_DOWN(address)`, not the region start [I][D]; for free memory
-/// `region_size` runs to the next allocation or to `USER_SPACE_END` [D].
+/// \[I\]\[R\] (Win32 87 \[D\]). Any lower address answers, a free one below
+/// `0x10000` (NULL included) with `MEM_FREE` \[I\]. `base_address` is
+/// `PAGE_DOWN(address)`, not the region start \[I\]\[D\]; for free memory
+/// `region_size` runs to the next allocation or to `USER_SPACE_END` \[D\].
 /// The buffer-length rule (`STATUS_INFO_LENGTH_MISMATCH`) belongs to the
 /// caller that copies the structure into guest memory.
 ///

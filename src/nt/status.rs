@@ -187,7 +187,7 @@ pub const ERROR_COMMITMENT_LIMIT: u32 = 1455;
 
 /// `RtlNtStatusToDosError` for the statuses of this face: the Win32 error the
 /// `Virtual*` wrappers put in `GetLastError()` when the Nt call fails
-/// (WINDOWS-SEMANTICS §1.6, [W] Wine `run_error_tests`).
+/// (WINDOWS-SEMANTICS §1.6, \[W\] Wine `run_error_tests`).
 ///
 /// | NTSTATUS | Win32 |
 /// |---|---|
@@ -203,7 +203,7 @@ pub const ERROR_COMMITMENT_LIMIT: u32 = 1455;
 /// | NOT_SUPPORTED | `ERROR_NOT_SUPPORTED` (50) |
 /// | MAPPED_ALIGNMENT | `ERROR_MAPPED_ALIGNMENT` (1132) |
 /// | IMAGE_NOT_AT_BASE | `ERROR_IMAGE_NOT_AT_BASE` (700) |
-/// | GUARD_PAGE_VIOLATION | itself (0x80000001), as Windows maps exception codes [I] |
+/// | GUARD_PAGE_VIOLATION | itself (0x80000001), as Windows maps exception codes \[I\] |
 /// | anything else | `ERROR_MR_MID_NOT_FOUND` (317) |
 ///
 /// Time: O(1).

@@ -72,7 +72,7 @@ fn within_view(requested: Protection, maximum: Protection) -> bool {
 /// The exclusive end an address picked under `zero_bits` may reach (§4.5):
 /// 0 → user space; 1..=21 → `1 << (32 - zero_bits)`, so that
 /// `(base >> (32 - zero_bits)) == 0`; 22..=31 → `STATUS_INVALID_PARAMETER_3`
-/// [W]; above 31 a mask whose leading zero bits count [W]: a mask of `n`
+/// \[W\]; above 31 a mask whose leading zero bits count \[W\]: a mask of `n`
 /// significant bits allows ends up to `1 << n`.
 fn zero_bits_limit(zero_bits: u64) -> NtResult<u64> {
     match zero_bits {
@@ -85,7 +85,7 @@ fn zero_bits_limit(zero_bits: u64) -> NtResult<u64> {
 
 /// `end` of an explicit `[base, base + size)`, refusing a base past the last
 /// user address (`bad_base`) and a size that overflows or runs past user
-/// space (`bad_size`) [R].
+/// space (`bad_size`) \[R\].
 fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) -> NtResult<u64> {
     if base > MAX_ALLOCATION_ADDRESS {
         return Err(bad_base);
@@ -103,22 +103,22 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 /// (WINDOWS-SEMANTICS §3, §4).
 ///
 /// **Validation** (§4.1, in this order; the first failure is returned):
-/// 1. `zero_bits` 22..=31 → `STATUS_INVALID_PARAMETER_3` [W].
+/// 1. `zero_bits` 22..=31 → `STATUS_INVALID_PARAMETER_3` \[W\].
 /// 2. A type bit outside `MEM_COMMIT | MEM_RESERVE | MEM_RESET | MEM_TOP_DOWN
 ///    | MEM_WRITE_WATCH | MEM_PHYSICAL | MEM_LARGE_PAGES` (e.g.
 ///    `AT_ROUND_TO_PAGE`), none of `MEM_COMMIT`/`MEM_RESERVE`/`MEM_RESET`,
 ///    `MEM_RESET` with any other bit, or `MEM_WRITE_WATCH` without
-///    `MEM_RESERVE` → `STATUS_INVALID_PARAMETER_5` [W][R].
+///    `MEM_RESERVE` → `STATUS_INVALID_PARAMETER_5` \[W\]\[R\].
 /// 3. An invalid `protect` (§5), `PAGE_WRITECOPY` and
-///    `PAGE_EXECUTE_WRITECOPY` included → `STATUS_INVALID_PAGE_PROTECTION` [W].
-/// 4. `*size == 0` → `STATUS_INVALID_PARAMETER_4` [W][R].
+///    `PAGE_EXECUTE_WRITECOPY` included → `STATUS_INVALID_PAGE_PROTECTION` \[W\].
+/// 4. `*size == 0` → `STATUS_INVALID_PARAMETER_4` \[W\]\[R\].
 /// 5. `MEM_PHYSICAL` (AWE) is not modelled → `STATUS_NOT_SUPPORTED`;
 ///    `MEM_LARGE_PAGES` → `STATUS_PRIVILEGE_NOT_HELD`, as for a process
 ///    without the lock-memory privilege. `MEM_WRITE_WATCH` is accepted; the
 ///    allocation behaves as without it (write tracking is not modelled).
 /// 6. An explicit `*base` past [`MAX_ALLOCATION_ADDRESS`] →
 ///    `STATUS_INVALID_PARAMETER_2`; `*base + *size` overflowing or past
-///    [`USER_SPACE_END`] → `STATUS_INVALID_PARAMETER_4` [R].
+///    [`USER_SPACE_END`] → `STATUS_INVALID_PARAMETER_4` \[R\].
 ///
 /// **What it does:**
 /// * `*base == 0` (with `MEM_RESERVE`, `MEM_COMMIT` or both): a new
@@ -128,11 +128,11 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 ///   (or, when none fits there, at or above [`MIN_ALLOCATION_ADDRESS`]); with
 ///   `MEM_TOP_DOWN` the highest hole. Under `zero_bits` the allocation ends
 ///   at or below the limit described in step 1 (`1 << (32 - zero_bits)`, or
-///   for a mask `1 << significant bits`). No hole → `STATUS_NO_MEMORY` [W].
+///   for a mask `1 << significant bits`). No hole → `STATUS_NO_MEMORY` \[W\].
 /// * `MEM_RESERVE` at an explicit base: a new allocation
 ///   `[G_DOWN(base), PAGE_UP(base + size))` (§3). A start below
-///   [`MIN_ALLOCATION_ADDRESS`] → `STATUS_INVALID_PARAMETER` [I]; any overlap
-///   with an allocation → `STATUS_CONFLICTING_ADDRESSES` [W].
+///   [`MIN_ALLOCATION_ADDRESS`] → `STATUS_INVALID_PARAMETER` \[I\]; any overlap
+///   with an allocation → `STATUS_CONFLICTING_ADDRESSES` \[W\].
 ///   `zero_bits` and `MEM_TOP_DOWN` do not constrain an explicit base.
 /// * A new allocation is private ([`RegionKind::Private`]); with `MEM_COMMIT`
 ///   it is committed whole with `protect`; its AllocationProtect is
@@ -141,18 +141,18 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 ///   reported on every accessible committed page (§9).
 /// * `MEM_COMMIT` alone at an explicit base: commits
 ///   `[PAGE_DOWN(base), PAGE_UP(base + size))`, which must lie inside one
-///   allocation, else `STATUS_CONFLICTING_ADDRESSES` [R] (§4.3). Committed
+///   allocation, else `STATUS_CONFLICTING_ADDRESSES` \[R\] (§4.3). Committed
 ///   pages keep their bytes and take `protect`; the others read zeros. Cache
 ///   modifiers are ignored here (they belong to the allocation). In a
-///   file-backed or image view → `STATUS_ALREADY_COMMITTED` [W]; in a
+///   file-backed or image view → `STATUS_ALREADY_COMMITTED` \[W\]; in a
 ///   pagefile view, access beyond the view's protection →
 ///   `STATUS_SECTION_PROTECTION`; in an MMIO region →
-///   `STATUS_CONFLICTING_ADDRESSES` (as NT refuses device-memory VADs [R]).
+///   `STATUS_CONFLICTING_ADDRESSES` (as NT refuses device-memory VADs \[R\]).
 /// * `MEM_RESET` (alone, explicit base): `[PAGE_DOWN(base),
 ///   PAGE_UP(base + size))` must lie inside one allocation (reserved pages
 ///   are fine), else `STATUS_CONFLICTING_ADDRESSES` (ERROR_INVALID_ADDRESS
-///   [W]). Nothing changes: states, protections and bytes stay (Windows may
-///   keep or zero them [W]); `protect` only has to be valid (§5; write-copy
+///   \[W\]). Nothing changes: states, protections and bytes stay (Windows may
+///   keep or zero them \[W\]); `protect` only has to be valid (§5; write-copy
 ///   values pass).
 ///
 /// **Write-back**, only on success: `*base` = the start of the range
@@ -317,35 +317,35 @@ fn reset(mm: &MemoryManager, base: u64, size: u64) -> NtResult<(u64, u64)> {
 /// **Validation**, in this order:
 /// 1. `free_type` must be exactly `MEM_DECOMMIT` or `MEM_RELEASE` (not 0,
 ///    not `MEM_FREE`, not both, no placeholder modifiers) →
-///    `STATUS_INVALID_PARAMETER_4` [W][R], checked before the address [R].
+///    `STATUS_INVALID_PARAMETER_4` \[W\]\[R\], checked before the address \[R\].
 /// 2. `*base` past [`MAX_ALLOCATION_ADDRESS`] → `STATUS_INVALID_PARAMETER_2`;
 ///    `*base + *size` overflowing or past [`USER_SPACE_END`] →
-///    `STATUS_INVALID_PARAMETER_3` [R].
+///    `STATUS_INVALID_PARAMETER_3` \[R\].
 /// 3. No allocation contains `PAGE_DOWN(*base)` →
-///    `STATUS_MEMORY_NOT_ALLOCATED` [W].
+///    `STATUS_MEMORY_NOT_ALLOCATED` \[W\].
 /// 4. The allocation is a section view (kind `FileView`, `PagefileView`,
-///    `Image`) → `STATUS_UNABLE_TO_DELETE_SECTION` [R] (Win32 87 [W]); views
+///    `Image`) → `STATUS_UNABLE_TO_DELETE_SECTION` \[R\] (Win32 87 \[W\]); views
 ///    are unmapped, not freed. MMIO regions answer the same (NT refuses
-///    device-memory VADs the same way [R]); the emulator removes them with
+///    device-memory VADs the same way \[R\]); the emulator removes them with
 ///    [`MemoryManager::release_memory`].
 /// 5. `*size == 0` and `PAGE_DOWN(*base)` is not the allocation base →
-///    `STATUS_FREE_VM_NOT_AT_BASE` [W]; any address in the first page works.
+///    `STATUS_FREE_VM_NOT_AT_BASE` \[W\]; any address in the first page works.
 /// 6. `*size != 0` and `PAGE_UP(*base + *size)` is past the allocation's end
-///    → `STATUS_UNABLE_TO_FREE_VM` [W].
+///    → `STATUS_UNABLE_TO_FREE_VM` \[W\].
 ///
 /// **What it does:**
 /// * `*size == 0`: the whole allocation. `MEM_DECOMMIT` makes every page
 ///   reserved (bytes dropped) and writes back `*base` = the allocation base,
-///   `*size` = 0 (Windows 10 1803+ [W]); `MEM_RELEASE` frees it and writes
-///   back the base and the allocation's length [W].
+///   `*size` = 0 (Windows 10 1803+ \[W\]); `MEM_RELEASE` frees it and writes
+///   back the base and the allocation's length \[W\].
 /// * `*size != 0`: the pages touched by `[*base, *base + *size)`.
 ///   `MEM_DECOMMIT` makes them reserved (reserved pages in the range are
-///   fine [W]); `MEM_RELEASE` frees them and splits the allocation: what
+///   fine \[W\]); `MEM_RELEASE` frees them and splits the allocation: what
 ///   remains below and above become separate allocations, the upper one
-///   based at the range end [W]. Writes back `PAGE_DOWN(*base)` and the
-///   rounded length [W].
+///   based at the range end \[W\]. Writes back `PAGE_DOWN(*base)` and the
+///   rounded length \[W\].
 ///
-/// On failure `*base` and `*size` are unchanged [W].
+/// On failure `*base` and `*size` are unchanged \[W\].
 ///
 /// Time: O(log allocations + page-table leaves touched + dirty pages dropped).
 ///
@@ -425,27 +425,27 @@ fn free(mm: &mut MemoryManager, base: u64, size: u64, free_type: u32) -> NtResul
 /// **Validation**, in this order:
 /// 1. An invalid `new_protect` (§5), `PAGE_WRITECOPY` and
 ///    `PAGE_EXECUTE_WRITECOPY` included → `STATUS_INVALID_PAGE_PROTECTION`
-///    [W]; checked before the address [R].
+///    \[W\]; checked before the address \[R\].
 /// 2. `*base` past [`MAX_ALLOCATION_ADDRESS`] → `STATUS_INVALID_PARAMETER_2`;
 ///    `*base + *size` overflowing or past [`USER_SPACE_END`], or an empty
 ///    range (size 0 at a page-aligned address) → `STATUS_INVALID_PARAMETER_3`.
 /// 3. The range `[PAGE_DOWN(base), PAGE_UP(base + size))` must lie inside one
 ///    allocation: a free address or a range crossing an allocation's end →
-///    `STATUS_CONFLICTING_ADDRESSES` [R][W]. MMIO regions, whose protection
-///    is fixed, answer the same (NT refuses device-memory VADs so [R]).
+///    `STATUS_CONFLICTING_ADDRESSES` \[R\]\[W\]. MMIO regions, whose protection
+///    is fixed, answer the same (NT refuses device-memory VADs so \[R\]).
 /// 4. In a data view (`FileView`, `PagefileView`), access beyond the view's
-///    protection → `STATUS_SECTION_PROTECTION` (Win32 87 [W]).
-/// 5. Every page must be committed → else `STATUS_NOT_COMMITTED` [W].
+///    protection → `STATUS_SECTION_PROTECTION` (Win32 87 \[W\]).
+/// 5. Every page must be committed → else `STATUS_NOT_COMMITTED` \[W\].
 ///
 /// **On success** every page takes `new_protect`, bytes, state and
-/// AllocationProtect unchanged [W]; `*old_protect` is the protection of the
+/// AllocationProtect unchanged \[W\]; `*old_protect` is the protection of the
 /// **first** page, `PAGE_GUARD` and the allocation's cache modifier included
-/// [W]; `*base` and `*size` get the rounded range [W]. `PAGE_NOCACHE` /
+/// \[W\]; `*base` and `*size` get the rounded range \[W\]. `PAGE_NOCACHE` /
 /// `PAGE_WRITECOMBINE` in `new_protect` are ignored: they are per-allocation
 /// attributes on modern Windows (§9), so an allocation made with
 /// `PAGE_NOCACHE` keeps reporting it and one made without never does.
 ///
-/// **On failure** `*old_protect` = `PAGE_NOACCESS` [W], and nothing else
+/// **On failure** `*old_protect` = `PAGE_NOACCESS` \[W\], and nothing else
 /// changes.
 ///
 /// Time: O(log allocations + page-table leaves touched).
