@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::live::prefetch;
 use crate::protection::meta;
 
 /// Bytes in a page.
@@ -126,18 +127,28 @@ static NEXT_LEAF_ID: AtomicU64 = AtomicU64::new(1);
 /// an entry sets its bit in `changed`. Two leaves where one is the other's
 /// origin can then differ only in the entries `x.changed | y.changed`, so a
 /// diff reads those entries and nothing else of the two leaves.
-#[repr(C)]
+///
+/// Layout: the lineage words first, on the leaf's first cache line (the
+/// leaf is line aligned), so a diff decides which entries to read from one
+/// line; then the states, then the entries, four to a line.
+#[repr(C, align(64))]
 struct Leaf {
-    meta: [u8; FANOUT],
     id: u64,
     origin: u64,
     changed: u64,
     /// Pages with bytes (`Some`) in this leaf.
     stored: u64,
-    pages: [Option<Arc<FrozenPage>>; FANOUT],
-    /// `pages[i].fingerprint`, kept beside the pointer so a diff can tell
-    /// two pages apart without touching either (0 where there is no page).
-    fingerprints: [u64; FANOUT],
+    meta: [u8; FANOUT],
+    entries: [Entry; FANOUT],
+}
+
+/// A page pointer and its fingerprint, side by side (one cache line holds
+/// four), so a diff tells two pages apart without touching either.
+#[derive(Clone, Default)]
+struct Entry {
+    page: Option<Arc<FrozenPage>>,
+    /// `page.fingerprint`, or 0 without a page.
+    fingerprint: u64,
 }
 
 impl Leaf {
@@ -148,8 +159,7 @@ impl Leaf {
             origin: 0,
             changed: 0,
             stored: 0,
-            pages: std::array::from_fn(|_| None),
-            fingerprints: [0; FANOUT],
+            entries: std::array::from_fn(|_| Entry::default()),
         }
     }
 }
@@ -163,8 +173,7 @@ impl Clone for Leaf {
             origin: self.id,
             changed: 0,
             stored: self.stored,
-            pages: self.pages.clone(),
-            fingerprints: self.fingerprints,
+            entries: self.entries.clone(),
         }
     }
 }
@@ -328,7 +337,11 @@ impl DiffEntry<'_> {
     const ABSENT: DiffEntry<'static> = DiffEntry { meta: 0, page: None, fingerprint: 0 };
 
     fn of(leaf: &Leaf, i: usize) -> DiffEntry<'_> {
-        DiffEntry { meta: leaf.meta[i], page: leaf.pages[i].as_ref(), fingerprint: leaf.fingerprints[i] }
+        DiffEntry {
+            meta: leaf.meta[i],
+            page: leaf.entries[i].page.as_ref(),
+            fingerprint: leaf.entries[i].fingerprint,
+        }
     }
 
     /// True when both sides hold the same bytes (no page = zeros). Touches
@@ -373,7 +386,7 @@ impl PageTable {
                 },
                 Node::Leaf(leaf) => {
                     let i = (vpn & INDEX_MASK) as usize;
-                    return PageEntry { meta: leaf.meta[i], page: leaf.pages[i].as_ref() };
+                    return PageEntry { meta: leaf.meta[i], page: leaf.entries[i].page.as_ref() };
                 }
             }
         }
@@ -404,9 +417,8 @@ impl PageTable {
                 Node::Leaf(leaf) => {
                     let i = (vpn & INDEX_MASK) as usize;
                     debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
-                    let delta = i64::from(page.is_some()) - i64::from(leaf.pages[i].is_some());
-                    leaf.fingerprints[i] = page.as_ref().map_or(0, |p| p.fingerprint);
-                    leaf.pages[i] = page;
+                    let delta = i64::from(page.is_some()) - i64::from(leaf.entries[i].page.is_some());
+                    leaf.entries[i] = Entry { fingerprint: page.as_ref().map_or(0, |p| p.fingerprint), page };
                     leaf.changed |= 1 << i;
                     leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
                     delta
@@ -432,9 +444,11 @@ impl PageTable {
                 return (0, node.stored());
             }
             match &**node {
-                Node::Leaf(leaf) => leaf.pages.iter().flatten().fold((0, 0), |(p, s), page| {
-                    if Arc::strong_count(page) == 1 { (p + 1, s) } else { (p, s + 1) }
-                }),
+                Node::Leaf(leaf) => {
+                    leaf.entries.iter().filter_map(|e| e.page.as_ref()).fold((0, 0), |(p, s), page| {
+                        if Arc::strong_count(page) == 1 { (p + 1, s) } else { (p, s + 1) }
+                    })
+                }
                 Node::Inner(inner) => inner.children.iter().flatten().fold((0, 0), |(p, s), child| {
                     let (cp, cs) = walk(child);
                     (p + cp, s + cs)
@@ -474,7 +488,22 @@ impl PageTable {
     /// follows what changed. Pages are reported in ascending order; a page whose
     /// state and frozen page pointer are equal is not reported.
     pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64, DiffEntry<'_>, DiffEntry<'_>)) {
-        diff_node(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut f);
+        let mut pairs = Vec::new();
+        collect_leaf_pairs(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut pairs);
+        // Leaf pairs are scattered in memory: take them 16 at a time and load
+        // each batch's header lines, then its candidate entries, all at once,
+        // so their cache misses overlap instead of following one another.
+        for batch in pairs.chunks(16) {
+            for pair in batch {
+                preload(pair, false);
+            }
+            for pair in batch {
+                preload(pair, true);
+            }
+            for &(x, y, base) in batch {
+                diff_leaves(x, y, base, &mut f);
+            }
+        }
     }
 }
 
@@ -517,13 +546,14 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
     match node {
         Node::Leaf(leaf) => {
             for i in from as usize..to as usize {
-                delta += op.apply(&mut leaf.meta[i], &mut leaf.pages[i]);
-                if leaf.pages[i].is_none() {
-                    leaf.fingerprints[i] = 0;
+                let entry = &mut leaf.entries[i];
+                delta += op.apply(&mut leaf.meta[i], &mut entry.page);
+                if entry.page.is_none() {
+                    entry.fingerprint = 0;
                 }
             }
             leaf.changed |= range_mask(from as usize, to as usize);
-            leaf.stored = leaf.pages.iter().filter(|p| p.is_some()).count() as u64;
+            leaf.stored = leaf.entries.iter().filter(|e| e.page.is_some()).count() as u64;
         }
         Node::Inner(inner) => {
             let child_span = span(level - 1);
@@ -583,7 +613,7 @@ fn uniform_meta(node: &Node) -> Option<u8> {
     match node {
         Node::Leaf(leaf) => {
             let m = leaf.meta[0];
-            (leaf.meta.iter().all(|&x| x == m) && leaf.pages.iter().all(Option::is_none)).then_some(m)
+            (leaf.meta.iter().all(|&x| x == m) && leaf.entries.iter().all(|e| e.page.is_none())).then_some(m)
         }
         Node::Inner(children) => {
             let first = children[0].as_ref()?;
@@ -652,7 +682,7 @@ fn for_each_node(
         Some(Node::Leaf(leaf)) => {
             for i in 0..FANOUT {
                 if leaf.meta[i] != 0 {
-                    f(base + i as u64, leaf.meta[i], leaf.pages[i].as_ref());
+                    f(base + i as u64, leaf.meta[i], leaf.entries[i].page.as_ref());
                 }
             }
         }
@@ -665,27 +695,80 @@ fn for_each_node(
     }
 }
 
-fn diff_node<'t>(
+/// A pair of leaves that may differ, and the first page number they cover.
+type LeafPair<'t> = (Option<&'t Leaf>, Option<&'t Leaf>, u64);
+
+/// Collects the leaf pairs under `a` and `b` that are not the same pointer.
+/// Touches inner nodes only.
+fn collect_leaf_pairs<'t>(
     a: Option<&'t Arc<Node>>,
     b: Option<&'t Arc<Node>>,
     level: u32,
     base: u64,
-    f: &mut impl FnMut(u64, DiffEntry<'t>, DiffEntry<'t>),
+    pairs: &mut Vec<LeafPair<'t>>,
 ) {
     let (a, b) = match (a, b) {
         (None, None) => return,
         (Some(x), Some(y)) if Arc::ptr_eq(x, y) => return,
         (a, b) => (a.map(|n| &**n), b.map(|n| &**n)),
     };
-    match (a, b) {
-        (Some(Node::Leaf(x)), Some(Node::Leaf(y))) => {
-            // Related leaves can differ only where either changed.
-            let mut candidates =
-                if x.origin == y.id || y.origin == x.id { x.changed | y.changed } else { u64::MAX };
-            while candidates != 0 {
-                let i = candidates.trailing_zeros() as usize;
-                candidates &= candidates - 1;
-                let same_page = match (&x.pages[i], &y.pages[i]) {
+    let leaf = |n: Option<&'t Node>| match n {
+        Some(Node::Leaf(l)) => Some(l),
+        _ => None,
+    };
+    if level == 0 {
+        pairs.push((leaf(a), leaf(b), base));
+        return;
+    }
+    fn children(n: Option<&Node>, i: usize) -> Option<&Arc<Node>> {
+        match n {
+            Some(Node::Inner(c)) => c[i].as_ref(),
+            _ => None,
+        }
+    }
+    let child_span = span(level - 1);
+    for i in 0..FANOUT {
+        collect_leaf_pairs(children(a, i), children(b, i), level - 1, base + i as u64 * child_span, pairs);
+    }
+}
+
+/// The entries two leaves may differ in: for related leaves (one copied from
+/// the other) the entries either changed since, otherwise all 64.
+#[inline]
+fn candidates(x: &Leaf, y: &Leaf) -> u64 {
+    if x.origin == y.id || y.origin == x.id { x.changed | y.changed } else { u64::MAX }
+}
+
+/// Starts loading the cache lines the diff of `pair` will read: called a few
+/// pairs ahead, so the misses of consecutive pairs overlap instead of
+/// following one another.
+#[inline]
+fn preload(pair: &LeafPair<'_>, entries_too: bool) {
+    if let (Some(x), Some(y), _) = *pair {
+        if entries_too {
+            let i = candidates(x, y).trailing_zeros() as usize % FANOUT;
+            prefetch(&x.entries[i]);
+            prefetch(&y.entries[i]);
+        } else {
+            prefetch(&x.id);
+            prefetch(&y.id);
+        }
+    }
+}
+
+fn diff_leaves<'t>(
+    x: Option<&'t Leaf>,
+    y: Option<&'t Leaf>,
+    base: u64,
+    f: &mut impl FnMut(u64, DiffEntry<'t>, DiffEntry<'t>),
+) {
+    match (x, y) {
+        (Some(x), Some(y)) => {
+            let mut todo = candidates(x, y);
+            while todo != 0 {
+                let i = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let same_page = match (&x.entries[i].page, &y.entries[i].page) {
                     (None, None) => true,
                     (Some(p), Some(q)) => Arc::ptr_eq(p, q),
                     _ => false,
@@ -695,32 +778,21 @@ fn diff_node<'t>(
                 }
             }
         }
-        (Some(Node::Leaf(x)), None) => {
+        (Some(x), None) => {
             for i in 0..FANOUT {
                 if x.meta[i] != 0 {
                     f(base + i as u64, DiffEntry::of(x, i), DiffEntry::ABSENT);
                 }
             }
         }
-        (None, Some(Node::Leaf(y))) => {
+        (None, Some(y)) => {
             for i in 0..FANOUT {
                 if y.meta[i] != 0 {
                     f(base + i as u64, DiffEntry::ABSENT, DiffEntry::of(y, i));
                 }
             }
         }
-        (a, b) => {
-            let child_span = span(level - 1);
-            fn children(n: Option<&Node>, i: usize) -> Option<&Arc<Node>> {
-                match n {
-                    Some(Node::Inner(c)) => c[i].as_ref(),
-                    _ => None,
-                }
-            }
-            for i in 0..FANOUT {
-                diff_node(children(a, i), children(b, i), level - 1, base + i as u64 * child_span, f);
-            }
-        }
+        (None, None) => {}
     }
 }
 
