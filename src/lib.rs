@@ -55,7 +55,17 @@
 //!
 //! **Versions.** [`MemoryManager::snapshot`] freezes the live state into an
 //! immutable [`Snapshot`] (`Clone + Send + Sync`) and
-//! [`MemoryManager::restore`] returns to any snapshot, on any branch.
+//! [`MemoryManager::restore`] returns to any snapshot, on any branch. A
+//! [`Timeline`] names snapshots and links them into a tree (restoring an old
+//! one and going on starts a branch); [`Snapshot::diff`] and
+//! [`MemoryManager::diff_from`] report what changed between two versions —
+//! allocations, page states, pages and the byte ranges inside them — at a cost
+//! that follows the change, not the memory size.
+//!
+//! **Windows system calls.** [`nt`] maps `NtAllocateVirtualMemory`,
+//! `NtFreeVirtualMemory`, `NtProtectVirtualMemory` and
+//! `NtQueryVirtualMemory` onto the engine with Windows' rounding rules,
+//! statuses and write-backs.
 //!
 //! ## The design
 //!
@@ -86,7 +96,8 @@
 //!
 //! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
 //! `page_table`, `region_map` → `live` → `query` (shared by live and frozen
-//! versions) → `manager`, `snapshot`, `state` (serialization).
+//! versions) → `manager`, `snapshot`, `diff`, `timeline`, `state`
+//! (serialization) → [`nt`] (the Windows system-call face).
 //!
 //! ## Costs
 //!
