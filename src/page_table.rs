@@ -510,15 +510,13 @@ impl PageTable {
     pub(crate) fn diff(&self, other: &PageTable, mut f: impl FnMut(u64, DiffEntry<'_>, DiffEntry<'_>)) {
         let mut pairs = Vec::new();
         collect_leaf_pairs(self.root.as_ref(), other.root.as_ref(), LEVELS - 1, 0, &mut pairs);
-        // Leaf pairs are scattered in memory: take them 16 at a time and load
-        // each batch's header lines, then its candidate entries, all at once,
-        // so their cache misses overlap instead of following one another.
+        // Leaf pairs are scattered in memory: their header lines were
+        // prefetched during the walk; take them 16 at a time and load each
+        // batch's candidate entries at once, so the cache misses overlap
+        // instead of following one another.
         for batch in pairs.chunks(16) {
             for pair in batch {
-                preload(pair, false);
-            }
-            for pair in batch {
-                preload(pair, true);
+                preload(pair);
             }
             for &(x, y, base) in batch {
                 diff_leaves(x, y, base, &mut f);
@@ -735,7 +733,11 @@ fn collect_leaf_pairs<'t>(
         _ => None,
     };
     if level == 0 {
-        pairs.push((leaf(a), leaf(b), base));
+        // Start loading both headers now; the pairs are diffed after the walk.
+        let (x, y) = (leaf(a), leaf(b));
+        x.inspect(|l| prefetch(&l.id));
+        y.inspect(|l| prefetch(&l.id));
+        pairs.push((x, y, base));
         return;
     }
     fn children(n: Option<&Node>, i: usize) -> Option<&Arc<Node>> {
@@ -767,20 +769,13 @@ fn candidates(x: &Leaf, y: &Leaf) -> u64 {
     if x.origin == y.id || y.origin == x.id { x.changed | y.changed } else { u64::MAX }
 }
 
-/// Starts loading the cache lines the diff of `pair` will read: called a few
-/// pairs ahead, so the misses of consecutive pairs overlap instead of
-/// following one another.
+/// Starts loading the entry line the diff of `pair` will read first.
 #[inline]
-fn preload(pair: &LeafPair<'_>, entries_too: bool) {
+fn preload(pair: &LeafPair<'_>) {
     if let (Some(x), Some(y), _) = *pair {
-        if entries_too {
-            let i = candidates(x, y).trailing_zeros() as usize % FANOUT;
-            prefetch(&x.entries[i]);
-            prefetch(&y.entries[i]);
-        } else {
-            prefetch(&x.id);
-            prefetch(&y.id);
-        }
+        let i = candidates(x, y).trailing_zeros() as usize % FANOUT;
+        prefetch(&x.entries[i]);
+        prefetch(&y.entries[i]);
     }
 }
 
