@@ -30,16 +30,17 @@ def main(argv):
     table = {}
     for group, parameter, function, mean in rows:
         table.setdefault((group, parameter), {})[function] = mean
-    print(f"| group | pattern | {baseline} | vmsnap | ratio |")
-    print("|---|---|---|---|---|")
+    print(f"| group | pattern | {baseline} | measured | time / {baseline} | speed-up |")
+    print("|---|---|---|---|---|---|")
     for (group, parameter), times in sorted(table.items()):
         base = times.get(baseline)
         for function, mean in sorted(times.items()):
             if function == baseline:
                 continue
             ratio = f"{mean / base:.2f}x" if base else "n/a"
+            speedup = f"{base / mean:,.0f}x" if base and base / mean >= 10 else (f"{base / mean:.2f}x" if base else "n/a")
             base_s = fmt(base) if base else "n/a"
-            print(f"| {group} | {parameter} | {base_s} | {fmt(mean)} ({function}) | {ratio} |")
+            print(f"| {group} | {parameter} | {base_s} | {fmt(mean)} ({function}) | {ratio} | {speedup} |")
 
 
 def fmt(ns):
