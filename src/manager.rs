@@ -137,6 +137,9 @@ impl MemoryManager {
     #[cold]
     fn write_slow(&mut self, address: u64, data: &[u8], access: Option<Access>) -> Result<(), MemoryError> {
         self.check(address, data.len(), access)?;
+        if access.is_some() {
+            self.resolve_write_copy(address, data.len());
+        }
         query::copy_in(&mut self.pages, &self.regions, address, data);
         Ok(())
     }
@@ -155,6 +158,29 @@ impl MemoryManager {
                 let access = access.expect("guard pages only stop guest accesses");
                 Err(MemoryError::GuardPageViolation { address: at, access })
             }
+        }
+    }
+
+    /// A guest write was allowed: its write-copy pages become writable (the
+    /// private copy is the page itself: every page of this manager is already
+    /// private to it). A layout change when any page changed.
+    fn resolve_write_copy(&mut self, address: u64, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let mut changed = false;
+        let mut page = page_down(address);
+        let end = address + len as u64; // checked by `check`
+        while page < end {
+            let m = self.pages.meta(vpn(page));
+            if m & meta::WRITE_COPY != 0 {
+                self.pages.set_meta(vpn(page), (m & !meta::WRITE_COPY) | Protection::WRITE.bits());
+                changed = true;
+            }
+            page += PAGE_SIZE;
+        }
+        if changed {
+            self.bump_layout();
         }
     }
 

@@ -25,6 +25,11 @@ bitflags! {
         const EXECUTE = 4;
         /// The page is a guard page: its first guest access fails once.
         const GUARD = 8;
+        /// Write access by private copy (`PAGE_WRITECOPY`): a guest write is
+        /// allowed and turns the page into `WRITE` (its region splits), as
+        /// Windows does for image and section views. Requires `READ`, excludes
+        /// `WRITE`.
+        const WRITE_COPY = 16;
     }
 }
 
@@ -37,7 +42,8 @@ impl Protection {
     pub const ALL_ACCESS: Protection = Protection::READ_WRITE.union(Protection::EXECUTE);
 
     /// True when the engine accepts this protection: no unknown bits, `WRITE`
-    /// only together with `READ`, and `GUARD` only together with some access.
+    /// or `WRITE_COPY` (not both) only together with `READ`, and `GUARD` only
+    /// together with some access.
     ///
     /// ```
     /// use vmsnap::Protection;
@@ -52,31 +58,41 @@ impl Protection {
         if bits & !Protection::all().bits() != 0 {
             return false;
         }
-        if bits & Protection::WRITE.bits() != 0 && bits & Protection::READ.bits() == 0 {
+        let writes = Protection::WRITE.bits() | Protection::WRITE_COPY.bits();
+        if bits & writes != 0 && bits & Protection::READ.bits() == 0 {
             return false;
         }
-        if bits & Protection::GUARD.bits() != 0 && bits & Protection::ALL_ACCESS.bits() == 0 {
+        if bits & writes == writes {
+            return false;
+        }
+        if bits & Protection::GUARD.bits() != 0 && bits & (Protection::ALL_ACCESS.bits() | writes) == 0 {
             return false;
         }
         true
     }
 
-    /// True when a guest access of kind `access` is allowed (ignoring `GUARD`).
+    /// True when a guest access of kind `access` is allowed (ignoring `GUARD`;
+    /// `WRITE_COPY` allows writes).
     pub const fn allows(self, access: Access) -> bool {
-        self.bits() & access.required().bits() != 0
+        let mut required = access.required().bits();
+        if let Access::Write = access {
+            required |= Protection::WRITE_COPY.bits();
+        }
+        self.bits() & required != 0
     }
 }
 
 impl std::fmt::Display for Protection {
     /// `rwx` letters, `-` for a missing right, `+guard` when `GUARD` is set:
-    /// `rw-`, `r-x`, `rw-+guard`, `---` (no access).
+    /// `rw-`, `r-x`, `rw-+guard`, `---` (no access); `c` in the write column
+    /// for write-copy (`rc-`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bit = |flag: Protection, c: char| if self.contains(flag) { c } else { '-' };
         write!(
             f,
             "{}{}{}",
             bit(Protection::READ, 'r'),
-            bit(Protection::WRITE, 'w'),
+            if self.contains(Protection::WRITE_COPY) { 'c' } else { bit(Protection::WRITE, 'w') },
             bit(Protection::EXECUTE, 'x')
         )?;
         if self.contains(Protection::GUARD) {
@@ -138,8 +154,8 @@ impl std::fmt::Display for Access {
 /// The state of one page as the page table stores it: one byte.
 ///
 /// ```text
-///  bit  7 6 5    4         3     2  1  0
-///       0 0 MMIO COMMITTED GUARD X  W  R
+///  bit  7 6    5         4  3     2  1  0
+///       0 MMIO COMMITTED WC GUARD X  W  R
 /// ```
 ///
 /// A page whose byte is 0 is not committed (free or reserved: the region map
@@ -147,11 +163,13 @@ impl std::fmt::Display for Access {
 /// means, so empty memory costs nothing.
 pub(crate) mod meta {
     /// Mask of the protection bits.
-    pub const PROT: u8 = 0x0f;
+    pub const PROT: u8 = 0x1f;
     /// The page is committed.
-    pub const COMMITTED: u8 = 0x10;
+    pub const COMMITTED: u8 = 0x20;
     /// The page belongs to an MMIO region.
-    pub const MMIO: u8 = 0x20;
+    pub const MMIO: u8 = 0x40;
+    /// `WRITE_COPY` inside the byte.
+    pub const WRITE_COPY: u8 = 0x10;
     /// Every bit a valid meta byte may have.
     pub const ALL: u8 = PROT | COMMITTED | MMIO;
     /// `GUARD` inside the byte.
@@ -182,7 +200,10 @@ mod tests {
     fn validity() {
         for bits in 0u8..=255 {
             let p = Protection::from_bits_retain(bits);
-            let expected = bits < 16 && (bits & 2 == 0 || bits & 1 != 0) && (bits & 8 == 0 || bits & 7 != 0);
+            let expected = bits < 32
+                && (bits & 0x12 == 0 || bits & 1 != 0)
+                && bits & 0x12 != 0x12
+                && (bits & 8 == 0 || bits & 0x17 != 0);
             assert_eq!(p.is_valid(), expected, "bits {bits:#x}");
         }
     }
@@ -193,6 +214,10 @@ mod tests {
         assert_eq!(Protection::READ_EXECUTE.to_string(), "r-x");
         assert_eq!((Protection::READ_WRITE | Protection::GUARD).to_string(), "rw-+guard");
         assert_eq!(Protection::empty().to_string(), "---");
+        assert_eq!((Protection::READ | Protection::WRITE_COPY).to_string(), "rc-");
+        assert!(Protection::WRITE_COPY.union(Protection::READ).allows(Access::Write));
+        assert!(!Protection::WRITE_COPY.is_valid());
+        assert!(!(Protection::READ_WRITE | Protection::WRITE_COPY).is_valid());
     }
 
     #[test]
@@ -211,6 +236,6 @@ mod tests {
         assert!(meta::is_valid(m));
         assert!(meta::is_valid(0));
         assert!(!meta::is_valid(Protection::READ.bits())); // not committed but has protection
-        assert!(!meta::is_valid(0x40 | meta::COMMITTED));
+        assert!(!meta::is_valid(0x80 | meta::COMMITTED));
     }
 }

@@ -417,3 +417,38 @@ fn guard_firing_advances_layout_version() {
     mm.guest_write(A, &buf).unwrap();
     assert_eq!(mm.layout_version(), fired);
 }
+
+// WINDOWS-SEMANTICS §11: writing to a WC page turns it into RW (EWC into ERW);
+// only the written page changes, which splits the region.
+#[test]
+fn guest_write_to_write_copy_page_makes_it_writable_and_splits_the_region() {
+    let mut mm = MemoryManager::new();
+    let wc = Protection::READ | Protection::WRITE_COPY;
+    mm.allocate_memory_at(A, 0x3000, wc, false, RegionKind::Image).unwrap();
+    let v0 = mm.layout_version();
+    // Reads and host writes leave the protection alone.
+    let mut buf = [0u8; 4];
+    mm.guest_read(A + 0x1000, &mut buf).unwrap();
+    mm.write_memory(A + 0x1000, b"host").unwrap();
+    assert_eq!(mm.region_info(A).permissions, wc);
+    assert_eq!(mm.layout_version(), v0);
+    // The first guest write goes through and converts only its page.
+    mm.guest_write(A + 0x1ffe, b"ab").unwrap();
+    assert_eq!(read_vec(&mm, A + 0x1ffe, 2), b"ab".to_vec());
+    assert!(mm.layout_version() > v0);
+    let r = mm.region_info(A + 0x1000);
+    assert_eq!((r.start, r.length, r.permissions), (A + 0x1000, 0x1000, Protection::READ_WRITE));
+    assert_eq!(mm.region_info(A).permissions, wc);
+    assert_eq!(mm.region_info(A + 0x2000).permissions, wc);
+    assert_eq!(mm.region_info(A).initial_permissions, wc);
+    // Execute-write-copy becomes execute-read-write.
+    let ewc = Protection::READ_EXECUTE | Protection::WRITE_COPY;
+    mm.protect_memory(A + 0x2000, 0x1000, ewc).unwrap();
+    mm.guest_write(A + 0x2000, b"x").unwrap();
+    assert_eq!(mm.region_info(A + 0x2000).permissions, Protection::ALL_ACCESS);
+    // A write spanning two WC pages converts both.
+    mm.protect_memory(A, 0x2000, wc).unwrap();
+    mm.guest_write(A + 0xfff, b"yz").unwrap();
+    assert_eq!(mm.region_info(A).permissions, Protection::READ_WRITE);
+    assert_eq!(mm.region_info(A).length, 0x2000);
+}
