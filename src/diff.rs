@@ -166,8 +166,8 @@ impl MemoryDiff {
     /// Time: O(changed pages · levels) (each page is looked up in both versions).
     pub fn page_changes(&self) -> Vec<PageChange<'_>> {
         fn bytes(table: &PageTable, address: u64) -> &PageBytes {
-            let e = table.get(address / PAGE_SIZE);
-            if e.meta & meta::COMMITTED != 0 && e.meta & meta::MMIO == 0 { e.bytes() } else { &ZERO_PAGE }
+            let (m, bytes) = table.resolve(address / PAGE_SIZE);
+            if m & meta::COMMITTED != 0 && m & meta::MMIO == 0 { bytes } else { &ZERO_PAGE }
         }
         self.pages
             .iter()

@@ -292,9 +292,15 @@ impl LivePages {
     fn resolve_slow(&self, vpn: u64) -> Resolved<'_> {
         let entry = self.table.get(vpn);
         let mut e = TlbEntry { vpn, meta: entry.meta, slot: NO_SLOT, frozen: std::ptr::null() };
-        match self.overlay.get(vpn) {
+        // A view page's bytes are its section page's.
+        let (target, bytes) = if entry.meta & meta::VIEW != 0 {
+            (entry.aux, self.table.get(entry.aux).bytes())
+        } else {
+            (vpn, entry.bytes())
+        };
+        match self.overlay.get(target) {
             Some(slot) => e.slot = slot,
-            None => e.frozen = entry.bytes() as *const PageBytes,
+            None => e.frozen = bytes as *const PageBytes,
         }
         if entry.meta & meta::COMMITTED != 0 {
             self.tlb[vpn as usize % TLB_ENTRIES].set(e);
@@ -346,11 +352,17 @@ impl LivePages {
     fn make_dirty(&mut self, vpn: u64) -> u32 {
         let entry = self.table.get(vpn);
         debug_assert!(entry.meta & meta::COMMITTED != 0);
-        let slot = match self.overlay.get(vpn) {
+        let target = if entry.meta & meta::VIEW != 0 { entry.aux } else { vpn };
+        let slot = match self.overlay.get(target) {
             Some(slot) => slot,
             None => {
-                let src: &PageBytes = entry.bytes();
-                self.overlay.insert(vpn, src)
+                let slot = self.overlay.insert(target, self.table.get(target).bytes());
+                if target != vpn {
+                    // Other views of this section page may have its frozen
+                    // bytes in the TLB: they must see the new slot.
+                    self.flush();
+                }
+                slot
             }
         };
         self.tlb[vpn as usize % TLB_ENTRIES].set(TlbEntry {

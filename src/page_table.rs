@@ -142,13 +142,15 @@ struct Leaf {
     entries: [Entry; FANOUT],
 }
 
-/// A page pointer and its fingerprint, side by side (one cache line holds
-/// four), so a diff tells two pages apart without touching either.
+/// A page pointer and a word beside it (one cache line holds four).
 #[derive(Clone, Default)]
 struct Entry {
     page: Option<Arc<FrozenPage>>,
-    /// `page.fingerprint`, or 0 without a page.
-    fingerprint: u64,
+    /// For a section view page (state bit `VIEW`): the page number where its
+    /// bytes live (a section page, above user space). Otherwise
+    /// `page.fingerprint`, or 0 without a page, so a diff tells two pages
+    /// apart without touching either.
+    aux: u64,
 }
 
 impl Leaf {
@@ -269,36 +271,67 @@ pub(crate) enum RangeOp {
     Clear,
     /// Set this state byte on every page and drop its bytes.
     Set(u8),
+    /// Commit with this protection only the pages not committed yet.
+    CommitReserved(u8),
+    /// Make every page a view page with state `meta` (which has `VIEW`) whose
+    /// bytes live at page number `vpn + key_offset`.
+    View {
+        /// The state byte.
+        meta: u8,
+        /// Added to a page's number to give its section page.
+        key_offset: u64,
+    },
+}
+
+/// What an operation does to an absent (all-zero) subtree.
+enum Absent {
+    /// Nothing: the pages stay absent.
+    Skip,
+    /// Every page gets this state and no bytes: a shared uniform subtree.
+    Uniform(u8),
+    /// The pages differ from one another: build real nodes.
+    Build,
 }
 
 impl RangeOp {
-    /// The state an absent (all-zero) page gets, when it changes.
-    fn fill_of_absent(self) -> Option<u8> {
+    /// What the op does to absent pages.
+    fn on_absent(self) -> Absent {
         match self {
-            RangeOp::Commit(prot) => Some(meta::COMMITTED | prot),
-            RangeOp::Set(m) if m != 0 => Some(m),
-            _ => None,
+            RangeOp::Commit(prot) | RangeOp::CommitReserved(prot) => Absent::Uniform(meta::COMMITTED | prot),
+            RangeOp::Set(m) if m != 0 => Absent::Uniform(m),
+            RangeOp::View { .. } => Absent::Build,
+            _ => Absent::Skip,
         }
     }
 
-    /// The state a page with state `m` and no bytes gets.
-    fn apply_meta(self, m: u8) -> u8 {
+    /// The state a page with state `m` and no bytes gets, when every page of
+    /// a uniform subtree ends the same (`None` for per-page results).
+    fn apply_meta(self, m: u8) -> Option<u8> {
+        if matches!(self, RangeOp::View { .. }) || m & meta::VIEW != 0 {
+            return None;
+        }
         let mut m = m;
-        let mut page = None;
-        self.apply(&mut m, &mut page);
-        m
+        let mut entry = Entry::default();
+        self.apply(0, &mut m, &mut entry);
+        Some(m)
     }
 
-    /// Applies the op to one page; returns the change in committed pages.
+    /// Applies the op to page `vpn`; returns the change in committed pages.
     #[inline]
-    fn apply(self, m: &mut u8, page: &mut Option<Arc<FrozenPage>>) -> i64 {
+    fn apply(self, vpn: u64, m: &mut u8, entry: &mut Entry) -> i64 {
         let was = i64::from(*m & meta::COMMITTED != 0);
         match self {
             RangeOp::Commit(prot) => {
                 if *m & meta::COMMITTED == 0 {
-                    *page = None;
+                    entry.page = None;
                 }
                 *m = (*m & !meta::PROT) | meta::COMMITTED | prot;
+            }
+            RangeOp::CommitReserved(prot) => {
+                if *m & meta::COMMITTED == 0 {
+                    entry.page = None;
+                    *m = (*m & !meta::PROT) | meta::COMMITTED | prot;
+                }
             }
             RangeOp::Protect(prot) => {
                 if *m & meta::COMMITTED != 0 {
@@ -307,12 +340,20 @@ impl RangeOp {
             }
             RangeOp::Clear => {
                 *m = 0;
-                *page = None;
+                entry.page = None;
             }
             RangeOp::Set(new) => {
                 *m = new;
-                *page = None;
+                entry.page = None;
             }
+            RangeOp::View { meta: new, key_offset } => {
+                *m = new;
+                entry.page = None;
+                entry.aux = vpn + key_offset;
+            }
+        }
+        if *m & meta::VIEW == 0 && entry.page.is_none() {
+            entry.aux = 0;
         }
         i64::from(*m & meta::COMMITTED != 0) - was
     }
@@ -325,6 +366,8 @@ pub(crate) struct PageEntry<'a> {
     pub(crate) meta: u8,
     /// The frozen bytes, or `None` for a zero page (or an uncommitted one).
     pub(crate) page: Option<&'a Arc<FrozenPage>>,
+    /// For a view page, the page number of its bytes (see `Entry::aux`).
+    pub(crate) aux: u64,
 }
 
 impl<'a> PageEntry<'a> {
@@ -338,7 +381,7 @@ impl<'a> PageEntry<'a> {
     }
 }
 
-const ABSENT: PageEntry<'static> = PageEntry { meta: 0, page: None };
+const ABSENT: PageEntry<'static> = PageEntry { meta: 0, page: None, aux: 0 };
 
 /// One side of a page that differs between two tables, as a diff sees it.
 #[derive(Clone, Copy)]
@@ -358,7 +401,7 @@ impl DiffEntry<'_> {
         DiffEntry {
             meta: leaf.meta[i],
             page: leaf.entries[i].page.as_ref(),
-            fingerprint: leaf.entries[i].fingerprint,
+            fingerprint: leaf.entries[i].aux,
         }
     }
 
@@ -385,6 +428,14 @@ pub(crate) struct PageTable {
 }
 
 impl PageTable {
+    /// The state of page `vpn` and its bytes, following a view page to the
+    /// section page that holds them. Time: O(1) (one or two walks).
+    #[inline]
+    pub(crate) fn resolve(&self, vpn: u64) -> (u8, &PageBytes) {
+        let e = self.get(vpn);
+        if e.meta & meta::VIEW != 0 { (e.meta, self.get(e.aux).bytes()) } else { (e.meta, e.bytes()) }
+    }
+
     /// Looks up page `vpn` (`vpn < VPN_LIMIT`). Time: O(1) (6 levels).
     #[inline]
     pub(crate) fn get(&self, vpn: u64) -> PageEntry<'_> {
@@ -404,7 +455,8 @@ impl PageTable {
                 },
                 Node::Leaf(leaf) => {
                     let i = (vpn & INDEX_MASK) as usize;
-                    return PageEntry { meta: leaf.meta[i], page: leaf.entries[i].page.as_ref() };
+                    let e = &leaf.entries[i];
+                    return PageEntry { meta: leaf.meta[i], page: e.page.as_ref(), aux: e.aux };
                 }
             }
         }
@@ -438,7 +490,8 @@ impl PageTable {
                     let i = (vpn & INDEX_MASK) as usize;
                     debug_assert!(leaf.meta[i] & meta::COMMITTED != 0);
                     let delta = i64::from(page.is_some()) - i64::from(leaf.entries[i].page.is_some());
-                    leaf.entries[i] = Entry { fingerprint: page.as_ref().map_or(0, |p| p.fingerprint), page };
+                    debug_assert!(leaf.meta[i] & meta::VIEW == 0, "view pages hold no bytes");
+                    leaf.entries[i] = Entry { aux: page.as_ref().map_or(0, |p| p.fingerprint), page };
                     leaf.changed |= 1 << i;
                     leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
                     delta
@@ -529,13 +582,13 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
     let end = base + span(level);
     let covered = lo <= base && end <= hi;
     match slot {
-        None => match op.fill_of_absent() {
-            None => return 0,
-            Some(m) if covered => {
+        None => match op.on_absent() {
+            Absent::Skip => return 0,
+            Absent::Uniform(m) if covered => {
                 *slot = Some(uniform(level, m));
                 return if m & meta::COMMITTED != 0 { span(level) as i64 } else { 0 };
             }
-            Some(_) => *slot = Some(Arc::new(Node::empty(level))),
+            Absent::Uniform(_) | Absent::Build => *slot = Some(Arc::new(Node::empty(level))),
         },
         Some(node) if covered && matches!(op, RangeOp::Clear) => {
             let gone = committed_in(node);
@@ -545,8 +598,7 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
         Some(node) if covered => {
             // A uniform subtree (say, a committed gigabyte never written)
             // changes as a whole: O(64 · levels), not O(pages).
-            if let Some(m) = uniform_meta(node) {
-                let new = op.apply_meta(m);
+            if let Some((m, new)) = uniform_meta(node).and_then(|m| Some((m, op.apply_meta(m)?))) {
                 if new != m {
                     *slot = (new != 0).then(|| uniform(level, new));
                 }
@@ -564,11 +616,7 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
     match node {
         Node::Leaf(leaf) => {
             for i in from as usize..to as usize {
-                let entry = &mut leaf.entries[i];
-                delta += op.apply(&mut leaf.meta[i], &mut entry.page);
-                if entry.page.is_none() {
-                    entry.fingerprint = 0;
-                }
+                delta += op.apply(base + i as u64, &mut leaf.meta[i], &mut leaf.entries[i]);
             }
             leaf.changed |= range_mask(from as usize, to as usize);
             leaf.stored = leaf.entries.iter().filter(|e| e.page.is_some()).count() as u64;
@@ -796,7 +844,7 @@ fn diff_leaves<'t>(
                     (Some(p), Some(q)) => Arc::ptr_eq(p, q),
                     _ => false,
                 };
-                if x.meta[i] != y.meta[i] || !same_page {
+                if x.meta[i] != y.meta[i] || !same_page || x.entries[i].aux != y.entries[i].aux {
                     f(base + i as u64, DiffEntry::of(x, i), DiffEntry::of(y, i));
                 }
             }
@@ -1088,21 +1136,26 @@ mod tests {
             let lo = next() % 5000;
             let hi = lo + next() % 300 + 1;
             let prot = [1u8, 3, 4, 5, 7, 0][(next() % 6) as usize];
-            let op = match next() % 4 {
+            let op = match next() % 6 {
                 0 => RangeOp::Commit(prot),
                 1 => RangeOp::Protect(prot),
                 2 => RangeOp::Clear,
+                3 => RangeOp::CommitReserved(prot),
+                4 => RangeOp::View { meta: meta::VIEW | meta::COMMITTED | prot, key_offset: 1 << 35 },
                 _ => RangeOp::Set(meta::COMMITTED | meta::MMIO | 3),
             };
             let mut expected_delta = 0i64;
             for v in lo..hi {
                 let old = model.get(&v).copied().unwrap_or(0);
                 let new = match op {
-                    RangeOp::Commit(p) => meta::COMMITTED | p | (old & meta::MMIO),
+                    RangeOp::Commit(p) => meta::COMMITTED | p | (old & (meta::MMIO | meta::VIEW)),
                     RangeOp::Protect(p) if old != 0 => (old & !meta::PROT) | p,
                     RangeOp::Protect(_) => 0,
                     RangeOp::Clear => 0,
                     RangeOp::Set(m) => m,
+                    RangeOp::CommitReserved(p) if old & meta::COMMITTED == 0 => meta::COMMITTED | p,
+                    RangeOp::CommitReserved(_) => old,
+                    RangeOp::View { meta: m, .. } => m,
                 };
                 expected_delta += i64::from(new != 0) - i64::from(old != 0);
                 if new == 0 {
@@ -1117,6 +1170,8 @@ mod tests {
         assert_eq!(got, model);
         for v in 0..5400 {
             assert_eq!(t.get(v).meta, model.get(&v).copied().unwrap_or(0), "vpn {v}");
+            let expected_aux = if t.get(v).meta & meta::VIEW != 0 { v + (1 << 35) } else { 0 };
+            assert_eq!(t.get(v).aux, expected_aux, "aux of vpn {v}");
             let end = t.run_end(v, 5400);
             let first = model.get(&v).copied().unwrap_or(0);
             let expect = (v..5400).find(|w| model.get(w).copied().unwrap_or(0) != first).unwrap_or(5400);

@@ -154,8 +154,8 @@ impl std::fmt::Display for Access {
 /// The state of one page as the page table stores it: one byte.
 ///
 /// ```text
-///  bit  7 6    5         4  3     2  1  0
-///       0 MMIO COMMITTED WC GUARD X  W  R
+///  bit  7    6    5         4  3     2  1  0
+///       VIEW MMIO COMMITTED WC GUARD X  W  R
 /// ```
 ///
 /// A page whose byte is 0 is not committed (free or reserved: the region map
@@ -170,8 +170,11 @@ pub(crate) mod meta {
     pub const MMIO: u8 = 0x40;
     /// `WRITE_COPY` inside the byte.
     pub const WRITE_COPY: u8 = 0x10;
+    /// The page belongs to a section view: its bytes live in the section (the
+    /// page-table entry names the section page).
+    pub const VIEW: u8 = 0x80;
     /// Every bit a valid meta byte may have.
-    pub const ALL: u8 = PROT | COMMITTED | MMIO;
+    pub const ALL: u8 = PROT | COMMITTED | MMIO | VIEW;
     /// `GUARD` inside the byte.
     pub const GUARD: u8 = 0x08;
 
@@ -236,6 +239,6 @@ mod tests {
         assert!(meta::is_valid(m));
         assert!(meta::is_valid(0));
         assert!(!meta::is_valid(Protection::READ.bits())); // not committed but has protection
-        assert!(!meta::is_valid(0x80 | meta::COMMITTED));
+        assert!(meta::is_valid(meta::VIEW | meta::COMMITTED | 1));
     }
 }

@@ -99,8 +99,8 @@ pub(crate) trait PageSource {
 impl PageSource for PageTable {
     #[inline]
     fn resolve(&self, vpn: u64) -> Resolved<'_> {
-        let e = self.get(vpn);
-        Resolved { meta: e.meta, bytes: e.bytes() }
+        let (meta, bytes) = PageTable::resolve(self, vpn);
+        Resolved { meta, bytes }
     }
 }
 
