@@ -10,6 +10,7 @@ use crate::page_table::{PageBytes, PageTable, ZERO_PAGE};
 use crate::protection::{Protection, meta};
 use crate::query::ReservedRegion;
 use crate::region_map::RegionMap;
+use crate::region_map::SECTION_KEY_BASE;
 
 /// A change to the layout between two versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -218,7 +219,16 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
     let mut pages = Vec::new();
     let mut run: Option<(u64, u64, u8, u8)> = None; // (first page, count, old meta, new meta)
     let mut runs = Vec::new();
+    let mut changed_keys = Vec::new();
     ta.diff(tb, |vpn, x, y| {
+        if vpn >= SECTION_KEY_BASE {
+            // A section page: its change shows in the views (below).
+            let both = x.meta & y.meta & meta::COMMITTED != 0;
+            if both && !x.same_bytes(&y) {
+                changed_keys.push(vpn);
+            }
+            return;
+        }
         if x.meta != y.meta {
             match &mut run {
                 Some((first, count, om, nm)) if *first + *count == vpn && *om == x.meta && *nm == y.meta => {
@@ -244,6 +254,23 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
         }
     });
     runs.extend(run);
+    if !changed_keys.is_empty() {
+        // Changed section pages, as the pages of every view showing them in
+        // either version.
+        for view in ra.iter().chain(rb.iter()) {
+            let Some(v) = view.view else { continue };
+            let from = changed_keys.partition_point(|&k| k < v.key);
+            let to = changed_keys.partition_point(|&k| k < v.key + view.length / PAGE_SIZE);
+            for &k in &changed_keys[from..to] {
+                let page = view.base / PAGE_SIZE + (k - v.key);
+                if ta.get(page).meta & tb.get(page).meta & meta::COMMITTED != 0 {
+                    pages.push((page * PAGE_SIZE, PageChangeKind::Modified));
+                }
+            }
+        }
+        pages.sort_unstable_by_key(|&(address, _)| address);
+        pages.dedup_by_key(|&mut (address, _)| address);
+    }
     for (first, count, om, nm) in runs {
         let (address, length) = (first * PAGE_SIZE, count * PAGE_SIZE);
         let committed = |m: u8| m & meta::COMMITTED != 0;

@@ -111,6 +111,43 @@ pub enum MemoryError {
         /// Base of the MMIO region.
         base: u64,
     },
+    /// No section with this id (never created, or its handle was closed).
+    #[error("no open section {id}")]
+    UnknownSection {
+        /// The section id.
+        id: u64,
+    },
+    /// The address is not inside a view of a section.
+    #[error("{address:#x} is not inside a section view")]
+    NotAView {
+        /// The address given.
+        address: u64,
+    },
+    /// The operation is not allowed on a section view (decommit, release:
+    /// unmap the view instead).
+    #[error("operation not allowed on the section view at {base:#x}")]
+    SectionView {
+        /// Base of the view.
+        base: u64,
+    },
+    /// A view range is not inside its section.
+    #[error("view {offset:#x} + {size:#x} is outside a section of {section_size:#x} bytes")]
+    ViewOutsideSection {
+        /// Offset of the view in the section.
+        offset: u64,
+        /// Size of the view.
+        size: u64,
+        /// Size of the section.
+        section_size: u64,
+    },
+    /// A protection asks for more access than a section or view allows.
+    #[error("protection {requested} exceeds the maximum {maximum}")]
+    ProtectionExceedsMaximum {
+        /// What was asked for.
+        requested: Protection,
+        /// The most allowed.
+        maximum: Protection,
+    },
     /// No free range of this size exists at or above the start address.
     #[error("no free range of {size:#x} bytes at or above {start:#x}")]
     NoFreeSpace {

@@ -174,7 +174,15 @@ impl MemoryManager {
         while page < end {
             let m = self.pages.meta(vpn(page));
             if m & meta::WRITE_COPY != 0 {
-                self.pages.set_meta(vpn(page), (m & !meta::WRITE_COPY) | Protection::WRITE.bits());
+                let new = (m & !meta::WRITE_COPY) | Protection::WRITE.bits();
+                if m & meta::VIEW != 0 {
+                    // The view page gets its own copy of the section page.
+                    let bytes = *self.pages.resolve(vpn(page)).bytes;
+                    self.pages.update(vpn(page), vpn(page) + 1, RangeOp::Set(new & !meta::VIEW));
+                    self.pages.page_mut(vpn(page)).copy_from_slice(&bytes);
+                } else {
+                    self.pages.set_meta(vpn(page), new);
+                }
                 changed = true;
             }
             page += PAGE_SIZE;
@@ -289,6 +297,7 @@ impl MemoryManager {
             kind,
             attributes: 0,
             mmio: None,
+            view: None,
         });
         if !reserve_only {
             self.apply(address, end, RangeOp::Commit(bits));
@@ -368,6 +377,12 @@ impl MemoryManager {
         if a.mmio.is_some() {
             return Err(MemoryError::MmioRegion { base: a.base });
         }
+        if a.view.is_some() {
+            let view = a.clone();
+            self.commit_view(&view, lo, hi, protection)?;
+            self.bump_layout();
+            return Ok(());
+        }
         self.apply(lo, hi, RangeOp::Commit(bits));
         self.bump_layout();
         Ok(())
@@ -382,6 +397,9 @@ impl MemoryManager {
         let a = self.enclosing(lo, hi)?;
         if a.mmio.is_some() {
             return Err(MemoryError::MmioRegion { base: a.base });
+        }
+        if a.view.is_some() {
+            return Err(MemoryError::SectionView { base: a.base });
         }
         self.apply(lo, hi, RangeOp::Clear);
         self.bump_layout();
@@ -410,6 +428,9 @@ impl MemoryManager {
         if size == 0 {
             let base = page_down(address);
             let a = self.regions.containing(base).ok_or(MemoryError::NotAllocated { address })?;
+            if a.view.is_some() {
+                return Err(MemoryError::SectionView { base: a.base });
+            }
             if a.base != base {
                 return Err(MemoryError::NotAllocationBase { address, base: a.base });
             }
@@ -421,6 +442,9 @@ impl MemoryManager {
         }
         let (lo, hi) = page_range(address, size)?;
         let a = self.regions.containing(lo).ok_or(MemoryError::NotAllocated { address })?;
+        if a.view.is_some() {
+            return Err(MemoryError::SectionView { base: a.base });
+        }
         if hi > a.end() {
             return Err(MemoryError::NotInOneAllocation { address: lo, size: hi - lo });
         }
@@ -466,6 +490,9 @@ impl MemoryManager {
         let a = self.enclosing(lo, hi)?;
         if a.mmio.is_some() {
             return Err(MemoryError::MmioRegion { base: a.base });
+        }
+        if a.view.is_some() && !crate::section::within(protection, a.initial) {
+            return Err(MemoryError::ProtectionExceedsMaximum { requested: protection, maximum: a.initial });
         }
         let table = self.pages.table();
         if let Some(page) = table.find_first(vpn(lo), vpn(hi), |m| m & meta::COMMITTED == 0) {
@@ -513,6 +540,7 @@ impl MemoryManager {
             kind: RegionKind::Mmio,
             attributes: 0,
             mmio: Some(Arc::new(MmioHandlers { read: Box::new(read), write: Box::new(write) })),
+            view: None,
         });
         self.apply(address, end, RangeOp::Set(meta::COMMITTED | meta::MMIO | Protection::READ_WRITE.bits()));
         self.bump_layout();

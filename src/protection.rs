@@ -173,8 +173,6 @@ pub(crate) mod meta {
     /// The page belongs to a section view: its bytes live in the section (the
     /// page-table entry names the section page).
     pub const VIEW: u8 = 0x80;
-    /// Every bit a valid meta byte may have.
-    pub const ALL: u8 = PROT | COMMITTED | MMIO | VIEW;
     /// `GUARD` inside the byte.
     pub const GUARD: u8 = 0x08;
 
@@ -186,11 +184,12 @@ pub(crate) mod meta {
 
     /// True for a meta byte the engine could have written.
     pub const fn is_valid(meta: u8) -> bool {
-        if meta == 0 {
-            return true;
+        if meta == 0 || meta == VIEW {
+            return true; // not committed (a reserved view page keeps VIEW)
         }
-        meta & !ALL == 0
-            && meta & COMMITTED != 0
+        // Every bit of the byte has a meaning; a state is valid
+        // when committed with a valid protection.
+        meta & COMMITTED != 0
             && super::Protection::from_bits_retain(meta & PROT).is_valid()
     }
 }

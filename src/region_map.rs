@@ -35,7 +35,34 @@ pub(crate) struct Allocation {
     /// Opaque to the engine (see `MemoryManager::set_allocation_attributes`).
     pub(crate) attributes: u32,
     pub(crate) mmio: Option<Arc<MmioHandlers>>,
+    /// For a view of a section: which section, and the section page behind
+    /// the view's first page.
+    pub(crate) view: Option<ViewOf>,
 }
+
+/// What a view allocation shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ViewOf {
+    /// The section's id.
+    pub(crate) section: u64,
+    /// Page number (above user space) of the section page at the view's base.
+    pub(crate) key: u64,
+}
+
+/// A section: pagefile-backed bytes that views show. Its pages live in the
+/// page table at page numbers `key..key + pages`, above user space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Section {
+    pub(crate) key: u64,
+    pub(crate) pages: u64,
+    /// The most access a view may have.
+    pub(crate) max_protection: Protection,
+    /// The creator's handle is still open.
+    pub(crate) open: bool,
+}
+
+/// Page number of the first section page: just above user space.
+pub(crate) const SECTION_KEY_BASE: u64 = 1 << 35;
 
 impl Allocation {
     /// Exclusive end address.
@@ -53,6 +80,7 @@ impl PartialEq for Allocation {
             && self.initial == other.initial
             && self.kind == other.kind
             && self.attributes == other.attributes
+            && self.view == other.view
             && match (&self.mmio, &other.mmio) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -77,6 +105,10 @@ impl fmt::Debug for Allocation {
 pub(crate) struct RegionMap {
     map: OrdMap<u64, Allocation>,
     reserved_bytes: u64,
+    sections: OrdMap<u64, Section>,
+    next_section: u64,
+    /// Next free section page number (0 means `SECTION_KEY_BASE`).
+    next_key: u64,
 }
 
 impl RegionMap {
@@ -113,6 +145,57 @@ impl RegionMap {
     /// Every allocation in address order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Allocation> + '_ {
         self.map.values()
+    }
+
+    /// The section `id`.
+    pub(crate) fn section(&self, id: u64) -> Option<&Section> {
+        self.sections.get(&id)
+    }
+
+    /// Every section, by id.
+    pub(crate) fn sections(&self) -> impl Iterator<Item = (u64, &Section)> + '_ {
+        self.sections.iter().map(|(&id, s)| (id, s))
+    }
+
+    /// Adds a section of `pages` pages, or `None` when the section page space
+    /// is exhausted. Returns its id.
+    pub(crate) fn add_section(&mut self, pages: u64, max_protection: Protection) -> Option<(u64, Section)> {
+        let key = self.next_key.max(SECTION_KEY_BASE);
+        let end = key.checked_add(pages).filter(|&e| e <= crate::page_table::VPN_LIMIT)?;
+        let id = self.next_section + 1;
+        let section = Section { key, pages, max_protection, open: true };
+        self.next_section = id;
+        self.next_key = end;
+        self.sections.insert(id, section);
+        Some((id, section))
+    }
+
+    /// Replaces or removes section `id`.
+    pub(crate) fn set_section(&mut self, id: u64, section: Option<Section>) {
+        match section {
+            Some(s) => {
+                self.sections.insert(id, s);
+            }
+            None => {
+                self.sections.remove(&id);
+            }
+        }
+    }
+
+    /// The views of section `id`, in address order. Time: O(allocations).
+    pub(crate) fn views_of(&self, id: u64) -> impl Iterator<Item = &Allocation> + '_ {
+        self.map.values().filter(move |a| a.view.is_some_and(|v| v.section == id))
+    }
+
+    /// Restores the section bookkeeping counters (deserialization).
+    pub(crate) fn set_section_counters(&mut self, next_section: u64, next_key: u64) {
+        self.next_section = next_section;
+        self.next_key = next_key;
+    }
+
+    /// `(next_section, next_key)` (serialization).
+    pub(crate) fn section_counters(&self) -> (u64, u64) {
+        (self.next_section, self.next_key)
     }
 
     /// The underlying persistent map.
@@ -194,6 +277,7 @@ mod tests {
             kind: RegionKind::Private,
             attributes: 0,
             mmio: None,
+            view: None,
         }
     }
 

@@ -25,7 +25,7 @@ use crate::live::LivePages;
 use crate::manager::MemoryManager;
 use crate::page_table::{FrozenPage, PAGE, PageTable, RangeOp, VPN_LIMIT};
 use crate::protection::{Protection, RegionKind, meta};
-use crate::region_map::{Allocation, RegionMap};
+use crate::region_map::{Allocation, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
 use crate::{MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
 
 /// The format version of [`MemoryManager::serialize_memory_state`] buffers.
@@ -47,10 +47,15 @@ struct StateRecord {
     allocations: Vec<AllocationRecord>,
     runs: Vec<RunRecord>,
     pages: Vec<PageRecord>,
+    sections: Vec<SectionRecord>,
+    section_counters: (u64, u64),
 }
 
 #[derive(Serialize, Deserialize)]
-struct AllocationRecord(u64, u64, u8, u8, u32);
+struct AllocationRecord(u64, u64, u8, u8, u32, Option<(u64, u64)>);
+
+#[derive(Serialize, Deserialize)]
+struct SectionRecord(u64, u64, u64, u8, bool);
 
 #[derive(Serialize, Deserialize)]
 struct RunRecord(u64, u64, u8);
@@ -110,7 +115,7 @@ impl MemoryManager {
                 Some(RunRecord(first, count, rm)) if *rm == m && *first + *count == page => *count += 1,
                 _ => runs.push(RunRecord(page, 1, m)),
             }
-            if !is_snapshot && m & meta::MMIO == 0 {
+            if !is_snapshot && m & (meta::MMIO | meta::VIEW) == 0 {
                 let bytes = self.pages.resolve(page).bytes;
                 if bytes.iter().any(|&b| b != 0) {
                     pages.push(PageRecord(page, bytes.to_vec()));
@@ -125,11 +130,25 @@ impl MemoryManager {
                 .regions
                 .iter()
                 .map(|a| {
-                    AllocationRecord(a.base, a.length, a.initial.bits(), kind_code(a.kind), a.attributes)
+                    let view = a.view.map(|v| (v.section, v.key));
+                    AllocationRecord(
+                        a.base,
+                        a.length,
+                        a.initial.bits(),
+                        kind_code(a.kind),
+                        a.attributes,
+                        view,
+                    )
                 })
                 .collect(),
             runs,
             pages,
+            sections: self
+                .regions
+                .sections()
+                .map(|(id, s)| SectionRecord(id, s.key, s.pages, s.max_protection.bits(), s.open))
+                .collect(),
+            section_counters: self.regions.section_counters(),
         };
         buffer.extend_from_slice(MAGIC);
         buffer.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
@@ -204,9 +223,30 @@ impl MemoryManager {
 /// Validates a decoded record and builds its region map and page table.
 fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryError> {
     let mut regions = RegionMap::default();
+    let mut previous_key_end = SECTION_KEY_BASE;
+    let (mut max_id, mut max_key) = (0, SECTION_KEY_BASE);
+    for &SectionRecord(id, key, pages, max_bits, open) in &record.sections {
+        let end = key.checked_add(pages).ok_or(corrupt("section range overflows"))?;
+        if id == 0 || pages == 0 || key < previous_key_end || end > VPN_LIMIT || regions.section(id).is_some()
+        {
+            return Err(corrupt("sections overlap, are empty or out of range"));
+        }
+        previous_key_end = end;
+        let max_protection = Protection::from_bits_retain(max_bits);
+        if !max_protection.is_valid() {
+            return Err(corrupt("invalid section protection"));
+        }
+        regions.set_section(id, Some(Section { key, pages, max_protection, open }));
+        (max_id, max_key) = (max_id.max(id), max_key.max(end));
+    }
+    let (next_section, next_key) = record.section_counters;
+    if next_section < max_id || next_key.max(SECTION_KEY_BASE) < max_key || next_key > VPN_LIMIT {
+        return Err(corrupt("section counters behind the sections"));
+    }
+    regions.set_section_counters(next_section, next_key);
     let mut mmio: Vec<(u64, u64)> = Vec::new();
     let mut previous_end = 0u64;
-    for &AllocationRecord(base, length, initial, kind, attributes) in &record.allocations {
+    for &AllocationRecord(base, length, initial, kind, attributes, view) in &record.allocations {
         let end = base.checked_add(length).ok_or(corrupt("allocation range overflows"))?;
         if base % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 || length == 0 {
             return Err(corrupt("allocation not page aligned"));
@@ -223,51 +263,91 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
             return Err(corrupt("invalid allocation protection"));
         }
         let kind = *KINDS.get(kind as usize).ok_or(corrupt("unknown region kind"))?;
+        let view = match view {
+            None => None,
+            Some((section, key)) => {
+                let s = regions.section(section).ok_or(corrupt("view of an unknown section"))?;
+                let fits =
+                    key >= s.key && key.checked_add(length / PAGE_SIZE).is_some_and(|e| e <= s.key + s.pages);
+                if !fits || kind != RegionKind::PagefileView {
+                    return Err(corrupt("view outside its section"));
+                }
+                Some(ViewOf { section, key })
+            }
+        };
         match kind {
             RegionKind::Free => return Err(corrupt("allocation of kind Free")),
             RegionKind::Mmio => mmio.push((base, end)),
-            _ => regions.insert(Allocation { base, length, initial, kind, attributes, mmio: None }),
+            _ => regions.insert(Allocation { base, length, initial, kind, attributes, mmio: None, view }),
         }
     }
 
     let mut table = PageTable::default();
     let mut committed = 0u64;
     let mut previous_end = 0u64;
+    let mut mmio_covered = vec![0u64; mmio.len()];
     for &RunRecord(first, count, m) in &record.runs {
         let end = first.checked_add(count).ok_or(corrupt("page run overflows"))?;
         if count == 0 || first < previous_end || end > VPN_LIMIT {
             return Err(corrupt("page runs overlap, are empty or out of order"));
         }
         previous_end = end;
-        if m & meta::COMMITTED == 0 || !meta::is_valid(m) {
+        if !meta::is_valid(m) || m == 0 {
             return Err(corrupt("invalid page state"));
         }
-        let (lo, hi) = (first * PAGE_SIZE, end * PAGE_SIZE);
-        let in_mmio = mmio.iter().any(|&(b, e)| b <= lo && hi <= e);
-        if m & meta::MMIO != 0 {
-            if !in_mmio {
-                return Err(corrupt("MMIO page state outside an MMIO region"));
+        if first >= SECTION_KEY_BASE {
+            // Section pages: committed, inside sections.
+            // Covered when the sections (ascending, non-overlapping) leave no gap.
+            let mut covered_to = first;
+            for (_, sec) in regions.sections() {
+                if sec.key <= covered_to && covered_to < sec.key + sec.pages {
+                    covered_to = sec.key + sec.pages;
+                }
             }
-            continue; // MMIO regions are left out (see deserialize_memory_state).
+            if m != meta::COMMITTED | Protection::READ_WRITE.bits() || covered_to < end {
+                return Err(corrupt("section pages outside a section"));
+            }
+            table.update(first, end, RangeOp::Set(m));
+            continue;
         }
-        match regions.containing(lo) {
-            Some(a) if hi <= a.end() => {}
-            _ => return Err(corrupt("committed pages outside an allocation")),
+        // User pages: piece by piece, one allocation at a time.
+        let mut page = first;
+        while page < end {
+            let at = page * PAGE_SIZE;
+            let piece_end;
+            if let Some(i) = mmio.iter().position(|&(b, e)| b <= at && at < e) {
+                piece_end = end.min(mmio[i].1 / PAGE_SIZE);
+                if m & meta::MMIO == 0 || m & meta::VIEW != 0 {
+                    return Err(corrupt("MMIO region with a non-MMIO page state"));
+                }
+                mmio_covered[i] += piece_end - page;
+                // MMIO regions are left out (see deserialize_memory_state).
+            } else {
+                let a = regions.containing(at).ok_or(corrupt("committed pages outside an allocation"))?;
+                piece_end = end.min(a.end() / PAGE_SIZE);
+                if m & meta::MMIO != 0 {
+                    return Err(corrupt("MMIO page state outside an MMIO region"));
+                }
+                if m & meta::VIEW != 0 {
+                    let v = a.view.ok_or(corrupt("view page outside a view"))?;
+                    let key_offset = v.key - a.base / PAGE_SIZE;
+                    table.update(page, piece_end, RangeOp::View { meta: m, key_offset });
+                } else {
+                    if m & meta::COMMITTED == 0 {
+                        return Err(corrupt("reserved page with a state"));
+                    }
+                    table.update(page, piece_end, RangeOp::Set(m));
+                }
+                if m & meta::COMMITTED != 0 {
+                    committed += piece_end - page;
+                }
+            }
+            page = piece_end;
         }
-        committed += count;
-        table.update(first, end, RangeOp::Set(m));
     }
     // Every MMIO allocation must be wholly committed as MMIO.
-    for &(b, e) in &mmio {
-        let covered: u64 = record
-            .runs
-            .iter()
-            .filter(|r| r.2 & meta::MMIO != 0 && b <= r.0 * PAGE_SIZE && (r.0 + r.1) * PAGE_SIZE <= e)
-            .map(|r| r.1)
-            .sum();
-        if covered != (e - b) / PAGE_SIZE {
-            return Err(corrupt("MMIO region not wholly committed"));
-        }
+    if mmio.iter().zip(&mmio_covered).any(|(&(b, e), &covered)| covered != (e - b) / PAGE_SIZE) {
+        return Err(corrupt("MMIO region not wholly committed"));
     }
 
     if !record.contents && !record.pages.is_empty() {
@@ -279,7 +359,8 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
             return Err(corrupt("pages out of order"));
         }
         previous = Some(*page);
-        if *page >= VPN_LIMIT || table.get(*page).meta & meta::COMMITTED == 0 {
+        let m = if *page < VPN_LIMIT { table.get(*page).meta } else { 0 };
+        if m & meta::COMMITTED == 0 || m & meta::VIEW != 0 {
             return Err(corrupt("page bytes for a page that is not committed"));
         }
         let bytes: &[u8; PAGE] =
