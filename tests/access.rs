@@ -3,18 +3,15 @@
 
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind};
 
+mod common;
+use common::read_vec;
+
 const RW: Protection = Protection::READ_WRITE;
 const R: Protection = Protection::READ;
 const X: Protection = Protection::EXECUTE;
 const G: Protection = Protection::GUARD;
 const A: u64 = 0x3000_0000;
 const PAGE: usize = PAGE_SIZE as usize;
-
-fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0xEEu8; len];
-    mm.read_memory(address, &mut buf).unwrap();
-    buf
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()

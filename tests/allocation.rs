@@ -7,6 +7,9 @@ use vmsnap::{
     ReservedRegion, USER_SPACE_END,
 };
 
+mod common;
+use common::read_vec;
+
 const RW: Protection = Protection::READ_WRITE;
 const A: u64 = 0x1000_0000;
 
@@ -27,12 +30,6 @@ fn free_info(start: u64, length: u64) -> RegionInfo {
         kind: RegionKind::Free,
         attributes: 0,
     }
-}
-
-fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0xEEu8; len];
-    mm.read_memory(address, &mut buf).unwrap();
-    buf
 }
 
 // ------------------------------------------------------------ allocate_memory_at

@@ -4,6 +4,9 @@
 
 use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind};
 
+mod common;
+use common::read_vec;
+
 const RW: Protection = Protection::READ_WRITE;
 const R: Protection = Protection::READ;
 const A: u64 = 0x2000_0000;
@@ -12,12 +15,6 @@ fn reserved(size: u64) -> MemoryManager {
     let mut mm = MemoryManager::new();
     mm.allocate_memory_at(A, size, RW, true, RegionKind::Private).unwrap();
     mm
-}
-
-fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0xEEu8; len];
-    mm.read_memory(address, &mut buf).unwrap();
-    buf
 }
 
 /// (start, length, committed, permissions) of every region of the allocation at `A`.

@@ -9,6 +9,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+mod common;
+use common::Rng;
+
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, frozen_pages_alive};
 
 const BASE: u64 = 0x2000_0000;
@@ -23,24 +26,6 @@ const SAMPLE_EVERY: u64 = 10_000;
 /// At most: the base's pages, plus for each kept snapshot its own copy of
 /// every hot page. Independent of the number of cycles.
 const BOUND: u64 = BASE_PAGES + RING as u64 * HOT_PAGES;
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn page(i: u64) -> u64 {
     BASE + i * PAGE_SIZE

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::thread;
 
+mod common;
+use common::Rng;
+
 use vmsnap::{
     Access, MemoryError, MemoryManager, PAGE_SIZE, PageChangeKind, Protection, RegionChange, RegionInfo,
     RegionKind, ReservedRegion, Snapshot, USER_SPACE_END,
@@ -36,39 +39,6 @@ const PROTS: [Protection; 6] = [
     Protection::READ_WRITE.union(Protection::GUARD),
     Protection::READ.union(Protection::GUARD),
 ];
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 fn page(i: u64) -> u64 {
     X + i * PAGE_SIZE
