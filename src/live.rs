@@ -393,15 +393,23 @@ impl LivePages {
 
     /// Moves the overlay into the table and returns the frozen table.
     /// Time: O(dirty pages · levels), independent of memory size.
-    pub(crate) fn freeze(&mut self) -> PageTable {
+    /// Also returns the change log of the frozen pages: `(page, old
+    /// fingerprint, new fingerprint)` in ascending page order.
+    pub(crate) fn freeze(&mut self) -> (PageTable, Vec<(u64, u64, u64)>) {
+        let mut log = Vec::new();
         if self.overlay.len != 0 {
             self.flush();
-            for (vpn, slot) in self.overlay.sorted() {
-                self.table.set_page(vpn, frozen_copy(self.overlay.page(slot)));
+            let dirty = self.overlay.sorted();
+            log.reserve(dirty.len());
+            for (vpn, slot) in dirty {
+                let old = self.table.get(vpn).aux;
+                let page = frozen_copy(self.overlay.page(slot));
+                log.push((vpn, old, page.as_ref().map_or(0, |p| p.fingerprint)));
+                self.table.set_page(vpn, page);
             }
             self.overlay.reset();
         }
-        self.table.clone()
+        (self.table.clone(), log)
     }
 
     /// The live version as a frozen table, without changing `self`: the
@@ -443,7 +451,9 @@ mod tests {
         assert_eq!(live.resolve(3).bytes[5], 42);
         assert_eq!(live.resolve(3).meta, RW);
         assert_eq!(live.table().get(3).bytes()[5], 0, "table untouched until freeze");
-        let v1 = live.freeze();
+        let (v1, log) = live.freeze();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].0, 3);
         assert_eq!(v1.get(3).bytes()[5], 42);
         assert_eq!(live.dirty_pages(), 0);
         live.page_mut(3)[5] = 43;
@@ -467,7 +477,7 @@ mod tests {
         let mut live = LivePages::default();
         live.update(0, 4, RangeOp::Commit(3));
         live.page_mut(2);
-        let t = live.freeze();
+        let (t, _) = live.freeze();
         assert!(t.get(2).page.is_none());
         assert_eq!(t.get(2).meta, RW);
     }
@@ -497,7 +507,7 @@ mod tests {
                 assert_eq!(r.bytes[7], expect(vpn), "vpn {vpn}");
             }
         }
-        let frozen = live.freeze();
+        let (frozen, _) = live.freeze();
         assert_eq!(live.dirty_pages(), 0);
         for vpn in (0..9_000).chain(19_000..20_000) {
             assert_eq!(frozen.get(vpn).bytes()[7], expect(vpn), "frozen vpn {vpn}");

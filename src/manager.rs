@@ -8,7 +8,7 @@ use crate::live::LivePages;
 use crate::page_table::{PAGE, PageTable, RangeOp};
 use crate::protection::{Access, Protection, RegionKind, meta};
 use crate::query::{self, Denied, MemoryStats, RegionInfo, ReservedRegion};
-use crate::region_map::{Allocation, MmioHandlers, RegionMap};
+use crate::region_map::{Allocation, MmioHandlers, RegionMap, SECTION_KEY_BASE};
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::{
     ALLOCATION_GRANULARITY, DEFAULT_ALLOCATION_ADDRESS_64BIT, MIN_ALLOCATION_ADDRESS, PAGE_SIZE,
@@ -29,6 +29,10 @@ pub struct MemoryManager {
     pub(crate) default_allocation_address: u64,
     pub(crate) layout_version: u64,
     pub(crate) lineage: Lineage,
+    /// The version the live state was last snapshotted or restored to, and
+    /// the layout version then: while it is unchanged, only page bytes
+    /// changed since, and the next snapshot records a change log.
+    pub(crate) base: Option<(u64, u64)>,
 }
 
 impl Default for MemoryManager {
@@ -67,6 +71,7 @@ impl MemoryManager {
             default_allocation_address: DEFAULT_ALLOCATION_ADDRESS_64BIT,
             layout_version: 0,
             lineage: Lineage::default(),
+            base: None,
         }
     }
 
@@ -680,8 +685,18 @@ impl MemoryManager {
     /// Time: O(pages written since the previous snapshot or restore),
     /// independent of memory size and of history length.
     pub fn snapshot(&mut self) -> Snapshot {
-        let pages = self.pages.freeze();
+        let (pages, log) = self.pages.freeze();
+        let id = crate::snapshot::next_version_id();
+        let delta = match self.base {
+            Some((parent, at)) if at == self.layout_version && log.iter().all(|p| p.0 < SECTION_KEY_BASE) => {
+                Some(crate::snapshot::Delta { parent, pages: log })
+            }
+            _ => None,
+        };
+        self.base = Some((id, self.layout_version));
         Snapshot::new(Version {
+            id,
+            delta,
             regions: self.regions.clone(),
             pages,
             committed_pages: self.committed_pages,
@@ -714,5 +729,6 @@ impl MemoryManager {
         self.default_allocation_address = v.default_allocation_address;
         self.lineage = v.token.lineage().clone();
         self.bump_layout();
+        self.base = Some((v.id, self.layout_version));
     }
 }

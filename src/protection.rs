@@ -189,8 +189,7 @@ pub(crate) mod meta {
         }
         // Every bit of the byte has a meaning; a state is valid
         // when committed with a valid protection.
-        meta & COMMITTED != 0
-            && super::Protection::from_bits_retain(meta & PROT).is_valid()
+        meta & COMMITTED != 0 && super::Protection::from_bits_retain(meta & PROT).is_valid()
     }
 }
 

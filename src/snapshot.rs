@@ -42,8 +42,31 @@ impl Drop for VersionToken {
     }
 }
 
+/// Source of version ids.
+static NEXT_VERSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh version id.
+pub(crate) fn next_version_id() -> u64 {
+    NEXT_VERSION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How a version differs from the version it was taken after, when only
+/// page bytes changed in between (no layout change): the pages written, with
+/// their fingerprints before and after, ascending. A diff between the two
+/// reads this log instead of walking the page tables.
+pub(crate) struct Delta {
+    /// Id of the parent version.
+    pub(crate) parent: u64,
+    /// `(page, old fingerprint, new fingerprint)`.
+    pub(crate) pages: Vec<(u64, u64, u64)>,
+}
+
 /// Everything a version holds.
 pub(crate) struct Version {
+    /// Unique id of this version.
+    pub(crate) id: u64,
+    /// The change log against the parent, when there is one.
+    pub(crate) delta: Option<Delta>,
     pub(crate) regions: RegionMap,
     pub(crate) pages: PageTable,
     pub(crate) committed_pages: u64,
@@ -137,12 +160,16 @@ impl Snapshot {
     /// not the memory size; each candidate page is compared once (`memcmp`,
     /// stopping at the first difference).
     pub fn diff(&self, other: &Snapshot) -> MemoryDiff {
-        crate::diff::diff_versions(
-            &self.inner.regions,
-            &self.inner.pages,
-            &other.inner.regions,
-            &other.inner.pages,
-        )
+        let (a, b) = (&*self.inner, &*other.inner);
+        // A parent and its child with only page writes between them: the
+        // child's change log is the diff.
+        if let Some(d) = b.delta.as_ref().filter(|d| d.parent == a.id) {
+            return crate::diff::diff_from_log(&a.pages, &b.pages, &d.pages);
+        }
+        if let Some(d) = a.delta.as_ref().filter(|d| d.parent == b.id) {
+            return crate::diff::diff_from_log(&a.pages, &b.pages, &d.pages);
+        }
+        crate::diff::diff_versions(&a.regions, &a.pages, &b.regions, &b.pages)
     }
 
     pub(crate) fn pages(&self) -> &PageTable {

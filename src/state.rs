@@ -201,7 +201,7 @@ impl MemoryManager {
 
         if is_snapshot {
             // Keep the current bytes of pages committed before and after.
-            let current = self.pages.freeze();
+            let (current, _) = self.pages.freeze();
             current.for_each(|page, _, frozen| {
                 if let Some(frozen) = frozen {
                     let new = table.get(page).meta;
