@@ -223,6 +223,12 @@ fn diff(c: &mut Criterion) {
     let mut s = 0xD1B5_4A32_D192_ED03u64;
     let mut flat_b = flat_a.clone();
     for k in [1usize, 10, 100, 1000] {
+        // A version with base's bytes that is not `changed`'s parent (a layout
+        // change, reverting nothing, sits between them): diffing it against
+        // `changed` takes the general page-table walk, not the change log.
+        mm.restore(&base);
+        mm.protect_memory(BASE, PAGE_SIZE, Protection::READ_WRITE).unwrap();
+        let unrelated = mm.snapshot();
         mm.restore(&base);
         flat_b.copy_from_slice(&flat_a);
         for _ in 0..k {
@@ -232,8 +238,13 @@ fn diff(c: &mut Criterion) {
             flat_b[(p * PAGE_SIZE + off) as usize] = 0xEE;
         }
         let changed = mm.snapshot();
+        // Parent and child: the child's change log is the diff.
         group.bench_function(BenchmarkId::new("vmsnap", k), |b| {
             b.iter(|| black_box(base.diff(&changed).changed_pages().count()))
+        });
+        // Any two versions: the walk over the page tables.
+        group.bench_function(BenchmarkId::new("vmsnap_walk", k), |b| {
+            b.iter(|| black_box(unrelated.diff(&changed).changed_pages().count()))
         });
         group.bench_function(BenchmarkId::new("compare_all_bytes", k), |b| {
             b.iter(|| {
