@@ -33,6 +33,9 @@ pub struct MemoryManager {
     /// the layout version then: while it is unchanged, only page bytes
     /// changed since, and the next snapshot records a change log.
     pub(crate) base: Option<(u64, u64)>,
+    /// The highest section id this manager has handed out: ids never repeat,
+    /// even across restores, so a stale handle never names a newer section.
+    pub(crate) section_ids: u64,
 }
 
 impl Default for MemoryManager {
@@ -72,6 +75,7 @@ impl MemoryManager {
             layout_version: 0,
             lineage: Lineage::default(),
             base: None,
+            section_ids: 0,
         }
     }
 

@@ -134,7 +134,11 @@ pub(crate) fn region_info(regions: &RegionMap, table: &PageTable, address: u64) 
         return free(next - start);
     };
     let m = table.get(vpn(start)).meta;
-    let run_end = table.run_end(vpn(start), vpn(a.end()));
+    // Where a page's bytes live (its own, or its section's: `VIEW`) is not
+    // part of what VirtualQuery reports, so it does not end a region.
+    let visible = m & !meta::VIEW;
+    let run_end =
+        table.find_first(vpn(start), vpn(a.end()), |x| x & !meta::VIEW != visible).unwrap_or(vpn(a.end()));
     let committed = m & meta::COMMITTED != 0;
     RegionInfo {
         start,

@@ -159,10 +159,17 @@ impl RegionMap {
 
     /// Adds a section of `pages` pages, or `None` when the section page space
     /// is exhausted. Returns its id.
-    pub(crate) fn add_section(&mut self, pages: u64, max_protection: Protection) -> Option<(u64, Section)> {
+    /// Ids are at least `min_id`, so a manager never reuses an id even when a
+    /// restore rewinds this map.
+    pub(crate) fn add_section(
+        &mut self,
+        pages: u64,
+        max_protection: Protection,
+        min_id: u64,
+    ) -> Option<(u64, Section)> {
         let key = self.next_key.max(SECTION_KEY_BASE);
         let end = key.checked_add(pages).filter(|&e| e <= crate::page_table::VPN_LIMIT)?;
-        let id = self.next_section + 1;
+        let id = (self.next_section + 1).max(min_id);
         let section = Section { key, pages, max_protection, open: true };
         self.next_section = id;
         self.next_key = end;

@@ -84,8 +84,9 @@ impl MemoryManager {
         let pages = page_up(size).ok_or(MemoryError::RangeOverflow { address: 0, size })? / PAGE_SIZE;
         let (id, section) = self
             .regions
-            .add_section(pages, max_protection)
+            .add_section(pages, max_protection, self.section_ids + 1)
             .ok_or(MemoryError::NoFreeSpace { size, start: 0 })?;
+        self.section_ids = id;
         if commit {
             self.pages.update(section.key, section.key + pages, RangeOp::Commit(SECTION_PAGE));
         }

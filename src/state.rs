@@ -215,6 +215,7 @@ impl MemoryManager {
         self.regions = regions;
         self.committed_pages = committed_pages;
         self.default_allocation_address = record.default_allocation_address;
+        self.section_ids = self.section_ids.max(record.section_counters.0);
         self.layout_version = record.layout_version.max(self.layout_version + 1);
         Ok(())
     }

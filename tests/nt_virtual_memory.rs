@@ -15,7 +15,8 @@
 //! * §4.1 step 1, §6.1, §7 NULL process handle → STATUS_INVALID_HANDLE: the
 //!   calls act on the current process and take no handle.
 //! * §4.3 "anonymous section views report the newly requested protection":
-//!   a section-view rule (§11), out of scope (sections are built separately).
+//!   tested with real sections in `nt_sections.rs`
+//!   (`w_4_3_commit_on_a_view_reports_the_newly_requested_protection_...`).
 //! * §6.1 "VirtualFree with MEM_RELEASE and a non-zero size fails": a check
 //!   of the Win32 wrapper, made before any Nt call; `nt` is the Nt layer,
 //!   where partial release is allowed (§6.3, tested).
@@ -33,10 +34,12 @@
 //!   the "release, allocate again, reads zeros" part is tested.
 //! * §10 ReadProcessMemory across a NOACCESS page → ERROR_PARTIAL_COPY:
 //!   NtReadVirtualMemory is not part of `nt`.
-//! * §11 (sections and views) and §12 VirtualLock: out of scope. The view
-//!   rules expressible through engine allocations of kind FileView /
-//!   PagefileView / Image (§4.3 commit in a file view, §6.1 free of a view,
-//!   §8 Type) are tested.
+//! * §11 (sections and views): tested in `nt_sections.rs`, with the view
+//!   rules of §4.3, §5, §6.1 and §8 on real sections. The ones expressible
+//!   through engine allocations of kind FileView / PagefileView / Image
+//!   (§4.3 commit in a file view, §6.1 free of a view, §8 Type) are also
+//!   tested here.
+//! * §12 VirtualLock: not part of `nt`.
 
 use vmsnap::nt::*;
 use vmsnap::{

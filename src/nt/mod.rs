@@ -19,13 +19,19 @@
 //! | [`nt_free_virtual_memory`] | `NtFreeVirtualMemory` | decommit / release, partial release splits (§6) |
 //! | [`nt_protect_virtual_memory`] | `NtProtectVirtualMemory` | change protection, return the first page's old one (§7) |
 //! | [`nt_query_virtual_memory`] | `NtQueryVirtualMemory(MemoryBasicInformation)` | [`MemoryBasicInformation`] (§8) |
-//! | [`protection_from_page`] / [`page_from_protection`] | — | `PAGE_*` ↔ [`Protection`](crate::Protection) (§5, §9) |
+//! | [`nt_create_section`] | `NtCreateSection` (pagefile-backed) | a [`SectionHandle`], `SEC_COMMIT` or `SEC_RESERVE` (§11) |
+//! | [`nt_map_view_of_section`] | `NtMapViewOfSection` | a `MEM_MAPPED` view; every view of a section shows the same bytes (§11) |
+//! | [`nt_unmap_view_of_section`] | `NtUnmapViewOfSection` | unmap the view containing an address (§11) |
+//! | [`nt_close_section`] | `NtClose` (section handle) | close the handle; views stay mapped (§11) |
+//! | [`protection_from_page`] / [`view_protection_from_page`] / [`page_from_protection`] | — | `PAGE_*` ↔ [`Protection`](crate::Protection) (§5, §9, §11) |
 //! | [`nt_status_to_dos_error`] | `RtlNtStatusToDosError` | the Win32 error of a status (§1.6) |
 //! | [`exception_code`] | — | the exception a refused guest access raises (§9, §10) |
 //!
-//! The process is always the current one, so the handle argument (and its
-//! `STATUS_INVALID_HANDLE`) is absent; Rust references cannot be NULL, so
-//! the NULL-pointer cases (`STATUS_ACCESS_VIOLATION`) cannot arise.
+//! The process is always the current one, so the process handle argument
+//! (and its `STATUS_INVALID_HANDLE`) is absent; Rust references cannot be
+//! NULL, so the NULL-pointer cases (`STATUS_ACCESS_VIOLATION`) cannot arise.
+//! Section handles are [`SectionHandle`] values; a closed one gives
+//! `STATUS_INVALID_HANDLE`.
 //!
 //! ```
 //! use vmsnap::MemoryManager;
@@ -63,12 +69,56 @@
 //! `AllocationProtect` and in the `Protect` of every accessible committed
 //! page; protection changes and later commits neither add nor remove them.
 //!
+//! ## Sections and views
+//!
+//! A pagefile-backed section ([`nt_create_section`]) holds bytes that every
+//! view of it ([`nt_map_view_of_section`]) shows, whichever view writes them
+//! and across `snapshot()` / `restore()`. Commit state belongs to the
+//! section, protection to the view (§11 \[W\]):
+//!
+//! * `NtAllocateVirtualMemory(MEM_COMMIT)` inside a view commits the
+//!   section's pages — a second view shows them committed with its own
+//!   protection; the committing view gets the requested one;
+//! * a view's protection is its maximum: protection changes and commits
+//!   through it may not ask for more (`STATUS_SECTION_PROTECTION`, Win32 87);
+//! * `PAGE_WRITECOPY` / `PAGE_EXECUTE_WRITECOPY` are accepted by views
+//!   (mapping, protecting, committing) when they are readable, and still
+//!   refused for private memory (§5). A guest write to a write-copy page
+//!   gives the view its own copy of that page, now `PAGE_READWRITE` /
+//!   `PAGE_EXECUTE_READWRITE`, and splits the region;
+//! * views cannot be decommitted or freed (`STATUS_UNABLE_TO_DELETE_SECTION`);
+//!   [`nt_unmap_view_of_section`] unmaps one from any address inside it;
+//! * queries report views as `MEM_MAPPED`, AllocationProtect = the `PAGE_*`
+//!   value the view was mapped with.
+//!
+//! ```
+//! use vmsnap::MemoryManager;
+//! use vmsnap::nt::*;
+//!
+//! let mut mm = MemoryManager::new();
+//! let section = nt_create_section(&mut mm, 0x20000, PAGE_READWRITE, SEC_RESERVE)?;
+//! let (mut a, mut a_size, mut b, mut b_size) = (0, 0, 0, 0);
+//! nt_map_view_of_section(&mut mm, section, &mut a, 0, &mut a_size, PAGE_READWRITE);
+//! nt_map_view_of_section(&mut mm, section, &mut b, 0, &mut b_size, PAGE_READWRITE);
+//! // VirtualAlloc(a, 0x10000, MEM_COMMIT, PAGE_READONLY)
+//! let (mut at, mut len) = (a, 0x10000);
+//! assert!(nt_allocate_virtual_memory(&mut mm, &mut at, 0, &mut len, MEM_COMMIT, PAGE_READONLY).is_success());
+//! let (qa, qb) = (nt_query_virtual_memory(&mm, a)?, nt_query_virtual_memory(&mm, b)?);
+//! assert_eq!((qa.state, qa.protect, qa.region_size), (MEM_COMMIT, PAGE_READONLY, 0x10000));
+//! assert_eq!((qb.state, qb.protect, qb.region_size), (MEM_COMMIT, PAGE_READWRITE, 0x10000));
+//! assert_eq!((qb.type_, qb.allocation_base, qb.allocation_protect), (MEM_MAPPED, b, PAGE_READWRITE));
+//! // Views are unmapped, not freed.
+//! let (mut at, mut len) = (a, 0x10000);
+//! assert_eq!(nt_free_virtual_memory(&mut mm, &mut at, &mut len, MEM_DECOMMIT), NtStatus::UNABLE_TO_DELETE_SECTION);
+//! assert_eq!(nt_unmap_view_of_section(&mut mm, a + 0x1064), NtStatus::SUCCESS);
+//! # Ok::<(), NtStatus>(())
+//! ```
+//!
 //! ## What is not modelled here
 //!
-//! Write-copy protections (`PAGE_WRITECOPY`, `PAGE_EXECUTE_WRITECOPY`),
-//! which only section views accept, cannot be expressed by
-//! [`Protection`](crate::Protection) and are refused everywhere; write
-//! watches (`MEM_WRITE_WATCH` is accepted and ignored); AWE
+//! File-backed sections (`SEC_FILE`) and image sections (`SEC_IMAGE`: see
+//! [`crate::image`]); `SEC_NOCACHE`, `SEC_WRITECOMBINE` and large-page
+//! sections; write watches (`MEM_WRITE_WATCH` is accepted and ignored); AWE
 //! (`MEM_PHYSICAL`); large pages; placeholders.
 
 #![deny(missing_docs)]
@@ -76,12 +126,18 @@
 mod constants;
 mod protection;
 mod query;
+mod section;
 mod status;
 mod virtual_memory;
 
 pub use constants::*;
-pub use protection::{is_valid_page_protection, page_from_protection, protection_from_page};
+pub use protection::{
+    is_valid_page_protection, page_from_protection, protection_from_page, view_protection_from_page,
+};
 pub use query::{MemoryBasicInformation, nt_query_virtual_memory};
+pub use section::{
+    SectionHandle, nt_close_section, nt_create_section, nt_map_view_of_section, nt_unmap_view_of_section,
+};
 pub use status::{
     ERROR_ACCESS_DENIED, ERROR_BAD_LENGTH, ERROR_COMMITMENT_LIMIT, ERROR_IMAGE_NOT_AT_BASE,
     ERROR_INVALID_ADDRESS, ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, ERROR_MAPPED_ALIGNMENT,

@@ -8,9 +8,14 @@
 //!   │ must be 0    │ WC   │ NOCACHE │ GUARD    │ base  │ exactly 1 bit  │
 //!   └──────────────┴──────┴─────────┴──────────┴───────┴────────────────┘
 //!   base → Protection:  01 ∅   02 R   04 RW   10 X   20 RX   40 RWX
-//!                       08 WRITECOPY, 80 EXECUTE_WRITECOPY: views only (not expressible)
+//!                       08 R+WRITE_COPY   80 RX+WRITE_COPY   (section views only)
 //!   GUARD → Protection::GUARD;  NOCACHE / WRITECOMBINE → the allocation's attributes
 //! ```
+//!
+//! Two conversions read a `PAGE_*` value: [`protection_from_page`] for
+//! private memory, which refuses the write-copy values \[W\]\[R\] (§4.2,
+//! §5), and [`view_protection_from_page`] for section views, which accepts
+//! them (§11). [`page_from_protection`] goes back for both.
 
 use super::constants::*;
 use super::status::NtStatus;
@@ -67,10 +72,10 @@ pub const fn is_valid_page_protection(protect: u32) -> bool {
 ///
 /// Fails with `STATUS_INVALID_PAGE_PROTECTION` for every value
 /// [`is_valid_page_protection`] refuses, and for `PAGE_WRITECOPY` /
-/// `PAGE_EXECUTE_WRITECOPY`, which private memory refuses \[W\]\[R\] (§4.2, §5)
-/// and which [`Protection`] cannot express. `PAGE_EXECUTE` is
-/// [`Protection::EXECUTE`] alone; `PAGE_GUARD` is [`Protection::GUARD`].
-/// Time: O(1).
+/// `PAGE_EXECUTE_WRITECOPY`, which private memory refuses \[W\]\[R\] (§4.2,
+/// §5); section views take them through [`view_protection_from_page`].
+/// `PAGE_EXECUTE` is [`Protection::EXECUTE`] alone; `PAGE_GUARD` is
+/// [`Protection::GUARD`]. Time: O(1).
 ///
 /// ```
 /// use vmsnap::Protection;
@@ -83,18 +88,49 @@ pub const fn is_valid_page_protection(protect: u32) -> bool {
 /// assert_eq!(protection_from_page(PAGE_WRITECOPY), Err(NtStatus::INVALID_PAGE_PROTECTION));
 /// ```
 pub const fn protection_from_page(protect: u32) -> Result<(Protection, u32), NtStatus> {
+    match view_protection_from_page(protect) {
+        Ok((protection, _)) if protection.contains(Protection::WRITE_COPY) => {
+            Err(NtStatus::INVALID_PAGE_PROTECTION)
+        }
+        result => result,
+    }
+}
+
+/// Converts a `PAGE_*` value for a section view (WINDOWS-SEMANTICS §5, §11):
+/// as [`protection_from_page`], and also `PAGE_WRITECOPY` →
+/// `READ | WRITE_COPY` and `PAGE_EXECUTE_WRITECOPY` →
+/// `READ | EXECUTE | WRITE_COPY` (a guest write to such a page makes it
+/// `READ | WRITE`, resp. `READ | WRITE | EXECUTE`, as Windows does \[W\]).
+/// Fails with `STATUS_INVALID_PAGE_PROTECTION` for every value
+/// [`is_valid_page_protection`] refuses. Whether the view allows the access
+/// is the caller's question (a view's maximum is the protection it was
+/// mapped with). Time: O(1).
+///
+/// ```
+/// use vmsnap::Protection;
+/// use vmsnap::nt::*;
+/// let wc = Protection::READ | Protection::WRITE_COPY;
+/// assert_eq!(view_protection_from_page(PAGE_WRITECOPY), Ok((wc, 0)));
+/// assert_eq!(view_protection_from_page(PAGE_EXECUTE_WRITECOPY), Ok((wc | Protection::EXECUTE, 0)));
+/// assert_eq!(page_from_protection(wc | Protection::GUARD, 0), PAGE_WRITECOPY | PAGE_GUARD);
+/// assert_eq!(view_protection_from_page(0x0C), Err(NtStatus::INVALID_PAGE_PROTECTION));
+/// ```
+pub const fn view_protection_from_page(protect: u32) -> Result<(Protection, u32), NtStatus> {
     if !is_valid_page_protection(protect) {
         return Err(NtStatus::INVALID_PAGE_PROTECTION);
     }
+    let write_copy = Protection::READ.union(Protection::WRITE_COPY);
     let base = match protect & 0xFF {
         PAGE_NOACCESS => Protection::empty(),
         PAGE_READONLY => Protection::READ,
         PAGE_READWRITE => Protection::READ_WRITE,
+        PAGE_WRITECOPY => write_copy,
         PAGE_EXECUTE => Protection::EXECUTE,
         PAGE_EXECUTE_READ => Protection::READ_EXECUTE,
         PAGE_EXECUTE_READWRITE => Protection::ALL_ACCESS,
-        // PAGE_WRITECOPY, PAGE_EXECUTE_WRITECOPY: not for private memory.
-        _ => return Err(NtStatus::INVALID_PAGE_PROTECTION),
+        // The only base value left: `is_valid_page_protection` checked that
+        // the low byte has exactly one bit set.
+        _ => write_copy.union(Protection::EXECUTE),
     };
     let protection = if protect & PAGE_GUARD != 0 { base.union(Protection::GUARD) } else { base };
     Ok((protection, protect & CACHE_MODIFIERS))
@@ -114,9 +150,13 @@ pub const fn protection_from_page(protect: u32) -> Result<(Protection, u32), NtS
 /// [`protection_from_page`] accepts, `page_from_protection` of its result is
 /// `p`.
 ///
+/// `WRITE_COPY` (without `WRITE`) reports `PAGE_WRITECOPY`, with `EXECUTE`
+/// `PAGE_EXECUTE_WRITECOPY` (§11: write-copy view and image pages).
+///
 /// For protections the engine refuses ([`Protection::is_valid`] false) the
-/// nearest value is returned: `WRITE` counts as `READ | WRITE`, and a lone
-/// `GUARD` as `PAGE_NOACCESS | PAGE_GUARD`. Time: O(1).
+/// nearest value is returned: `WRITE` counts as `READ | WRITE` (also next to
+/// `WRITE_COPY`), `WRITE_COPY` as `READ | WRITE_COPY`, and a lone `GUARD` as
+/// `PAGE_NOACCESS | PAGE_GUARD`. Time: O(1).
 ///
 /// ```
 /// use vmsnap::Protection;
@@ -128,11 +168,14 @@ pub const fn protection_from_page(protect: u32) -> Result<(Protection, u32), NtS
 /// ```
 pub const fn page_from_protection(protection: Protection, modifiers: u32) -> u32 {
     let write = protection.contains(Protection::WRITE);
+    let write_copy = protection.contains(Protection::WRITE_COPY);
     let read = protection.contains(Protection::READ);
     let execute = protection.contains(Protection::EXECUTE);
     let base = match (write, read, execute) {
         (true, _, false) => PAGE_READWRITE,
         (true, _, true) => PAGE_EXECUTE_READWRITE,
+        (false, _, false) if write_copy => PAGE_WRITECOPY,
+        (false, _, true) if write_copy => PAGE_EXECUTE_WRITECOPY,
         (false, true, false) => PAGE_READONLY,
         (false, true, true) => PAGE_EXECUTE_READ,
         (false, false, true) => PAGE_EXECUTE,
@@ -172,6 +215,37 @@ mod tests {
         }
         // 6 base values; 5 with access each take GUARD, NOCACHE or WRITECOMBINE.
         assert_eq!(valid, 6 + 5 * 3);
+    }
+
+    #[test]
+    fn every_view_value_converts_back_exactly() {
+        let mut valid = 0;
+        for p in 0..0x1000u32 {
+            match view_protection_from_page(p) {
+                Ok((prot, modifiers)) => {
+                    valid += 1;
+                    assert!(prot.is_valid(), "{p:#x}");
+                    assert_eq!(page_from_protection(prot, modifiers), p, "{p:#x}");
+                    let write_copy = prot.contains(Protection::WRITE_COPY);
+                    assert_eq!(protection_from_page(p).is_err(), write_copy, "{p:#x}");
+                }
+                Err(s) => {
+                    assert_eq!(s, NtStatus::INVALID_PAGE_PROTECTION);
+                    assert!(protection_from_page(p).is_err());
+                }
+            }
+        }
+        // 8 base values; 7 with access each take GUARD, NOCACHE or WRITECOMBINE.
+        assert_eq!(valid, 8 + 7 * 3);
+    }
+
+    #[test]
+    fn refused_write_copy_combinations_report_the_nearest_value() {
+        let wc = Protection::WRITE_COPY;
+        assert_eq!(page_from_protection(wc, 0), PAGE_WRITECOPY);
+        assert_eq!(page_from_protection(wc | Protection::EXECUTE, 0), PAGE_EXECUTE_WRITECOPY);
+        assert_eq!(page_from_protection(wc | Protection::READ_WRITE, 0), PAGE_READWRITE);
+        assert_eq!(page_from_protection(wc | Protection::ALL_ACCESS, 0), PAGE_EXECUTE_READWRITE);
     }
 
     #[test]

@@ -58,6 +58,9 @@ impl From<RegionInfo> for MemoryBasicInformation {
     /// * committed: `MEM_COMMIT`, `Protect` = the page's protection with
     ///   `PAGE_GUARD` and the allocation's cache modifier \[W\] (see
     ///   [`page_from_protection`](super::page_from_protection));
+    /// * `AllocationProtect`: the protection the allocation was created
+    ///   with; for a section view, the `PAGE_*` value it was mapped with
+    ///   (`PAGE_WRITECOPY` / `PAGE_EXECUTE_WRITECOPY` included) \[W\];
     /// * `Type`: `MEM_PRIVATE` for private memory, `MEM_MAPPED` for
     ///   `FileView` / `PagefileView`, `MEM_IMAGE` for `Image` \[W\]. MMIO
     ///   regions, which Windows has no user-mode equivalent for, report as

@@ -11,7 +11,7 @@
 //! `PAGE_NOACCESS`).
 
 use super::constants::*;
-use super::protection::{is_valid_page_protection, page_from_protection, protection_from_page};
+use super::protection::{is_valid_page_protection, page_from_protection, view_protection_from_page};
 use super::status::NtStatus;
 use crate::{
     MAX_ALLOCATION_ADDRESS, MIN_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection, RegionInfo,
@@ -26,7 +26,7 @@ const ALLOCATION_TYPE_BITS: u32 =
 
 /// The engine's error as the closest NTSTATUS. The calls below check every
 /// case they can name before calling the engine, so this is the fallback.
-fn status_of(error: &MemoryError) -> NtStatus {
+pub(super) fn status_of(error: &MemoryError) -> NtStatus {
     match error {
         MemoryError::ConflictingAddresses { .. }
         | MemoryError::NotInOneAllocation { .. }
@@ -42,6 +42,11 @@ fn status_of(error: &MemoryError) -> NtStatus {
         | MemoryError::OutsideUserSpace { .. } => NtStatus::INVALID_PARAMETER,
         MemoryError::AccessViolation { .. } => NtStatus::ACCESS_VIOLATION,
         MemoryError::GuardPageViolation { .. } => NtStatus::GUARD_PAGE_VIOLATION,
+        MemoryError::SectionView { .. } => NtStatus::UNABLE_TO_DELETE_SECTION,
+        MemoryError::ProtectionExceedsMaximum { .. } => NtStatus::SECTION_PROTECTION,
+        MemoryError::UnknownSection { .. } => NtStatus::INVALID_HANDLE,
+        MemoryError::NotAView { .. } => NtStatus::NOT_MAPPED_VIEW,
+        MemoryError::ViewOutsideSection { .. } => NtStatus::INVALID_VIEW_SIZE,
         _ => NtStatus::INVALID_PARAMETER,
     }
 }
@@ -59,14 +64,40 @@ fn allocation_end(info: &RegionInfo) -> u64 {
 
 /// True for the kinds that are section views: a view is unmapped, never
 /// freed or decommitted.
-fn is_view(kind: RegionKind) -> bool {
+pub(super) fn is_view(kind: RegionKind) -> bool {
     matches!(kind, RegionKind::FileView | RegionKind::PagefileView | RegionKind::Image)
 }
 
-/// True when `requested` asks for no access beyond the view's maximum, which
-/// is the protection the view was mapped with (its AllocationProtect, §11).
-fn within_view(requested: Protection, maximum: Protection) -> bool {
-    maximum.difference(Protection::GUARD).contains(requested.difference(Protection::GUARD))
+/// True for the data views (`FileView`, `PagefileView`): the views whose
+/// pages may be protected or committed write-copy (§5, §11) and whose
+/// protection is bounded by the view's maximum. Image views keep the rules
+/// of private memory here (see `vmsnap::image`).
+fn is_data_view(kind: RegionKind) -> bool {
+    matches!(kind, RegionKind::FileView | RegionKind::PagefileView)
+}
+
+/// The kind of the allocation holding the page of `address` (`Free` for
+/// free memory and for addresses past user space).
+fn kind_at(mm: &MemoryManager, address: u64) -> RegionKind {
+    if address >= USER_SPACE_END { RegionKind::Free } else { mm.region_kind(page_down(address)) }
+}
+
+/// True when `requested` asks for no access beyond `maximum`, a view's
+/// maximum: the protection it was mapped with (its AllocationProtect, §11).
+/// `GUARD` is not access; write-copy needs only read access (a write-copy
+/// page never writes the section), so `PAGE_WRITECOPY` is allowed on every
+/// readable view \[W\], and a write-copy view allows read, write-copy and
+/// no access, never write.
+pub(super) fn within_view(requested: Protection, maximum: Protection) -> bool {
+    let access = |p: Protection| {
+        let p = p.difference(Protection::GUARD);
+        if p.contains(Protection::WRITE_COPY) {
+            p.difference(Protection::WRITE_COPY).union(Protection::READ)
+        } else {
+            p
+        }
+    };
+    access(maximum).contains(access(requested))
 }
 
 /// The exclusive end an address picked under `zero_bits` may reach (§4.5):
@@ -109,8 +140,9 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 ///    `AT_ROUND_TO_PAGE`), none of `MEM_COMMIT`/`MEM_RESERVE`/`MEM_RESET`,
 ///    `MEM_RESET` with any other bit, or `MEM_WRITE_WATCH` without
 ///    `MEM_RESERVE` → `STATUS_INVALID_PARAMETER_5` \[W\]\[R\].
-/// 3. An invalid `protect` (§5), `PAGE_WRITECOPY` and
-///    `PAGE_EXECUTE_WRITECOPY` included → `STATUS_INVALID_PAGE_PROTECTION` \[W\].
+/// 3. An invalid `protect` (§5) → `STATUS_INVALID_PAGE_PROTECTION` \[W\];
+///    so are `PAGE_WRITECOPY` and `PAGE_EXECUTE_WRITECOPY` \[W\]\[R\], except
+///    for a `MEM_COMMIT` at an explicit base inside a data view (§11).
 /// 4. `*size == 0` → `STATUS_INVALID_PARAMETER_4` \[W\]\[R\].
 /// 5. `MEM_PHYSICAL` (AWE) is not modelled → `STATUS_NOT_SUPPORTED`;
 ///    `MEM_LARGE_PAGES` → `STATUS_PRIVILEGE_NOT_HELD`, as for a process
@@ -144,10 +176,26 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 ///   allocation, else `STATUS_CONFLICTING_ADDRESSES` \[R\] (§4.3). Committed
 ///   pages keep their bytes and take `protect`; the others read zeros. Cache
 ///   modifiers are ignored here (they belong to the allocation). In a
-///   file-backed or image view → `STATUS_ALREADY_COMMITTED` \[W\]; in a
-///   pagefile view, access beyond the view's protection →
-///   `STATUS_SECTION_PROTECTION`; in an MMIO region →
-///   `STATUS_CONFLICTING_ADDRESSES` (as NT refuses device-memory VADs \[R\]).
+///   file-backed or image view → `STATUS_ALREADY_COMMITTED` \[W\]; in an
+///   MMIO region → `STATUS_CONFLICTING_ADDRESSES` (as NT refuses
+///   device-memory VADs \[R\]).
+/// * `MEM_COMMIT` in a view of a pagefile-backed section (§11): commits the
+///   pages **in the section**, so every view of it shows them committed; this
+///   view's pages take `protect`, the other views' newly committed pages
+///   their own view protection \[W\]. Pages already committed keep their
+///   bytes. `protect` must stay within the view's access (the protection it
+///   was mapped with; write-copy needs read access only), else
+///   `STATUS_SECTION_PROTECTION` (Win32 87 \[W\]; see below);
+///   `PAGE_NOCACHE` / `PAGE_WRITECOMBINE` → `STATUS_INVALID_PAGE_PROTECTION`
+///   \[R\].
+///
+///   *Why `STATUS_SECTION_PROTECTION`:* \[W\] pins only the Win32 error
+///   (87). Wine answers `STATUS_INVALID_PAGE_PROTECTION` \[I\]; ReactOS does
+///   not check \[R\]; `NtMapViewOfSection` answers `STATUS_SECTION_PROTECTION`
+///   for the same excess (a view beyond its section) \[R, kmtest run against
+///   Windows\]. This face uses `STATUS_SECTION_PROTECTION` for every "more
+///   access than the view or section allows", as
+///   [`nt_protect_virtual_memory`] does.
 /// * `MEM_RESET` (alone, explicit base): `[PAGE_DOWN(base),
 ///   PAGE_UP(base + size))` must lie inside one allocation (reserved pages
 ///   are fine), else `STATUS_CONFLICTING_ADDRESSES` (ERROR_INVALID_ADDRESS
@@ -218,7 +266,11 @@ fn allocate(
         }
         return reset(mm, base, size);
     }
-    let (protection, modifiers) = protection_from_page(protect)?;
+    let (protection, modifiers) = view_protection_from_page(protect)?;
+    let commit_in_data_view = base != 0 && ty & MEM_RESERVE == 0 && is_data_view(kind_at(mm, base));
+    if protection.contains(Protection::WRITE_COPY) && !commit_in_data_view {
+        return Err(NtStatus::INVALID_PAGE_PROTECTION);
+    }
     if size == 0 {
         return Err(NtStatus::INVALID_PARAMETER_4);
     }
@@ -252,7 +304,7 @@ fn allocate(
         create(mm, start, end - start, protection, modifiers, reserve_only)?;
         return Ok((start, end - start));
     }
-    commit(mm, page_down(base), end, protection)
+    commit(mm, page_down(base), end, protection, modifiers)
 }
 
 /// A new private allocation `[at, at + length)`, its cache modifiers stored
@@ -279,7 +331,13 @@ fn create(
 }
 
 /// `MEM_COMMIT` inside an existing allocation: `[lo, hi)` page aligned.
-fn commit(mm: &mut MemoryManager, lo: u64, hi: u64, protection: Protection) -> NtResult<(u64, u64)> {
+fn commit(
+    mm: &mut MemoryManager,
+    lo: u64,
+    hi: u64,
+    protection: Protection,
+    modifiers: u32,
+) -> NtResult<(u64, u64)> {
     let info = allocation_at(mm, lo).ok_or(NtStatus::CONFLICTING_ADDRESSES)?;
     if hi > allocation_end(&info) {
         return Err(NtStatus::CONFLICTING_ADDRESSES);
@@ -288,6 +346,9 @@ fn commit(mm: &mut MemoryManager, lo: u64, hi: u64, protection: Protection) -> N
         RegionKind::Private => {}
         RegionKind::FileView | RegionKind::Image => return Err(NtStatus::ALREADY_COMMITTED),
         RegionKind::PagefileView => {
+            if modifiers != 0 {
+                return Err(NtStatus::INVALID_PAGE_PROTECTION);
+            }
             if !within_view(protection, info.initial_permissions) {
                 return Err(NtStatus::SECTION_PROTECTION);
             }
@@ -325,7 +386,8 @@ fn reset(mm: &MemoryManager, base: u64, size: u64) -> NtResult<(u64, u64)> {
 ///    `STATUS_MEMORY_NOT_ALLOCATED` \[W\].
 /// 4. The allocation is a section view (kind `FileView`, `PagefileView`,
 ///    `Image`) → `STATUS_UNABLE_TO_DELETE_SECTION` \[R\] (Win32 87 \[W\]); views
-///    are unmapped, not freed. MMIO regions answer the same (NT refuses
+///    are unmapped ([`nt_unmap_view_of_section`](super::nt_unmap_view_of_section)),
+///    not freed. MMIO regions answer the same (NT refuses
 ///    device-memory VADs the same way \[R\]); the emulator removes them with
 ///    [`MemoryManager::release_memory`].
 /// 5. `*size == 0` and `PAGE_DOWN(*base)` is not the allocation base →
@@ -423,9 +485,11 @@ fn free(mm: &mut MemoryManager, base: u64, size: u64, free_type: u32) -> NtResul
 /// (WINDOWS-SEMANTICS §7).
 ///
 /// **Validation**, in this order:
-/// 1. An invalid `new_protect` (§5), `PAGE_WRITECOPY` and
-///    `PAGE_EXECUTE_WRITECOPY` included → `STATUS_INVALID_PAGE_PROTECTION`
-///    \[W\]; checked before the address \[R\].
+/// 1. An invalid `new_protect` (§5) → `STATUS_INVALID_PAGE_PROTECTION`
+///    \[W\]; checked before the address \[R\]. `PAGE_WRITECOPY` and
+///    `PAGE_EXECUTE_WRITECOPY` answer the same \[W\] unless `*base` lies in
+///    a data view (`FileView`, `PagefileView`), where they are allowed when
+///    the view is readable (§5, §11 \[W\]).
 /// 2. `*base` past [`MAX_ALLOCATION_ADDRESS`] → `STATUS_INVALID_PARAMETER_2`;
 ///    `*base + *size` overflowing or past [`USER_SPACE_END`], or an empty
 ///    range (size 0 at a page-aligned address) → `STATUS_INVALID_PARAMETER_3`.
@@ -433,17 +497,24 @@ fn free(mm: &mut MemoryManager, base: u64, size: u64, free_type: u32) -> NtResul
 ///    allocation: a free address or a range crossing an allocation's end →
 ///    `STATUS_CONFLICTING_ADDRESSES` \[R\]\[W\]. MMIO regions, whose protection
 ///    is fixed, answer the same (NT refuses device-memory VADs so \[R\]).
-/// 4. In a data view (`FileView`, `PagefileView`), access beyond the view's
-///    protection → `STATUS_SECTION_PROTECTION` (Win32 87 \[W\]).
+/// 4. In a data view (`FileView`, `PagefileView`): `PAGE_NOCACHE` /
+///    `PAGE_WRITECOMBINE` → `STATUS_INVALID_PARAMETER_4` \[R\]; access beyond
+///    the view's maximum (the protection it was mapped with; write-copy needs
+///    read access only) → `STATUS_SECTION_PROTECTION` (Win32 87 \[W\]; Wine
+///    answers `STATUS_INVALID_PAGE_PROTECTION` \[I\], and this face keeps one
+///    status for every excess over a view's or section's maximum, see
+///    [`nt_allocate_virtual_memory`]).
 /// 5. Every page must be committed → else `STATUS_NOT_COMMITTED` \[W\].
 ///
 /// **On success** every page takes `new_protect`, bytes, state and
 /// AllocationProtect unchanged \[W\]; `*old_protect` is the protection of the
 /// **first** page, `PAGE_GUARD` and the allocation's cache modifier included
-/// \[W\]; `*base` and `*size` get the rounded range \[W\]. `PAGE_NOCACHE` /
-/// `PAGE_WRITECOMBINE` in `new_protect` are ignored: they are per-allocation
-/// attributes on modern Windows (§9), so an allocation made with
-/// `PAGE_NOCACHE` keeps reporting it and one made without never does.
+/// \[W\]; `*base` and `*size` get the rounded range \[W\]. On private memory
+/// `PAGE_NOCACHE` / `PAGE_WRITECOMBINE` in `new_protect` are ignored: they
+/// are per-allocation attributes on modern Windows (§9), so an allocation
+/// made with `PAGE_NOCACHE` keeps reporting it and one made without never
+/// does. A write-copy page of a view becomes writable (a private copy) when
+/// the guest writes it \[W\] (§11).
 ///
 /// **On failure** `*old_protect` = `PAGE_NOACCESS` \[W\], and nothing else
 /// changes.
@@ -483,7 +554,10 @@ pub fn nt_protect_virtual_memory(
 }
 
 fn protect(mm: &mut MemoryManager, base: u64, size: u64, new_protect: u32) -> NtResult<(u64, u64, u32)> {
-    let (protection, _cache_modifiers_ignored) = protection_from_page(new_protect)?;
+    let (protection, modifiers) = view_protection_from_page(new_protect)?;
+    if protection.contains(Protection::WRITE_COPY) && !is_data_view(kind_at(mm, base)) {
+        return Err(NtStatus::INVALID_PAGE_PROTECTION);
+    }
     let end = explicit_end(base, size, NtStatus::INVALID_PARAMETER_2, NtStatus::INVALID_PARAMETER_3)?;
     let lo = page_down(base);
     let hi = page_up(end).ok_or(NtStatus::INVALID_PARAMETER_3)?;
@@ -497,10 +571,14 @@ fn protect(mm: &mut MemoryManager, base: u64, size: u64, new_protect: u32) -> Nt
     match info.kind {
         RegionKind::Mmio | RegionKind::Free => return Err(NtStatus::CONFLICTING_ADDRESSES),
         RegionKind::FileView | RegionKind::PagefileView => {
+            if modifiers != 0 {
+                return Err(NtStatus::INVALID_PARAMETER_4);
+            }
             if !within_view(protection, info.initial_permissions) {
                 return Err(NtStatus::SECTION_PROTECTION);
             }
         }
+        // Cache modifiers are the allocation's (§9): ignored here.
         RegionKind::Private | RegionKind::Image => {}
     }
     let old = mm.protect_memory(lo, hi - lo, protection).map_err(|e| status_of(&e))?;
@@ -535,5 +613,14 @@ mod tests {
         assert!(within_view(Protection::empty(), Protection::READ));
         assert!(!within_view(Protection::READ_WRITE, Protection::READ));
         assert!(!within_view(Protection::READ_EXECUTE, Protection::READ_WRITE));
+        let wc = Protection::READ | Protection::WRITE_COPY;
+        assert!(within_view(wc, Protection::READ));
+        assert!(within_view(wc, Protection::READ_WRITE));
+        assert!(within_view(wc | Protection::EXECUTE, Protection::READ_EXECUTE));
+        assert!(!within_view(wc | Protection::EXECUTE, Protection::READ_WRITE));
+        assert!(!within_view(wc, Protection::EXECUTE));
+        assert!(within_view(Protection::READ, wc));
+        assert!(!within_view(Protection::READ_WRITE, wc));
+        assert!(within_view(wc | Protection::GUARD, wc));
     }
 }
