@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use pe::*;
 use vmsnap::image::{self, ImageError, MappedImage, map_image, section_protection};
 use vmsnap::nt::{
-    MEM_COMMIT, MEM_IMAGE, PAGE_EXECUTE_READ, PAGE_EXECUTE_WRITECOPY, PAGE_NOACCESS, PAGE_READONLY,
-    PAGE_READWRITE, PAGE_WRITECOPY, nt_query_virtual_memory,
+    MEM_COMMIT, MEM_IMAGE, NtStatus, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY,
+    PAGE_NOACCESS, PAGE_READONLY, PAGE_READWRITE, PAGE_WRITECOPY, nt_protect_virtual_memory,
+    nt_query_virtual_memory,
 };
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind};
 
@@ -182,6 +183,34 @@ fn nt_query_reports_what_windows_reports_for_an_image_view() {
         assert_eq!(mbi.protect, protect, "Protect at {offset:#x}: {NT_WRITECOPY}");
         assert_eq!(mbi.region_size, size, "RegionSize at {offset:#x}");
     }
+}
+
+// WINDOWS-SEMANTICS §11 [W]: on image views, VirtualProtect turns RW
+// requests into WC (and ERW into EWC); WC itself is accepted.
+#[test]
+fn w_11_protect_on_an_image_turns_read_write_into_write_copy() {
+    let file = sample(true);
+    let mut mm = MemoryManager::new();
+    let image = map_image(&mut mm, &file.bytes).unwrap();
+    let rdata = image.base + 0x2000;
+    for (asked, reported) in [
+        (PAGE_READWRITE, PAGE_WRITECOPY),
+        (PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY),
+        (PAGE_WRITECOPY, PAGE_WRITECOPY),
+        (PAGE_READONLY, PAGE_READONLY),
+    ] {
+        let (mut base, mut size, mut old) = (rdata, 0x1000, 0);
+        assert_eq!(
+            nt_protect_virtual_memory(&mut mm, &mut base, &mut size, asked, &mut old),
+            NtStatus::SUCCESS
+        );
+        assert_eq!(nt_query_virtual_memory(&mm, rdata).unwrap().protect, reported, "asked {asked:#x}");
+    }
+    // The write-copy page becomes writable on the guest's first write.
+    let (mut base, mut size, mut old) = (rdata, 0x1000, 0);
+    nt_protect_virtual_memory(&mut mm, &mut base, &mut size, PAGE_READWRITE, &mut old);
+    mm.guest_write(rdata, b"x").unwrap();
+    assert_eq!(nt_query_virtual_memory(&mm, rdata).unwrap().protect, PAGE_READWRITE);
 }
 
 #[test]

@@ -554,8 +554,9 @@ pub fn nt_protect_virtual_memory(
 }
 
 fn protect(mm: &mut MemoryManager, base: u64, size: u64, new_protect: u32) -> NtResult<(u64, u64, u32)> {
-    let (protection, modifiers) = view_protection_from_page(new_protect)?;
-    if protection.contains(Protection::WRITE_COPY) && !is_data_view(kind_at(mm, base)) {
+    let (mut protection, modifiers) = view_protection_from_page(new_protect)?;
+    let kind = kind_at(mm, base);
+    if protection.contains(Protection::WRITE_COPY) && !is_data_view(kind) && kind != RegionKind::Image {
         return Err(NtStatus::INVALID_PAGE_PROTECTION);
     }
     let end = explicit_end(base, size, NtStatus::INVALID_PARAMETER_2, NtStatus::INVALID_PARAMETER_3)?;
@@ -577,6 +578,11 @@ fn protect(mm: &mut MemoryManager, base: u64, size: u64, new_protect: u32) -> Nt
             if !within_view(protection, info.initial_permissions) {
                 return Err(NtStatus::SECTION_PROTECTION);
             }
+        }
+        // §11: on image views, read-write requests become write-copy (the
+        // image's pages stay private copies of the file).
+        RegionKind::Image if protection.contains(Protection::WRITE) => {
+            protection = (protection - Protection::WRITE) | Protection::WRITE_COPY;
         }
         // Cache modifiers are the allocation's (§9): ignored here.
         RegionKind::Private | RegionKind::Image => {}
