@@ -62,10 +62,17 @@
 //! allocations, page states, pages and the byte ranges inside them — at a cost
 //! that follows the change, not the memory size.
 //!
+//! **Sections and images.** [`MemoryManager::create_section`] and
+//! [`MemoryManager::map_view_of_section`] give pagefile-backed sections whose
+//! views all show the same bytes (across snapshots too);
+//! [`image::map_image`] maps PE32+/PE32 files with per-section protections and
+//! relocations.
+//!
 //! **Windows system calls.** [`nt`] maps `NtAllocateVirtualMemory`,
-//! `NtFreeVirtualMemory`, `NtProtectVirtualMemory` and
-//! `NtQueryVirtualMemory` onto the engine with Windows' rounding rules,
-//! statuses and write-backs.
+//! `NtFreeVirtualMemory`, `NtProtectVirtualMemory`, `NtQueryVirtualMemory`
+//! and the section calls (`NtCreateSection`, `NtMapViewOfSection`,
+//! `NtUnmapViewOfSection`, closing the handle) onto the engine with Windows'
+//! rounding rules, statuses and write-backs.
 //!
 //! ## The design
 //!
@@ -96,8 +103,9 @@
 //!
 //! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
 //! `page_table`, `region_map` → `live` → `query` (shared by live and frozen
-//! versions) → `manager`, `snapshot`, `diff`, `timeline`, `state`
-//! (serialization) → [`nt`] (the Windows system-call face).
+//! versions) → `manager`, `section`, `snapshot`, `diff`, `timeline`, `state`
+//! (serialization) → [`image`] (PE mapping), [`nt`] (the Windows system-call
+//! face).
 //!
 //! ## Costs
 //!

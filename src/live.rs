@@ -225,6 +225,8 @@ pub(crate) struct LivePages {
     table: PageTable,
     overlay: Overlay,
     tlb: [Cell<TlbEntry>; TLB_ENTRIES],
+    /// Bit i: entry i was filled since the last flush.
+    tlb_filled: Cell<u64>,
 }
 
 // SAFETY: the raw pointers in the TLB point into pages owned (through `Arc`s)
@@ -241,13 +243,30 @@ impl Default for LivePages {
 
 impl LivePages {
     pub(crate) fn new(table: PageTable) -> Self {
-        LivePages { table, overlay: Overlay::default(), tlb: std::array::from_fn(|_| Cell::new(EMPTY_ENTRY)) }
+        LivePages {
+            table,
+            overlay: Overlay::default(),
+            tlb: std::array::from_fn(|_| Cell::new(EMPTY_ENTRY)),
+            tlb_filled: Cell::new(0),
+        }
     }
 
+    /// Empties the TLB: only the entries filled since the last flush.
     fn flush(&self) {
-        for e in &self.tlb {
-            e.set(EMPTY_ENTRY);
+        let mut filled = self.tlb_filled.replace(0);
+        while filled != 0 {
+            let i = filled.trailing_zeros() as usize;
+            filled &= filled - 1;
+            self.tlb[i].set(EMPTY_ENTRY);
         }
+    }
+
+    /// Fills TLB entry `vpn % 64`.
+    #[inline]
+    fn fill(&self, e: TlbEntry) {
+        let i = e.vpn as usize % TLB_ENTRIES;
+        self.tlb[i].set(e);
+        self.tlb_filled.set(self.tlb_filled.get() | 1 << i);
     }
 
     /// The persistent table (state bytes are always current; page bytes are
@@ -294,7 +313,7 @@ impl LivePages {
         let mut e = TlbEntry { vpn, meta: entry.meta, slot: NO_SLOT, frozen: std::ptr::null() };
         // A view page's bytes are its section page's.
         let (target, bytes) = if entry.meta & meta::VIEW != 0 {
-            (entry.aux, self.table.get(entry.aux).bytes())
+            (vpn + entry.aux, self.table.get(vpn + entry.aux).bytes())
         } else {
             (vpn, entry.bytes())
         };
@@ -303,7 +322,7 @@ impl LivePages {
             None => e.frozen = bytes as *const PageBytes,
         }
         if entry.meta & meta::COMMITTED != 0 {
-            self.tlb[vpn as usize % TLB_ENTRIES].set(e);
+            self.fill(e);
         }
         self.entry_bytes(e)
     }
@@ -352,7 +371,7 @@ impl LivePages {
     fn make_dirty(&mut self, vpn: u64) -> u32 {
         let entry = self.table.get(vpn);
         debug_assert!(entry.meta & meta::COMMITTED != 0);
-        let target = if entry.meta & meta::VIEW != 0 { entry.aux } else { vpn };
+        let target = if entry.meta & meta::VIEW != 0 { vpn + entry.aux } else { vpn };
         let slot = match self.overlay.get(target) {
             Some(slot) => slot,
             None => {
@@ -365,12 +384,7 @@ impl LivePages {
                 slot
             }
         };
-        self.tlb[vpn as usize % TLB_ENTRIES].set(TlbEntry {
-            vpn,
-            meta: entry.meta,
-            slot,
-            frozen: std::ptr::null(),
-        });
+        self.fill(TlbEntry { vpn, meta: entry.meta, slot, frozen: std::ptr::null() });
         slot
     }
 
@@ -428,10 +442,12 @@ impl LivePages {
     }
 
     /// Drops the overlay and adopts `table`. Time: O(dirty pages).
-    pub(crate) fn reset_to(&mut self, table: PageTable) {
+    pub(crate) fn reset_to(&mut self, table: &PageTable) {
         self.flush();
         self.overlay.reset();
-        self.table = table;
+        if !self.table.ptr_eq(table) {
+            self.table = table.clone();
+        }
     }
 }
 
@@ -458,7 +474,7 @@ mod tests {
         assert_eq!(live.dirty_pages(), 0);
         live.page_mut(3)[5] = 43;
         assert_eq!(v1.get(3).bytes()[5], 42, "frozen version is immutable");
-        live.reset_to(v1.clone());
+        live.reset_to(&v1);
         assert_eq!(live.resolve(3).bytes[5], 42);
     }
 
@@ -516,7 +532,7 @@ mod tests {
         for vpn in (0..500).filter(|v| !(30..40).contains(v)) {
             live.page_mut(vpn)[7] = 0xEE;
         }
-        live.reset_to(frozen.clone());
+        live.reset_to(&frozen);
         for vpn in (0..500).filter(|v| !(30..40).contains(v)) {
             assert_eq!(live.resolve(vpn).bytes[7], expect(vpn));
         }

@@ -478,7 +478,7 @@ impl MemoryManager {
     /// holding them goes.
     pub fn unmap_all_memory(&mut self) {
         self.regions = RegionMap::default();
-        self.pages.reset_to(PageTable::default());
+        self.pages.reset_to(&PageTable::default());
         self.committed_pages = 0;
         self.bump_layout();
     }
@@ -727,11 +727,13 @@ impl MemoryManager {
     /// restore), independent of memory size and of history length.
     pub fn restore(&mut self, snapshot: &Snapshot) {
         let v = snapshot.version();
-        self.pages.reset_to(v.pages.clone());
-        self.regions = v.regions.clone();
+        self.pages.reset_to(&v.pages);
+        self.regions.assign(&v.regions);
         self.committed_pages = v.committed_pages;
         self.default_allocation_address = v.default_allocation_address;
-        self.lineage = v.token.lineage().clone();
+        if !self.lineage.same(v.token.lineage()) {
+            self.lineage = v.token.lineage().clone();
+        }
         self.bump_layout();
         self.base = Some((v.id, self.layout_version));
     }

@@ -146,8 +146,10 @@ struct Leaf {
 #[derive(Clone, Default)]
 struct Entry {
     page: Option<Arc<FrozenPage>>,
-    /// For a section view page (state bit `VIEW`): the page number where its
-    /// bytes live (a section page, above user space). Otherwise
+    /// For a section view page (state bit `VIEW`): the distance from its page
+    /// number to the section page holding its bytes (above user space); the
+    /// same for every page of a view, so a view is made of shared uniform
+    /// subtrees. Otherwise
     /// `page.fingerprint`, or 0 without a page, so a diff tells two pages
     /// apart without touching either.
     aux: u64,
@@ -287,38 +289,36 @@ pub(crate) enum RangeOp {
 enum Absent {
     /// Nothing: the pages stay absent.
     Skip,
-    /// Every page gets this state and no bytes: a shared uniform subtree.
-    Uniform(u8),
-    /// The pages differ from one another: build real nodes.
-    Build,
+    /// Every page gets this state and word (`Entry::aux`) and no bytes: a
+    /// shared uniform subtree.
+    Uniform(u8, u64),
 }
 
 impl RangeOp {
     /// What the op does to absent pages.
     fn on_absent(self) -> Absent {
         match self {
-            RangeOp::Commit(prot) | RangeOp::CommitReserved(prot) => Absent::Uniform(meta::COMMITTED | prot),
-            RangeOp::Set(m) if m != 0 => Absent::Uniform(m),
-            RangeOp::View { .. } => Absent::Build,
+            RangeOp::Commit(prot) | RangeOp::CommitReserved(prot) => {
+                Absent::Uniform(meta::COMMITTED | prot, 0)
+            }
+            RangeOp::Set(m) if m != 0 => Absent::Uniform(m, 0),
+            RangeOp::View { meta, key_offset } => Absent::Uniform(meta, key_offset),
             _ => Absent::Skip,
         }
     }
 
-    /// The state a page with state `m` and no bytes gets, when every page of
-    /// a uniform subtree ends the same (`None` for per-page results).
-    fn apply_meta(self, m: u8) -> Option<u8> {
-        if matches!(self, RangeOp::View { .. }) || m & meta::VIEW != 0 {
-            return None;
-        }
+    /// The state and word a page with state `m`, word `aux` and no bytes
+    /// gets: the same for every page of a uniform subtree.
+    fn apply_uniform(self, m: u8, aux: u64) -> (u8, u64) {
         let mut m = m;
-        let mut entry = Entry::default();
+        let mut entry = Entry { page: None, aux };
         self.apply(0, &mut m, &mut entry);
-        Some(m)
+        (m, entry.aux)
     }
 
     /// Applies the op to page `vpn`; returns the change in committed pages.
     #[inline]
-    fn apply(self, vpn: u64, m: &mut u8, entry: &mut Entry) -> i64 {
+    fn apply(self, _vpn: u64, m: &mut u8, entry: &mut Entry) -> i64 {
         let was = i64::from(*m & meta::COMMITTED != 0);
         match self {
             RangeOp::Commit(prot) => {
@@ -349,7 +349,7 @@ impl RangeOp {
             RangeOp::View { meta: new, key_offset } => {
                 *m = new;
                 entry.page = None;
-                entry.aux = vpn + key_offset;
+                entry.aux = key_offset;
             }
         }
         if *m & meta::VIEW == 0 && entry.page.is_none() {
@@ -366,7 +366,7 @@ pub(crate) struct PageEntry<'a> {
     pub(crate) meta: u8,
     /// The frozen bytes, or `None` for a zero page (or an uncommitted one).
     pub(crate) page: Option<&'a Arc<FrozenPage>>,
-    /// For a view page, the page number of its bytes (see `Entry::aux`).
+    /// For a view page, the distance to the page of its bytes (see `Entry::aux`).
     pub(crate) aux: u64,
 }
 
@@ -433,7 +433,7 @@ impl PageTable {
     #[inline]
     pub(crate) fn resolve(&self, vpn: u64) -> (u8, &PageBytes) {
         let e = self.get(vpn);
-        if e.meta & meta::VIEW != 0 { (e.meta, self.get(e.aux).bytes()) } else { (e.meta, e.bytes()) }
+        if e.meta & meta::VIEW != 0 { (e.meta, self.get(vpn + e.aux).bytes()) } else { (e.meta, e.bytes()) }
     }
 
     /// Looks up page `vpn` (`vpn < VPN_LIMIT`). Time: O(1) (6 levels).
@@ -499,6 +499,15 @@ impl PageTable {
             }
         }
         set(&mut self.root, LEVELS - 1, vpn, page);
+    }
+
+    /// True when both tables are the same version (same root). Time: O(1).
+    pub(crate) fn ptr_eq(&self, other: &PageTable) -> bool {
+        match (&self.root, &other.root) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// Pages with bytes (not zero pages) in this version. Time: O(1).
@@ -584,11 +593,11 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
     match slot {
         None => match op.on_absent() {
             Absent::Skip => return 0,
-            Absent::Uniform(m) if covered => {
-                *slot = Some(uniform(level, m));
+            Absent::Uniform(m, aux) if covered => {
+                *slot = Some(uniform(level, m, aux));
                 return if m & meta::COMMITTED != 0 { span(level) as i64 } else { 0 };
             }
-            Absent::Uniform(_) | Absent::Build => *slot = Some(Arc::new(Node::empty(level))),
+            Absent::Uniform(..) => *slot = Some(Arc::new(Node::empty(level))),
         },
         Some(node) if covered && matches!(op, RangeOp::Clear) => {
             let gone = committed_in(node);
@@ -598,9 +607,10 @@ fn update_node(slot: &mut Option<Arc<Node>>, level: u32, base: u64, lo: u64, hi:
         Some(node) if covered => {
             // A uniform subtree (say, a committed gigabyte never written)
             // changes as a whole: O(64 · levels), not O(pages).
-            if let Some((m, new)) = uniform_meta(node).and_then(|m| Some((m, op.apply_meta(m)?))) {
-                if new != m {
-                    *slot = (new != 0).then(|| uniform(level, new));
+            if let Some((m, aux)) = uniform_meta(node) {
+                let (new, new_aux) = op.apply_uniform(m, aux);
+                if (new, new_aux) != (m, aux) {
+                    *slot = (new != 0).then(|| uniform(level, new, new_aux));
                 }
                 let committed = |m: u8| i64::from(m & meta::COMMITTED != 0);
                 return (committed(new) - committed(m)) * span(level) as i64;
@@ -653,10 +663,15 @@ fn span_of(node: &Node) -> u64 {
     span(level)
 }
 
-/// A subtree at `level` whose every page has state `m` and no bytes. Its
+/// A subtree at `level` whose every page has state `m`, word `aux` and no
+/// bytes. Its
 /// nodes are shared: 64 pointers to one child at each level.
-fn uniform(level: u32, m: u8) -> Arc<Node> {
-    let mut node = Arc::new(Node::Leaf(Leaf::new([m; FANOUT])));
+fn uniform(level: u32, m: u8, aux: u64) -> Arc<Node> {
+    let mut leaf = Leaf::new([m; FANOUT]);
+    for e in &mut leaf.entries {
+        e.aux = aux;
+    }
+    let mut node = Arc::new(Node::Leaf(leaf));
     for _ in 0..level {
         let child = node;
         node = Arc::new(Node::Inner(Inner::new(std::array::from_fn(|_| Some(child.clone())), 0)));
@@ -670,14 +685,16 @@ fn range_mask(from: usize, to: usize) -> u64 {
     upper & !((1u64 << from) - 1)
 }
 
-/// The state byte of every page under `node`, when they all share it and none
-/// has bytes: a node built by [`uniform`] (or a leaf that happens to be).
+/// The state byte and word of every page under `node`, when they all share
+/// them and none has bytes: a node built by [`uniform`] (or a leaf that happens to be).
 /// Time: O(64 · levels).
-fn uniform_meta(node: &Node) -> Option<u8> {
+fn uniform_meta(node: &Node) -> Option<(u8, u64)> {
     match node {
         Node::Leaf(leaf) => {
-            let m = leaf.meta[0];
-            (leaf.meta.iter().all(|&x| x == m) && leaf.entries.iter().all(|e| e.page.is_none())).then_some(m)
+            let (m, aux) = (leaf.meta[0], leaf.entries[0].aux);
+            let same = leaf.meta.iter().all(|&x| x == m)
+                && leaf.entries.iter().all(|e| e.page.is_none() && e.aux == aux);
+            same.then_some((m, aux))
         }
         Node::Inner(children) => {
             let first = children[0].as_ref()?;
@@ -693,7 +710,7 @@ fn uniform_meta(node: &Node) -> Option<u8> {
 /// Committed pages under `node`. Time: O(non-uniform leaves under it).
 fn committed_in(node: &Node) -> u64 {
     if let Node::Inner(_) = node
-        && let Some(m) = uniform_meta(node)
+        && let Some((m, _)) = uniform_meta(node)
     {
         return if m & meta::COMMITTED != 0 { span_of(node) } else { 0 };
     }
@@ -716,7 +733,7 @@ fn find_node(
         return pred(0).then(|| lo.max(base));
     };
     if let Node::Inner(_) = node
-        && let Some(m) = uniform_meta(node)
+        && let Some((m, _)) = uniform_meta(node)
     {
         return pred(m).then(|| lo.max(base));
     }
@@ -1170,7 +1187,7 @@ mod tests {
         assert_eq!(got, model);
         for v in 0..5400 {
             assert_eq!(t.get(v).meta, model.get(&v).copied().unwrap_or(0), "vpn {v}");
-            let expected_aux = if t.get(v).meta & meta::VIEW != 0 { v + (1 << 35) } else { 0 };
+            let expected_aux = if t.get(v).meta & meta::VIEW != 0 { 1 << 35 } else { 0 };
             assert_eq!(t.get(v).aux, expected_aux, "aux of vpn {v}");
             let end = t.run_end(v, 5400);
             let first = model.get(&v).copied().unwrap_or(0);

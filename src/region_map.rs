@@ -205,6 +205,18 @@ impl RegionMap {
         (self.next_section, self.next_key)
     }
 
+    /// Makes `self` equal to `other`, cheaply when it already is (the same
+    /// persistent maps: no reference counts touched). Time: O(1).
+    pub(crate) fn assign(&mut self, other: &RegionMap) {
+        let same = self.map.ptr_eq(&other.map)
+            && self.sections.ptr_eq(&other.sections)
+            && self.reserved_bytes == other.reserved_bytes
+            && (self.next_section, self.next_key) == (other.next_section, other.next_key);
+        if !same {
+            *self = other.clone();
+        }
+    }
+
     /// The underlying persistent map.
     pub(crate) fn map(&self) -> &OrdMap<u64, Allocation> {
         &self.map

@@ -16,6 +16,11 @@ use crate::region_map::RegionMap;
 pub(crate) struct Lineage(Arc<AtomicU64>);
 
 impl Lineage {
+    /// True when both are the same lineage.
+    pub(crate) fn same(&self, other: &Lineage) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Versions of this lineage alive now.
     pub(crate) fn alive(&self) -> u64 {
         self.0.load(Ordering::Relaxed)

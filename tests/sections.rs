@@ -205,3 +205,25 @@ fn serialization_round_trips_sections_and_views() {
     assert_eq!(copy.section_info(s).unwrap().views, 2);
     assert_eq!(PAGE_SIZE, 0x1000);
 }
+
+#[test]
+fn a_huge_reserved_view_costs_a_few_shared_nodes() {
+    // A view's pages share one word (the distance to their section pages), so
+    // a terabyte view is a handful of uniform page-table nodes, not 2^28
+    // entries: mapping, committing a page and unmapping stay cheap.
+    let mut mm = MemoryManager::new();
+    let s = mm.create_section(1 << 40, RW, false).unwrap();
+    let a = mm.map_view_of_section(s, 0, 0, 0, RW).unwrap();
+    let b = mm.map_view_of_section(s, 0, 0, 0, RW).unwrap();
+    let middle = 0x80_0000_0000u64;
+    mm.commit_memory(a + middle, 0x1000, RW).unwrap();
+    mm.write_memory(b + middle + 5, b"far").unwrap();
+    assert_eq!(read(&mm, a + middle + 5, 3), b"far");
+    let r = mm.region_info(a);
+    assert_eq!((r.length, r.is_committed), (middle, false));
+    let snap = mm.snapshot();
+    mm.unmap_view_of_section(a).unwrap();
+    mm.unmap_view_of_section(b).unwrap();
+    mm.restore(&snap);
+    assert_eq!(read(&mm, b + middle + 5, 3), b"far");
+}
