@@ -331,7 +331,15 @@ impl MemoryManager {
 
     /// Applies a page-state change to `[lo, hi)` (byte addresses, page aligned).
     fn apply(&mut self, lo: u64, hi: u64, op: RangeOp) {
-        let delta = self.pages.update(vpn(lo), vpn(hi), op);
+        self.apply_pages(vpn(lo), vpn(hi), op);
+    }
+
+    /// Applies a page-state change to the user pages `[lo, hi)` (page
+    /// numbers) and counts the pages it commits or decommits.
+    pub(crate) fn apply_pages(&mut self, lo: u64, hi: u64, op: RangeOp) {
+        let delta = self.pages.update(lo, hi, op);
+        // Invariant: the count is the number of committed user pages, so no
+        // change takes it below zero.
         self.committed_pages =
             self.committed_pages.checked_add_signed(delta).expect("committed count stays >= 0");
     }

@@ -175,9 +175,7 @@ impl MemoryManager {
         while k < key_end {
             let run_end = self.pages.table().run_end(k, key_end);
             if self.pages.table().get(k).meta & meta::COMMITTED != 0 {
-                let delta = self.pages.update(lo + (k - key), lo + (run_end - key), op);
-                self.committed_pages =
-                    self.committed_pages.checked_add_signed(delta).expect("count stays >= 0");
+                self.apply_pages(lo + (k - key), lo + (run_end - key), op);
             }
             k = run_end;
         }
@@ -217,8 +215,7 @@ impl MemoryManager {
             } else {
                 RangeOp::CommitReserved(other.initial.bits())
             };
-            let delta = self.pages.update(page(from), page(to), op);
-            self.committed_pages = self.committed_pages.checked_add_signed(delta).expect("count stays >= 0");
+            self.apply_pages(page(from), page(to), op);
         }
         Ok(())
     }
@@ -235,8 +232,7 @@ impl MemoryManager {
             .ok_or(MemoryError::NotAView { address })?;
         let v = view.view.expect("a view");
         self.regions.remove(view.base);
-        let delta = self.pages.update(vpn(view.base), vpn(view.end()), RangeOp::Clear);
-        self.committed_pages = self.committed_pages.checked_add_signed(delta).expect("count stays >= 0");
+        self.apply_pages(vpn(view.base), vpn(view.end()), RangeOp::Clear);
         self.free_section_if_unused(v.section);
         self.layout_version += 1;
         Ok(())
