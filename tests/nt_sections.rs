@@ -21,9 +21,11 @@
 //!   checked on an engine allocation of kind FileView.
 
 use vmsnap::nt::*;
+
+mod common;
+use common::nt::*;
 use vmsnap::{
-    Access, MAX_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection, RegionKind, ReservedRegion,
-    USER_SPACE_END,
+    Access, MAX_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection, RegionKind, USER_SPACE_END,
 };
 
 /// Free, 64 KiB-aligned addresses the tests place explicit views at.
@@ -73,83 +75,6 @@ fn map(
 /// A view of the whole section at a system-picked address.
 fn view(mm: &mut MemoryManager, section: SectionHandle, prot: u32) -> u64 {
     map(mm, section, 0, 0, 0, prot).expect("view").0
-}
-
-fn alloc(mm: &mut MemoryManager, base: u64, size: u64, ty: u32, prot: u32) -> Result<(u64, u64), NtStatus> {
-    let (mut b, mut s) = (base, size);
-    let status = nt_allocate_virtual_memory(mm, &mut b, 0, &mut s, ty, prot);
-    if status.is_success() {
-        Ok((b, s))
-    } else {
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-fn free(mm: &mut MemoryManager, base: u64, size: u64, ty: u32) -> Result<(u64, u64), NtStatus> {
-    let (mut b, mut s) = (base, size);
-    let status = nt_free_virtual_memory(mm, &mut b, &mut s, ty);
-    if status.is_success() {
-        Ok((b, s))
-    } else {
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-fn protect(mm: &mut MemoryManager, base: u64, size: u64, prot: u32) -> Result<(u64, u64, u32), NtStatus> {
-    let (mut b, mut s, mut old) = (base, size, 0xDEAD_BEEF);
-    let status = nt_protect_virtual_memory(mm, &mut b, &mut s, prot, &mut old);
-    if status.is_success() {
-        Ok((b, s, old))
-    } else {
-        assert_eq!(old, PAGE_NOACCESS, "old protection on failure ({status})");
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-fn query(mm: &MemoryManager, address: u64) -> MemoryBasicInformation {
-    nt_query_virtual_memory(mm, address).expect("query")
-}
-
-type Fingerprint = (u64, Vec<ReservedRegion>, u64);
-
-fn fingerprint(mm: &MemoryManager) -> Fingerprint {
-    (mm.layout_version(), mm.reserved_regions().collect(), mm.compute_memory_stats().committed_memory)
-}
-
-/// Runs a call that must fail with `expected`, and checks nothing changed.
-fn fails_unchanged(
-    mm: &mut MemoryManager,
-    expected: NtStatus,
-    call: impl FnOnce(&mut MemoryManager) -> NtStatus,
-) {
-    let before = fingerprint(mm);
-    let status = call(mm);
-    assert_eq!(status, expected);
-    assert_eq!(fingerprint(mm), before, "state changed by a failed call ({status})");
-}
-
-fn read(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0xEE; len];
-    mm.read_memory(address, &mut buf).expect("read");
-    buf
-}
-
-/// (base_address, region_size, state, protect) of every region of the
-/// allocation at `base`.
-fn regions(mm: &MemoryManager, base: u64) -> Vec<(u64, u64, u32, u32)> {
-    let end = base + mm.region_info(base).allocation_length;
-    let mut out = Vec::new();
-    let mut at = base;
-    while at < end {
-        let m = query(mm, at);
-        assert_eq!(m.allocation_base, base);
-        out.push((m.base_address, m.region_size, m.state, m.protect));
-        at += m.region_size;
-    }
-    out
 }
 
 /// The access a `PAGE_*` base value needs, or a view mapped with it allows:

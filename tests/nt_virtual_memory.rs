@@ -42,9 +42,12 @@
 //! * §12 VirtualLock: not part of `nt`.
 
 use vmsnap::nt::*;
+
+mod common;
+use common::nt::*;
 use vmsnap::{
     Access, MAX_ALLOCATION_ADDRESS, MIN_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection,
-    RegionKind, ReservedRegion, USER_SPACE_END,
+    RegionKind, USER_SPACE_END,
 };
 
 /// A free, 64 KiB-aligned address the tests place explicit allocations at.
@@ -54,103 +57,9 @@ const B: u64 = 0x3000_0000;
 
 // ------------------------------------------------------------------- helpers
 
-/// `NtAllocateVirtualMemory`; on failure also checks that base and size were
-/// left as given.
-fn alloc_zb(
-    mm: &mut MemoryManager,
-    base: u64,
-    zero_bits: u64,
-    size: u64,
-    ty: u32,
-    prot: u32,
-) -> Result<(u64, u64), NtStatus> {
-    let (mut b, mut s) = (base, size);
-    let status = nt_allocate_virtual_memory(mm, &mut b, zero_bits, &mut s, ty, prot);
-    if status.is_success() {
-        assert_eq!(status, NtStatus::SUCCESS);
-        Ok((b, s))
-    } else {
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-fn alloc(mm: &mut MemoryManager, base: u64, size: u64, ty: u32, prot: u32) -> Result<(u64, u64), NtStatus> {
-    alloc_zb(mm, base, 0, size, ty, prot)
-}
-
-/// `NtFreeVirtualMemory`; on failure also checks the outputs are unchanged.
-fn free(mm: &mut MemoryManager, base: u64, size: u64, ty: u32) -> Result<(u64, u64), NtStatus> {
-    let (mut b, mut s) = (base, size);
-    let status = nt_free_virtual_memory(mm, &mut b, &mut s, ty);
-    if status.is_success() {
-        Ok((b, s))
-    } else {
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-/// `NtProtectVirtualMemory`; on failure checks old = PAGE_NOACCESS and the
-/// base/size outputs unchanged.
-fn protect(mm: &mut MemoryManager, base: u64, size: u64, prot: u32) -> Result<(u64, u64, u32), NtStatus> {
-    let (mut b, mut s, mut old) = (base, size, 0xDEAD_BEEF);
-    let status = nt_protect_virtual_memory(mm, &mut b, &mut s, prot, &mut old);
-    if status.is_success() {
-        Ok((b, s, old))
-    } else {
-        assert_eq!(old, PAGE_NOACCESS, "old protection on failure ({status})");
-        assert_eq!((b, s), (base, size), "outputs written on failure ({status})");
-        Err(status)
-    }
-}
-
-fn query(mm: &MemoryManager, address: u64) -> MemoryBasicInformation {
-    nt_query_virtual_memory(mm, address).expect("query")
-}
-
 /// A new allocation where the system picks the address.
 fn new_alloc(mm: &mut MemoryManager, size: u64, ty: u32, prot: u32) -> u64 {
     alloc(mm, 0, size, ty, prot).expect("allocation").0
-}
-
-type Fingerprint = (u64, Vec<ReservedRegion>, u64);
-
-fn fingerprint(mm: &MemoryManager) -> Fingerprint {
-    (mm.layout_version(), mm.reserved_regions().collect(), mm.compute_memory_stats().committed_memory)
-}
-
-/// Runs a call that must fail with `expected`, and checks nothing changed.
-fn fails_unchanged(
-    mm: &mut MemoryManager,
-    expected: NtStatus,
-    call: impl FnOnce(&mut MemoryManager) -> NtStatus,
-) {
-    let before = fingerprint(mm);
-    let status = call(mm);
-    assert_eq!(status, expected);
-    assert_eq!(fingerprint(mm), before, "state changed by a failed call ({status})");
-}
-
-fn read(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
-    let mut buf = vec![0xEE; len];
-    mm.read_memory(address, &mut buf).expect("read");
-    buf
-}
-
-/// (base_address, region_size, state, protect) of every region of the
-/// allocation at `base`.
-fn regions(mm: &MemoryManager, base: u64) -> Vec<(u64, u64, u32, u32)> {
-    let mbi = query(mm, base);
-    let end = mbi.allocation_base + mm.region_info(base).allocation_length;
-    let mut out = Vec::new();
-    let mut at = mbi.allocation_base;
-    while at < end {
-        let m = query(mm, at);
-        out.push((m.base_address, m.region_size, m.state, m.protect));
-        at += m.region_size;
-    }
-    out
 }
 
 // ------------------------------------------------------ §1: statuses, layout

@@ -3,6 +3,8 @@
 
 use vmsnap::MemoryManager;
 
+pub mod nt;
+
 /// xorshift64*: a deterministic, dependency-free random source.
 pub struct Rng(pub u64);
 
