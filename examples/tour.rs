@@ -58,9 +58,29 @@ fn main() -> Result<(), MemoryError> {
     let guard = top - 4 * PAGE_SIZE;
     let first = mm.guest_write(guard + 8, &[1; 8]);
     let second = mm.guest_write(guard + 8, &[1; 8]);
-    println!("\nguard page: first touch -> {first:?}, second -> {second:?}");
+    let outcome = |r: Result<(), MemoryError>| r.map_or_else(|e| e.to_string(), |()| "ok".to_owned());
+    println!("\nguard page: first touch -> {}; second -> {}", outcome(first), outcome(second));
     let denied = mm.guest_write(image + 0x1000, &[0x90]);
-    println!("guest write to code -> {denied:?}");
+    println!("guest write to code -> {}", outcome(denied));
+
+    // A pagefile-backed section with two views: one set of bytes, two addresses.
+    let section = mm.create_section(0x10000, Protection::READ_WRITE, true)?;
+    let view_a = mm.map_view_of_section(section, 0, 0, 0, Protection::READ_WRITE)?;
+    let view_b = mm.map_view_of_section(section, 0, 0, 0, Protection::READ)?;
+    mm.write_memory(view_a + 0x40, b"shared")?;
+    let mut shared = [0u8; 6];
+    mm.read_memory(view_b + 0x40, &mut shared)?;
+    println!(
+        "\nsection views at {view_a:#x} and {view_b:#x}: written through one, read through the other: {:?}",
+        String::from_utf8_lossy(&shared)
+    );
+
+    // The same address space through the Windows system-call face.
+    let mbi = vmsnap::nt::nt_query_virtual_memory(&mm, view_b).expect("a mapped view");
+    println!(
+        "NtQueryVirtualMemory({view_b:#x}): State {:#x} Protect {:#x} Type {:#x} RegionSize {:#x}",
+        mbi.state, mbi.protect, mbi.type_, mbi.region_size
+    );
 
     // A deterministic workload: 1,000 steps, a snapshot every 100.
     let mut snapshots = Vec::new();
@@ -95,7 +115,13 @@ fn main() -> Result<(), MemoryError> {
     let diff = snapshots[2].diff(&snapshots[9]);
     println!("diff step 300 -> step 1000: {} pages changed", diff.changed_pages().count());
     let diff = snapshots[2].diff(&branch);
-    println!("diff step 300 -> branch: {} page changed", diff.changed_pages().count());
+    let change = &diff.page_changes()[0];
+    println!(
+        "diff step 300 -> branch: {} page changed, at {:#x}, bytes {:?}",
+        diff.changed_pages().count(),
+        change.address(),
+        change.byte_ranges()
+    );
 
     // Serialize the whole state and read it back elsewhere.
     let mut buffer = Vec::new();
