@@ -121,6 +121,7 @@
 mod address;
 mod diff;
 mod error;
+pub mod file;
 pub mod image;
 mod live;
 mod manager;

@@ -122,39 +122,15 @@ impl MemoryManager {
                 }
             }
         });
-        let record = StateRecord {
-            contents: !is_snapshot,
-            default_allocation_address: self.default_allocation_address,
-            layout_version: self.layout_version,
-            allocations: self
-                .regions
-                .iter()
-                .map(|a| {
-                    let view = a.view.map(|v| (v.section, v.key));
-                    AllocationRecord(
-                        a.base,
-                        a.length,
-                        a.initial.bits(),
-                        kind_code(a.kind),
-                        a.attributes,
-                        view,
-                    )
-                })
-                .collect(),
+        write_record(
+            buffer,
+            !is_snapshot,
+            self.default_allocation_address,
+            self.layout_version,
+            &self.regions,
             runs,
             pages,
-            sections: self
-                .regions
-                .sections()
-                .map(|(id, s)| SectionRecord(id, s.key, s.pages, s.max_protection.bits(), s.open))
-                .collect(),
-            section_counters: self.regions.section_counters(),
-        };
-        buffer.extend_from_slice(MAGIC);
-        buffer.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
-        // Invariant: writing plain integers, bools and byte strings into a
-        // Vec cannot fail.
-        rmp_serde::encode::write(buffer, &record).expect("encoding into a Vec cannot fail");
+        );
     }
 
     /// Replaces the whole state of the manager with the one in `buffer`
@@ -175,25 +151,7 @@ impl MemoryManager {
     /// allocations, invalid protections, pages of the wrong size) gives an
     /// error. Time: O(buffer size + committed pages).
     pub fn deserialize_memory_state(&mut self, buffer: &[u8], is_snapshot: bool) -> Result<(), MemoryError> {
-        if buffer.len() < HEADER || &buffer[..8] != MAGIC {
-            return Err(MemoryError::BadStateMagic);
-        }
-        let version = u32::from_le_bytes(buffer[8..12].try_into().expect("4 bytes"));
-        if version != STATE_FORMAT_VERSION {
-            return Err(MemoryError::UnsupportedStateVersion {
-                found: version,
-                supported: STATE_FORMAT_VERSION,
-            });
-        }
-        let mut payload = &buffer[HEADER..];
-        let record: StateRecord = rmp_serde::decode::from_read(&mut payload)
-            .map_err(|_| corrupt("MessagePack payload does not decode"))?;
-        if !payload.is_empty() {
-            return Err(corrupt("trailing bytes after the payload"));
-        }
-        if record.layout_version > MAX_LAYOUT_VERSION {
-            return Err(corrupt("layout version out of range"));
-        }
+        let record = decode_record(buffer)?;
         if record.contents == is_snapshot {
             return Err(MemoryError::StateModeMismatch { buffer_has_contents: record.contents });
         }
@@ -219,6 +177,109 @@ impl MemoryManager {
         self.layout_version = record.layout_version.max(self.layout_version + 1);
         Ok(())
     }
+}
+
+/// Encodes a record (header included) at the end of `buffer`.
+fn write_record(
+    buffer: &mut Vec<u8>,
+    contents: bool,
+    default_allocation_address: u64,
+    layout_version: u64,
+    regions: &RegionMap,
+    runs: Vec<RunRecord>,
+    pages: Vec<PageRecord>,
+) {
+    let record = StateRecord {
+        contents,
+        default_allocation_address,
+        layout_version,
+        allocations: regions
+            .iter()
+            .map(|a| {
+                let view = a.view.map(|v| (v.section, v.key));
+                AllocationRecord(a.base, a.length, a.initial.bits(), kind_code(a.kind), a.attributes, view)
+            })
+            .collect(),
+        runs,
+        pages,
+        sections: regions
+            .sections()
+            .map(|(id, s)| SectionRecord(id, s.key, s.pages, s.max_protection.bits(), s.open))
+            .collect(),
+        section_counters: regions.section_counters(),
+    };
+    buffer.extend_from_slice(MAGIC);
+    buffer.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    // Invariant: writing plain integers, bools and byte strings into a
+    // Vec cannot fail.
+    rmp_serde::encode::write(buffer, &record).expect("encoding into a Vec cannot fail");
+}
+
+/// Checks the header and decodes the MessagePack record of a buffer.
+fn decode_record(buffer: &[u8]) -> Result<StateRecord, MemoryError> {
+    if buffer.len() < HEADER || &buffer[..8] != MAGIC {
+        return Err(MemoryError::BadStateMagic);
+    }
+    let version = u32::from_le_bytes(buffer[8..12].try_into().expect("4 bytes"));
+    if version != STATE_FORMAT_VERSION {
+        return Err(MemoryError::UnsupportedStateVersion { found: version, supported: STATE_FORMAT_VERSION });
+    }
+    let mut payload = &buffer[HEADER..];
+    let record: StateRecord = rmp_serde::decode::from_read(&mut payload)
+        .map_err(|_| corrupt("MessagePack payload does not decode"))?;
+    if !payload.is_empty() {
+        return Err(corrupt("trailing bytes after the payload"));
+    }
+    if record.layout_version > MAX_LAYOUT_VERSION {
+        return Err(corrupt("layout version out of range"));
+    }
+    Ok(record)
+}
+
+/// The layout of a frozen version (snapshot files): a layout-mode buffer of
+/// `serialize_memory_state` (allocations, page states, sections, default
+/// allocation address, layout version; no page bytes). MMIO regions are
+/// recorded as layout. Deterministic. Time: O(allocations + page runs).
+pub(crate) fn serialize_layout(
+    regions: &RegionMap,
+    table: &PageTable,
+    default_allocation_address: u64,
+    layout_version: u64,
+    buffer: &mut Vec<u8>,
+) {
+    let mut runs: Vec<RunRecord> = Vec::new();
+    table.for_each(|page, m, _| match runs.last_mut() {
+        Some(RunRecord(first, count, rm)) if *rm == m && *first + *count == page => *count += 1,
+        _ => runs.push(RunRecord(page, 1, m)),
+    });
+    write_record(buffer, false, default_allocation_address, layout_version, regions, runs, Vec::new());
+}
+
+/// A layout decoded and validated by [`decode_layout`].
+pub(crate) struct DecodedLayout {
+    pub(crate) regions: RegionMap,
+    /// Page states; every committed page reads zeros until its bytes are set.
+    pub(crate) table: PageTable,
+    pub(crate) committed_pages: u64,
+    pub(crate) default_allocation_address: u64,
+    pub(crate) layout_version: u64,
+}
+
+/// Decodes and validates a layout-mode buffer exactly as
+/// `deserialize_memory_state(buffer, true)` does (MMIO regions left out).
+pub(crate) fn decode_layout(buffer: &[u8]) -> Result<DecodedLayout, MemoryError> {
+    let record = decode_record(buffer)?;
+    if record.contents {
+        return Err(MemoryError::StateModeMismatch { buffer_has_contents: true });
+    }
+    let (regions, table, committed_pages) = build(&record)?;
+    Ok(DecodedLayout {
+        regions,
+        table,
+        committed_pages,
+        default_allocation_address: record.default_allocation_address,
+        layout_version: record.layout_version,
+    })
 }
 
 /// Validates a decoded record and builds its region map and page table.

@@ -1,0 +1,499 @@
+//! Snapshot files (`vmsnap::file`): round trips, dedup, atomic writes, golden
+//! vectors and one test per failure mode.
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use serde_bytes::ByteBuf;
+use vmsnap::file::{self, FileError};
+use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
+
+// ------------------------------------------------------------- helpers ----
+
+/// An empty address space.
+fn empty() -> Snapshot {
+    MemoryManager::new().snapshot()
+}
+
+/// A few allocations, a guard page, written pages, a duplicated page and a
+/// committed zero page.
+fn small() -> Snapshot {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x8000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    mm.allocate_memory_at(0x40000, 0x20000, Protection::READ, true, RegionKind::Image).unwrap();
+    mm.commit_memory(0x41000, 0x2000, Protection::READ_EXECUTE).unwrap();
+    mm.protect_memory(0x12000, 0x1000, Protection::READ_WRITE | Protection::GUARD).unwrap();
+    mm.write_memory(0x10ffe, b"spans two pages").unwrap();
+    // 0x13000 and 0x14000 hold the same bytes (stored once).
+    mm.write_memory(0x13000, &[0xAB; 4096]).unwrap();
+    mm.write_memory(0x14000, &[0xAB; 4096]).unwrap();
+    mm.write_memory(0x41000, b"\x90\x90\xc3").unwrap();
+    // 0x15000: written, then zeroed again (a zero page: not stored).
+    mm.write_memory(0x15000, b"gone").unwrap();
+    mm.write_memory(0x15000, &[0; 4]).unwrap();
+    mm.set_default_allocation_address(0x7000_0000);
+    mm.snapshot()
+}
+
+/// Asserts that two snapshots are the same address space.
+fn assert_same(a: &Snapshot, b: &Snapshot) {
+    let ra: Vec<_> = a.reserved_regions().collect();
+    let rb: Vec<_> = b.reserved_regions().collect();
+    assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
+    assert_eq!(a.layout_version(), b.layout_version());
+    assert_eq!(a.default_allocation_address(), b.default_allocation_address());
+    for r in &ra {
+        let (base, size) = (r.base, r.length);
+        let mut page = base;
+        while page < base + size {
+            let (ia, ib) = (a.region_info(page), b.region_info(page));
+            assert_eq!(format!("{ia:?}"), format!("{ib:?}"), "region_info at {page:#x}");
+            if ia.is_committed {
+                let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
+                a.read_memory(page, &mut x).unwrap();
+                b.read_memory(page, &mut y).unwrap();
+                assert!(x == y, "bytes differ at {page:#x}");
+            }
+            page += PAGE_SIZE;
+        }
+    }
+    assert_eq!(a.compute_memory_stats().committed_memory, b.compute_memory_stats().committed_memory);
+    assert!(a.diff(b).changed_pages().next().is_none());
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmsnap-file-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The index, as a test sees it (mirror of FORMAT.md §5).
+type Frame = (u64, u32, u8, ByteBuf);
+type Page = (ByteBuf, u32, u8, u8, Option<u32>);
+type Snap = (u64, Option<String>, Option<u64>, u64, ByteBuf, Vec<(u64, Vec<u32>)>);
+type Index = (Vec<Frame>, Vec<Page>, Vec<Snap>, Option<(ByteBuf, String)>);
+
+fn split(bytes: &[u8]) -> (Vec<u8>, Index) {
+    let offset = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    (bytes[..offset].to_vec(), rmp_serde::from_slice(&bytes[offset..]).unwrap())
+}
+
+fn reseal_header(bytes: &mut [u8]) {
+    let sum = blake3::hash(&bytes[..56]);
+    bytes[56..64].copy_from_slice(&sum.as_bytes()[..8]);
+}
+
+/// Rebuilds a file from its head (header + frames) and a changed index, with
+/// valid lengths and checksums.
+fn reseal(head: &[u8], index: &Index) -> Vec<u8> {
+    let index = rmp_serde::to_vec(index).unwrap();
+    let mut out = head.to_vec();
+    out[24..32].copy_from_slice(&(index.len() as u64).to_le_bytes());
+    out[32..48].copy_from_slice(&blake3::hash(&index).as_bytes()[..16]);
+    reseal_header(&mut out);
+    out.extend_from_slice(&index);
+    out
+}
+
+// ---------------------------------------------------------- round trips ----
+
+#[test]
+fn round_trip_small_and_empty() {
+    for s in [empty(), small()] {
+        let bytes = file::to_bytes(&s);
+        let loaded = file::load_from_bytes(&bytes).unwrap();
+        assert_same(&s, &loaded);
+        assert_eq!(file::to_bytes(&loaded), bytes, "re-encoding gives the same bytes");
+    }
+}
+
+#[test]
+fn round_trip_through_the_file_system() {
+    let dir = temp_dir("roundtrip");
+    let path = dir.join("small.vmsnap");
+    let s = small();
+    file::save(&s, &path).unwrap();
+    file::verify(&path).unwrap();
+    assert_same(&s, &file::load(&path).unwrap());
+    // No temporary file left behind.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn identical_pages_are_stored_once_and_zero_pages_not_at_all() {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 200 * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
+        .unwrap();
+    for i in 0..100 {
+        mm.write_memory(0x10000 + i * PAGE_SIZE, &[0x5A; 4096]).unwrap();
+    }
+    let s = mm.snapshot();
+    let bytes = file::to_bytes(&s);
+    let (_, index) = split(&bytes);
+    assert_eq!(index.1.len(), 1, "one stored page");
+    assert_eq!(index.0.len(), 1, "one frame");
+    assert_same(&s, &file::load_from_bytes(&bytes).unwrap());
+
+    // 200 committed zero pages: nothing stored.
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 200 * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
+        .unwrap();
+    let bytes = file::to_bytes(&mm.snapshot());
+    let (_, index) = split(&bytes);
+    assert!(index.0.is_empty() && index.1.is_empty());
+    assert!(bytes.len() < 200, "{} bytes", bytes.len());
+}
+
+#[test]
+fn many_distinct_pages_span_frames() {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 40 * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
+        .unwrap();
+    for i in 0..40u64 {
+        mm.write_memory(0x10000 + i * PAGE_SIZE + i, &i.to_le_bytes()).unwrap();
+        mm.write_memory(0x10000 + i * PAGE_SIZE + 4000, &[1]).unwrap();
+    }
+    let s = mm.snapshot();
+    let bytes = file::to_bytes(&s);
+    let (_, index) = split(&bytes);
+    assert_eq!(index.0.iter().map(|f| f.2).collect::<Vec<_>>(), vec![16, 16, 8]);
+    assert_same(&s, &file::load_from_bytes(&bytes).unwrap());
+}
+
+#[test]
+fn timeline_round_trip_dedups_across_snapshots() {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x10000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    let mut t = Timeline::new();
+    mm.write_memory(0x10000, &[7; 4096]).unwrap();
+    let a = t.take(&mut mm, Some("a")).unwrap();
+    mm.write_memory(0x11000, b"second").unwrap();
+    t.take(&mut mm, Some("b")).unwrap();
+    t.restore(&mut mm, a).unwrap();
+    mm.write_memory(0x12000, b"branch").unwrap();
+    t.take(&mut mm, None).unwrap();
+    let bytes = file::timeline_to_bytes(&t);
+    let (_, index) = split(&bytes);
+    assert_eq!(index.1.len(), 3, "page 0x10000 stored once for three snapshots");
+    let loaded = file::timeline_from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.len(), 3);
+    for (x, y) in t.iter().zip(loaded.iter()) {
+        assert_eq!(x.name, y.name);
+        assert_eq!(x.parent.is_some(), y.parent.is_some());
+        assert_same(&x.snapshot, &y.snapshot);
+    }
+    let b = loaded.find("b").unwrap();
+    assert_eq!(loaded.entry(b).unwrap().parent, loaded.find("a"));
+    assert_eq!(file::timeline_to_bytes(&loaded), bytes);
+    // A timeline file with several snapshots is not a one-snapshot file.
+    assert!(matches!(file::load_from_bytes(&bytes), Err(FileError::SnapshotCount { found: 3 })));
+    let dir = temp_dir("timeline");
+    file::save_timeline(&t, &dir.join("t.vmsnap")).unwrap();
+    assert_eq!(file::load_timeline(&dir.join("t.vmsnap")).unwrap().len(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------- atomic write ----
+
+#[test]
+fn failed_save_leaves_no_file_and_keeps_the_old_one() {
+    let dir = temp_dir("atomic");
+    let missing = dir.join("no-such-dir").join("x.vmsnap");
+    assert!(matches!(file::save(&small(), &missing), Err(FileError::Io { .. })));
+    assert!(!missing.exists());
+
+    let path = dir.join("keep.vmsnap");
+    file::save(&empty(), &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // A directory in the way of the rename: the save fails, the old file at
+    // `path` (here: the directory's neighbour) is untouched, no temp remains.
+    let blocked = dir.join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("inside"), b"x").unwrap();
+    assert!(file::save(&small(), &blocked).is_err());
+    assert!(blocked.is_dir());
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // Replacing works and leaves exactly the two entries.
+    file::save(&small(), &path).unwrap();
+    assert_same(&small_loaded(&path), &small());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn small_loaded(path: &Path) -> Snapshot {
+    file::load(path).unwrap()
+}
+
+#[test]
+fn missing_file_is_an_io_error_with_the_path() {
+    let p = Path::new("/nonexistent/vmsnap/file.vmsnap");
+    match file::load(p) {
+        Err(FileError::Io { path, .. }) => assert_eq!(path, p),
+        other => panic!("{other:?}"),
+    }
+}
+
+// --------------------------------------------------------- golden vectors ----
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots-format/vectors")
+}
+
+#[test]
+fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
+    let made = [("empty.vmsnap", empty()), ("small.vmsnap", small())];
+    if std::env::var_os("VMSNAP_REGENERATE_VECTORS").is_some_and(|v| v == "1") {
+        for (name, s) in &made {
+            std::fs::write(vectors_dir().join(name), file::to_bytes(s)).unwrap();
+        }
+    }
+    let mut seen = 0;
+    for entry in std::fs::read_dir(vectors_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "vmsnap") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let loaded = file::load_from_bytes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(file::to_bytes(&loaded), bytes, "{} re-encodes differently", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 2);
+    // The helpers still produce exactly the committed vectors.
+    for (name, s) in &made {
+        assert_eq!(std::fs::read(vectors_dir().join(name)).unwrap(), file::to_bytes(s), "{name} is stale");
+    }
+    assert_same(&file::load(&vectors_dir().join("small.vmsnap")).unwrap(), &small());
+}
+
+// --------------------------------------------------------- failure modes ----
+
+#[test]
+fn bad_magic() {
+    let good = file::to_bytes(&small());
+    let mut bad = good.clone();
+    bad[1] = b'X';
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::BadMagic)));
+    assert!(matches!(file::load_from_bytes(b"hello"), Err(FileError::BadMagic)));
+    assert!(matches!(file::load_from_bytes(&[]), Err(FileError::Truncated { .. })));
+}
+
+#[test]
+fn bad_magic_from_text_mode_transports() {
+    let good = file::to_bytes(&small());
+    // \r\n -> \n everywhere.
+    let mut crlf = Vec::new();
+    let mut i = 0;
+    while i < good.len() {
+        if good[i] == b'\r' && good.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        crlf.push(good[i]);
+        i += 1;
+    }
+    assert!(matches!(file::load_from_bytes(&crlf), Err(FileError::BadMagic)));
+    // \n -> \r\n everywhere.
+    let lf: Vec<u8> =
+        good.iter().flat_map(|&b| if b == b'\n' { vec![b'\r', b'\n'] } else { vec![b] }).collect();
+    assert!(matches!(file::load_from_bytes(&lf), Err(FileError::BadMagic)));
+    // The 8th bit stripped.
+    let seven: Vec<u8> = good.iter().map(|b| b & 0x7F).collect();
+    assert!(matches!(file::load_from_bytes(&seven), Err(FileError::BadMagic)));
+    // DOS `type` stopping at Ctrl-Z.
+    let cut = &good[..good.iter().position(|&b| b == 0x1A).unwrap()];
+    assert!(matches!(file::load_from_bytes(cut), Err(FileError::BadMagic | FileError::Truncated { .. })));
+}
+
+#[test]
+fn unsupported_major_version() {
+    let mut bad = file::to_bytes(&small());
+    bad[8..10].copy_from_slice(&2u16.to_le_bytes());
+    reseal_header(&mut bad);
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedVersion { major: 2, minor: 0 })));
+}
+
+#[test]
+fn later_minor_version_is_accepted() {
+    let mut newer = file::to_bytes(&small());
+    newer[10..12].copy_from_slice(&7u16.to_le_bytes());
+    reseal_header(&mut newer);
+    file::verify_bytes(&newer).unwrap();
+}
+
+#[test]
+fn incremental_flag_is_refused() {
+    let mut bad = file::to_bytes(&small());
+    bad[12] = 1;
+    reseal_header(&mut bad);
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedFlags(1))));
+}
+
+#[test]
+fn header_and_index_checksums() {
+    let good = file::to_bytes(&small());
+    let mut bad = good.clone();
+    bad[20] ^= 1;
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::HeaderChecksum)));
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::IndexChecksum)));
+}
+
+#[test]
+fn truncation_at_every_offset_is_an_error() {
+    for good in [file::to_bytes(&small()), file::to_bytes(&empty())] {
+        for cut in 0..good.len() {
+            assert!(file::load_from_bytes(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(matches!(file::load_from_bytes(&longer), Err(FileError::TrailingBytes { .. })));
+    }
+}
+
+#[test]
+fn one_flipped_bit_at_every_offset_is_an_error() {
+    let good = file::to_bytes(&small());
+    for at in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            assert!(file::load_from_bytes(&bad).is_err(), "bit {bit} of byte {at}");
+        }
+    }
+}
+
+#[test]
+fn frame_checksum_and_corrupt_frame() {
+    let good = file::to_bytes(&small());
+    let (head, index) = split(&good);
+    // A byte of frame 0 changed: its checksum catches it.
+    let mut bad_head = head.clone();
+    bad_head[64 + 5] ^= 0x40;
+    assert!(matches!(
+        file::load_from_bytes(&reseal(&bad_head, &index)),
+        Err(FileError::FrameCorrupt { frame: 0 })
+    ));
+    // And with the checksum fixed too, zstd or the page hash catches it.
+    let mut idx = index;
+    let (off, len) = (idx.0[0].0 as usize, idx.0[0].1 as usize);
+    idx.0[0].3 = ByteBuf::from(blake3::hash(&bad_head[64 + off..64 + off + len]).as_bytes()[..8].to_vec());
+    assert!(matches!(
+        file::load_from_bytes(&reseal(&bad_head, &idx)),
+        Err(FileError::FrameCorrupt { .. } | FileError::PageHash { .. })
+    ));
+}
+
+#[test]
+fn wrong_page_hash() {
+    let good = file::to_bytes(&small());
+    let (head, mut index) = split(&good);
+    index.1[1].0[3] ^= 0xFF;
+    assert!(matches!(file::load_from_bytes(&reseal(&head, &index)), Err(FileError::PageHash { page: 2 })));
+}
+
+#[test]
+fn size_limit_index_length() {
+    let mut bad = file::to_bytes(&small());
+    bad[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    reseal_header(&mut bad);
+    assert!(matches!(
+        file::load_from_bytes(&bad),
+        Err(FileError::SizeLimit { what: "index length", value, .. }) if value == 1 << 40
+    ));
+}
+
+#[test]
+fn size_limit_frame_length() {
+    let good = file::to_bytes(&small());
+    let (head, mut index) = split(&good);
+    index.0[0].1 = u32::MAX;
+    assert!(matches!(
+        file::load_from_bytes(&reseal(&head, &index)),
+        Err(FileError::SizeLimit { what: "frame compressed length", .. })
+    ));
+    let (head, mut index) = split(&good);
+    index.0[0].2 = 17;
+    assert!(matches!(file::load_from_bytes(&reseal(&head, &index)), Err(FileError::CorruptIndex(_))));
+}
+
+#[test]
+fn frame_decompressing_to_more_than_its_pages_is_refused() {
+    // Three distinct pages in one frame; claim the frame holds one page.
+    let good = file::to_bytes(&small());
+    let (head, mut index) = split(&good);
+    assert!(index.0[0].2 >= 2);
+    index.0[0].2 = 1;
+    index.1.truncate(1);
+    for s in &mut index.2 {
+        for run in &mut s.5 {
+            run.1.retain(|&i| i == 1);
+        }
+        s.5.retain(|r| !r.1.is_empty());
+    }
+    assert!(matches!(
+        file::load_from_bytes(&reseal(&head, &index)),
+        Err(FileError::FrameCorrupt { frame: 0 })
+    ));
+}
+
+#[test]
+fn corrupt_index_and_invalid_state() {
+    let good = file::to_bytes(&small());
+    let (head, index) = split(&good);
+    // A page map naming a reserved page.
+    let mut idx = index.clone();
+    idx.2[0].5.push((0x70000, vec![1])); // page number of 0x7000_0000: reserved nowhere
+    assert!(matches!(file::load_from_bytes(&reseal(&head, &idx)), Err(FileError::CorruptIndex(_))));
+    // Garbage state.
+    let mut idx = index.clone();
+    idx.2[0].4 = ByteBuf::from(b"not a state".to_vec());
+    assert!(matches!(file::load_from_bytes(&reseal(&head, &idx)), Err(FileError::InvalidState(_))));
+    // Not MessagePack at all.
+    let mut bytes = head.clone();
+    let junk = b"\xc1junk".to_vec();
+    bytes[24..32].copy_from_slice(&(junk.len() as u64).to_le_bytes());
+    bytes[32..48].copy_from_slice(&blake3::hash(&junk).as_bytes()[..16]);
+    reseal_header(&mut bytes);
+    bytes.extend_from_slice(&junk);
+    assert!(matches!(file::load_from_bytes(&bytes), Err(FileError::CorruptIndex(_))));
+    // A parent record in a full file.
+    let mut idx = index;
+    idx.3 = Some((ByteBuf::from(vec![0; 32]), "p".into()));
+    assert!(matches!(file::load_from_bytes(&reseal(&head, &idx)), Err(FileError::CorruptIndex(_))));
+}
+
+// ------------------------------------------------------------- proptest ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
+        let mut input = bytes;
+        if magic {
+            input.splice(0..0, file::MAGIC);
+        }
+        prop_assert!(file::verify_bytes(&input).is_err());
+        prop_assert!(file::load_from_bytes(&input).is_err());
+    }
+
+    #[test]
+    fn mutated_files_are_refused(edits in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+                                 cut in proptest::option::of(any::<prop::sample::Index>())) {
+        let good = file::to_bytes(&small());
+        let mut bad = good.clone();
+        for (at, x) in edits {
+            let i = at.index(bad.len());
+            bad[i] ^= x;
+        }
+        if let Some(c) = cut {
+            bad.truncate(c.index(bad.len()));
+        }
+        prop_assume!(bad != good);
+        prop_assert!(file::verify_bytes(&bad).is_err());
+    }
+}
