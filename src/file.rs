@@ -1,6 +1,6 @@
 //! Snapshot files: a [`Snapshot`] (or a whole [`Timeline`]) on disk.
 //!
-//! The byte-level contract is `snapshots-format/FORMAT.md` (format 1.0); the
+//! The byte-level contract is `snapshots-format/FORMAT.md` (format 1.1); the
 //! golden files in `snapshots-format/vectors/` are decoded and re-encoded to
 //! the same bytes by the tests. In short: a 64-byte header (magic, version,
 //! flags, offsets, checksums), then zstd frames of up to 16 pages each, then a
@@ -24,11 +24,16 @@
 //!
 //! MMIO regions are saved as layout only and left out on load (their
 //! handlers cannot be serialized), as `deserialize_memory_state` does.
+//!
+//! Incremental files (1.1, [`save_incremental`]) store only the pages that
+//! differ from a parent file's snapshot (each XORed with the parent's page
+//! before compression) and inherit the rest; [`load`] and [`verify`] follow
+//! the parent chain, [`rebase`] merges a chain into one self-contained file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,8 +48,19 @@ use crate::timeline::{SnapshotId, Timeline};
 
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor version of the file format this crate writes.
+/// Minor version of the self-contained files this crate writes (1.0; a
+/// self-contained file is the same in 1.0 and 1.1).
 pub const FORMAT_MINOR: u16 = 0;
+/// Minor version of the incremental files this crate writes (1.1).
+pub const FORMAT_MINOR_INCREMENTAL: u16 = 1;
+/// Header flag bit 0: the file is incremental (names a parent file; 1.1).
+pub const FLAG_INCREMENTAL: u32 = 1;
+/// Most files in one parent chain (the file itself and all its ancestors).
+pub const MAX_CHAIN_LENGTH: u64 = 64;
+/// Page kind: the stored body is the page's bytes.
+const KIND_PLAIN: u8 = 0;
+/// Page kind: the stored body is the page XORed with a page of the parent.
+const KIND_XOR: u8 = 1;
 /// The 8 magic bytes every file starts with (`\x89VMS\r\n\x1a\n`).
 pub const MAGIC: [u8; 8] = *b"\x89VMS\r\n\x1a\n";
 /// Size of the fixed header.
@@ -89,8 +105,8 @@ pub enum FileError {
         /// Minor version found.
         minor: u16,
     },
-    /// Flag bits this reader does not support (bit 0, incremental, is
-    /// reserved for a later minor version).
+    /// Flag bits this reader does not support (any but bit 0, incremental;
+    /// bit 0 in a file whose minor version is 0).
     #[error("unsupported header flags {0:#x}")]
     UnsupportedFlags(u32),
     /// The header checksum does not match.
@@ -148,12 +164,53 @@ pub enum FileError {
     /// A snapshot's layout record does not decode or validate.
     #[error("invalid snapshot layout: {0}")]
     InvalidState(#[from] MemoryError),
+    /// An incremental file's parent file does not exist (`path` is where
+    /// the child's file-name hint points; for the in-memory forms, the hint
+    /// itself).
+    #[error("parent file {path} is missing")]
+    ParentMissing {
+        /// Where the parent was looked for.
+        path: PathBuf,
+    },
+    /// The file at the parent's place is not the parent the incremental
+    /// file was saved against (the BLAKE3 of its index differs).
+    #[error("parent file {path} is not the file this one was saved against")]
+    ParentMismatch {
+        /// The parent file found.
+        path: PathBuf,
+    },
+    /// A parent chain names a file that is already in the chain (or
+    /// `save_incremental` was asked to overwrite its own parent).
+    #[error("parent chain cycles through {path}")]
+    ParentCycle {
+        /// The file named twice.
+        path: PathBuf,
+    },
+    /// A parent file (at any depth) failed to load; `source` says why.
+    #[error("in parent file {path}: {source}")]
+    InParent {
+        /// The parent file.
+        path: PathBuf,
+        /// Its error.
+        source: Box<FileError>,
+    },
     /// `load` needs a file with exactly one snapshot (use `load_timeline`).
     #[error("the file holds {found} snapshots, expected exactly one")]
     SnapshotCount {
         /// Snapshots in the file.
         found: usize,
     },
+}
+
+impl FileError {
+    /// The innermost error: through [`FileError::InParent`] wrappers to the
+    /// error of the file that actually failed.
+    pub fn root_cause(&self) -> &FileError {
+        match self {
+            FileError::InParent { source, .. } => source.root_cause(),
+            e => e,
+        }
+    }
 }
 
 // ---------------------------------------------------------------- index ----
@@ -165,9 +222,10 @@ struct Index(Vec<FrameRecord>, Vec<PageRecord>, Vec<SnapshotRecord>, Option<Pare
 #[derive(Serialize, Deserialize)]
 struct FrameRecord(u64, u32, u8, ByteBuf);
 
-/// `[hash(32), frame, slot, kind, base?]`.
+/// `[hash(32), frame, slot, kind, base?]` (base: xor only, a page number of
+/// the parent snapshot).
 #[derive(Serialize, Deserialize)]
-struct PageRecord(ByteBuf, u32, u8, u8, Option<u32>);
+struct PageRecord(ByteBuf, u32, u8, u8, Option<u64>);
 
 /// `[id, name?, parent?, layout_version, state, page_map]`.
 #[derive(Serialize, Deserialize)]
@@ -177,7 +235,7 @@ struct SnapshotRecord(u64, Option<String>, Option<u64>, u64, ByteBuf, Vec<RunRec
 #[derive(Serialize, Deserialize)]
 struct RunRecord(u64, Vec<u32>);
 
-/// `[index_hash(32), file_name_hint]` — incremental files only (reserved).
+/// `[index_hash(32), file_name_hint]` — incremental files only (1.1).
 #[derive(Serialize, Deserialize)]
 struct ParentRecord(ByteBuf, String);
 
@@ -198,13 +256,46 @@ struct Item<'a> {
     snapshot: &'a Snapshot,
 }
 
-fn encode(items: &[Item<'_>]) -> Vec<u8> {
+/// The parent of an incremental file being encoded.
+struct ParentFile<'a> {
+    snapshot: &'a Snapshot,
+    index_hash: [u8; 32],
+    hint: &'a str,
+}
+
+/// The stored (non-zero, committed, neither MMIO nor view) page `page` of a
+/// snapshot: exactly the pages a file's page map lists.
+fn stored_page(v: &Version, page: u64) -> Option<&Arc<FrozenPage>> {
+    let e = v.pages.get(page);
+    if e.meta & meta::COMMITTED == 0 || e.meta & (meta::MMIO | meta::VIEW) != 0 {
+        return None;
+    }
+    e.page.filter(|p| !p.is_zero())
+}
+
+fn xor_pages(a: &PageBytes, b: &PageBytes) -> Box<PageBytes> {
+    let mut out = Box::new(*a);
+    for (o, x) in out.iter_mut().zip(b.iter()) {
+        *o ^= x;
+    }
+    out
+}
+
+/// A stored body: the page itself, or its XOR with the parent's page.
+enum Body {
+    Plain(Arc<FrozenPage>),
+    Xor(Box<PageBytes>),
+}
+
+fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
     // Distinct pages, in order of first appearance; index = position + 1.
     let mut by_hash: HashMap<[u8; 32], u32> = HashMap::new();
     let mut by_pointer: HashMap<*const FrozenPage, u32> = HashMap::new();
     let mut hashes: Vec<[u8; 32]> = Vec::new();
-    let mut bodies: Vec<Arc<FrozenPage>> = Vec::new();
+    let mut bodies: Vec<Body> = Vec::new();
+    let mut bases: Vec<Option<u64>> = Vec::new();
     let mut snapshots = Vec::with_capacity(items.len());
+    let parent_version = parent.map(|p| p.snapshot.version());
     for item in items {
         let v = item.snapshot.version();
         let mut state = Vec::new();
@@ -221,14 +312,28 @@ fn encode(items: &[Item<'_>]) -> Vec<u8> {
             if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 || frozen.is_zero() {
                 return;
             }
-            let index = *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
-                let hash = *blake3::hash(&frozen.bytes).as_bytes();
-                *by_hash.entry(hash).or_insert_with(|| {
-                    hashes.push(hash);
-                    bodies.push(frozen.clone());
-                    hashes.len() as u32
+            let base = parent_version.and_then(|pv| stored_page(pv, page));
+            let index = if base.is_some_and(|b| b.same_bytes(frozen)) {
+                0 // inherited from the parent
+            } else {
+                *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
+                    let hash = *blake3::hash(&frozen.bytes).as_bytes();
+                    *by_hash.entry(hash).or_insert_with(|| {
+                        hashes.push(hash);
+                        match base {
+                            Some(b) => {
+                                bodies.push(Body::Xor(xor_pages(&frozen.bytes, &b.bytes)));
+                                bases.push(Some(page));
+                            }
+                            None => {
+                                bodies.push(Body::Plain(frozen.clone()));
+                                bases.push(None);
+                            }
+                        }
+                        hashes.len() as u32
+                    })
                 })
-            });
+            };
             match runs.last_mut() {
                 Some(RunRecord(first, list)) if *first + list.len() as u64 == page => list.push(index),
                 _ => runs.push(RunRecord(page, vec![index])),
@@ -250,7 +355,10 @@ fn encode(items: &[Item<'_>]) -> Vec<u8> {
     for chunk in bodies.chunks(PAGES_PER_FRAME) {
         raw.clear();
         for body in chunk {
-            raw.extend_from_slice(&body.bytes);
+            match body {
+                Body::Plain(p) => raw.extend_from_slice(&p.bytes),
+                Body::Xor(x) => raw.extend_from_slice(&x[..]),
+            }
         }
         // Invariant: compressing a bounded in-memory buffer cannot fail.
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compression of 64 KiB");
@@ -265,26 +373,30 @@ fn encode(items: &[Item<'_>]) -> Vec<u8> {
     }
     let pages = hashes
         .iter()
+        .zip(&bases)
         .enumerate()
-        .map(|(i, h)| {
+        .map(|(i, (h, base))| {
             PageRecord(
                 ByteBuf::from(h.to_vec()),
                 (i / PAGES_PER_FRAME) as u32,
                 (i % PAGES_PER_FRAME) as u8,
-                0,
-                None,
+                if base.is_some() { KIND_XOR } else { KIND_PLAIN },
+                *base,
             )
         })
         .collect();
-    let index = Index(frames, pages, snapshots, None);
+    let parent_record = parent.map(|p| ParentRecord(ByteBuf::from(p.index_hash.to_vec()), p.hint.to_owned()));
+    let index = Index(frames, pages, snapshots, parent_record);
     // Invariant: encoding plain values into a Vec cannot fail.
     let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
 
+    let (minor, flags) =
+        if parent.is_some() { (FORMAT_MINOR_INCREMENTAL, FLAG_INCREMENTAL) } else { (FORMAT_MINOR, 0) };
     let mut out = Vec::with_capacity(HEADER_LENGTH + frames_area.len() + index.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
-    out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&minor.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&((HEADER_LENGTH + frames_area.len()) as u64).to_le_bytes());
     out.extend_from_slice(&(index.len() as u64).to_le_bytes());
     out.extend_from_slice(&blake3_prefix::<16>(&index));
@@ -301,7 +413,7 @@ fn encode(items: &[Item<'_>]) -> Vec<u8> {
 /// equal snapshots give equal bytes. Time: O(allocations + committed pages),
 /// hashing and compressing every distinct non-zero page once.
 pub fn to_bytes(snapshot: &Snapshot) -> Vec<u8> {
-    encode(&[Item { id: 0, name: None, parent: None, snapshot }])
+    encode(&[Item { id: 0, name: None, parent: None, snapshot }], None)
 }
 
 /// The file bytes of a whole timeline (exactly what [`save_timeline`]
@@ -317,7 +429,7 @@ pub fn timeline_to_bytes(timeline: &Timeline) -> Vec<u8> {
             snapshot: &e.snapshot,
         })
         .collect();
-    encode(&items)
+    encode(&items, None)
 }
 
 // --------------------------------------------------------------- decode ----
@@ -347,9 +459,9 @@ fn corrupt(what: &'static str) -> FileError {
     FileError::CorruptIndex(what)
 }
 
-/// Checks the header and the index checksum; returns the frame area and the
-/// index bytes.
-fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), FileError> {
+/// Checks the header and the index checksum; returns the frame area, the
+/// index bytes and whether the file is incremental.
+fn split(bytes: &[u8]) -> Result<(&[u8], &[u8], bool), FileError> {
     let prefix = bytes.len().min(MAGIC.len());
     if bytes[..prefix] != MAGIC[..prefix] {
         return Err(FileError::BadMagic);
@@ -362,7 +474,8 @@ fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), FileError> {
         return Err(FileError::UnsupportedVersion { major, minor });
     }
     let flags = u32_at(bytes, 12);
-    if flags != 0 {
+    // Bit 0 (incremental) exists from 1.1 on; every other bit is unknown.
+    if flags & !FLAG_INCREMENTAL != 0 || (flags != 0 && minor < FORMAT_MINOR_INCREMENTAL) {
         return Err(FileError::UnsupportedFlags(flags));
     }
     if blake3_prefix::<8>(&bytes[..56]) != bytes[56..64] {
@@ -388,11 +501,39 @@ fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), FileError> {
     if blake3_prefix::<16>(index) != bytes[32..48] {
         return Err(FileError::IndexChecksum);
     }
-    Ok((&bytes[HEADER_LENGTH..index_offset as usize], index))
+    Ok((&bytes[HEADER_LENGTH..index_offset as usize], index, flags & FLAG_INCREMENTAL != 0))
 }
 
-fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
-    let (area, index_bytes) = split(bytes)?;
+/// The identity of a file as a parent: BLAKE3-256 of its index bytes (after
+/// checking its header and index checksum).
+fn index_hash(bytes: &[u8]) -> Result<[u8; 32], FileError> {
+    let (_, index, _) = split(bytes)?;
+    Ok(*blake3::hash(index).as_bytes())
+}
+
+/// Checks a parent record's fields (FORMAT.md §6.2).
+fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
+    if p.0.len() != 32 {
+        return Err(corrupt("parent index hash is not 32 bytes"));
+    }
+    let hint = Path::new(&p.1);
+    let normal = hint.components().all(|c| matches!(c, Component::Normal(_) | Component::ParentDir));
+    if p.1.is_empty()
+        || p.1.len() > 4096
+        || !normal
+        || !hint.components().any(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(corrupt("parent file-name hint is not a relative path to a file"));
+    }
+    Ok(())
+}
+
+/// Finds the parent of an incremental file (its loaded snapshot), checking
+/// its identity.
+type Resolver<'r> = dyn FnMut(&ParentRecord) -> Result<Snapshot, FileError> + 'r;
+
+fn decode(bytes: &[u8], resolve: &mut Resolver<'_>) -> Result<Vec<Decoded>, FileError> {
+    let (area, index_bytes, incremental) = split(bytes)?;
     let mut rest = index_bytes;
     let Index(frames, pages, snapshots, parent) =
         rmp_serde::decode::from_read(&mut rest).map_err(|_| corrupt("MessagePack index does not decode"))?;
@@ -402,8 +543,17 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
     limit("frame count", frames.len() as u64, MAX_STORED_PAGES)?;
     limit("page record count", pages.len() as u64, MAX_STORED_PAGES)?;
     limit("snapshot count", snapshots.len() as u64, MAX_SNAPSHOTS)?;
-    if parent.is_some() {
-        return Err(corrupt("parent record in a file that is not incremental"));
+    if parent.is_some() != incremental {
+        return Err(corrupt("parent record present exactly when the incremental flag is set"));
+    }
+    if let Some(p) = &parent {
+        check_parent_record(p)?;
+        if snapshots.len() != 1 {
+            return Err(corrupt("an incremental file holds exactly one snapshot"));
+        }
+        if snapshots[0].0 != 0 || snapshots[0].1.is_some() || snapshots[0].2.is_some() {
+            return Err(corrupt("an incremental file's snapshot has id 0, no name, no parent"));
+        }
     }
 
     // Frames tile the frame area, in order.
@@ -435,8 +585,13 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
         if hash.len() != 32 {
             return Err(corrupt("page hash is not 32 bytes"));
         }
-        if *kind != 0 || base.is_some() {
-            return Err(corrupt("xor page in a file that is not incremental"));
+        match (*kind, base) {
+            (KIND_PLAIN, None) => {}
+            (KIND_XOR, Some(b)) if incremental && *b < VPN_LIMIT => {}
+            (KIND_XOR, _) if !incremental => {
+                return Err(corrupt("xor page in a file that is not incremental"));
+            }
+            _ => return Err(corrupt("page kind or base invalid")),
         }
         let f = frames.get(*frame as usize).ok_or(corrupt("page record names a missing frame"))?;
         if *slot >= f.2 {
@@ -456,8 +611,9 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
         return Err(corrupt("a frame slot has no page record"));
     }
 
-    // Every frame: checksum, bounded decompression, every page's BLAKE3.
-    let mut stored: Vec<Option<Arc<FrozenPage>>> = vec![None; pages.len()];
+    // Every frame: checksum, bounded decompression.
+    let mut bodies: Vec<Box<PageBytes>> = Vec::with_capacity(pages.len());
+    bodies.resize_with(pages.len(), || Box::new(crate::page_table::ZERO_PAGE));
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|_| FileError::FrameCorrupt { frame: 0 })?;
     let mut raw = vec![0u8; PAGES_PER_FRAME * PAGE];
@@ -475,21 +631,47 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
             return Err(FileError::FrameCorrupt { frame });
         }
         for slot in 0..usize::from(*count) {
-            let record = owner[n][slot];
-            let body: &PageBytes = raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
-            if blake3::hash(body).as_bytes()[..] != pages[record as usize - 1].0[..] {
-                return Err(FileError::PageHash { page: record });
-            }
-            if body == &crate::page_table::ZERO_PAGE {
-                return Err(corrupt("a stored page is all zeros"));
-            }
-            stored[record as usize - 1] = Some(FrozenPage::new(body));
+            let record = owner[n][slot] as usize;
+            bodies[record - 1].copy_from_slice(&raw[slot * PAGE..(slot + 1) * PAGE]);
         }
     }
+
+    // The parent (incremental files only), found and checked by `resolve`.
+    let parent_snapshot = match &parent {
+        Some(p) => Some(resolve(p)?),
+        None => None,
+    };
+    let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
+
+    // Every page: un-XOR, BLAKE3 of the final bytes, no zero bodies or pages.
+    let mut stored: Vec<Option<Arc<FrozenPage>>> = Vec::with_capacity(pages.len());
+    for (i, (PageRecord(hash, _, _, _, base), body)) in pages.iter().zip(&bodies).enumerate() {
+        if **body == crate::page_table::ZERO_PAGE {
+            return Err(corrupt("a stored page is all zeros"));
+        }
+        let page = match (base, parent_version) {
+            (Some(b), Some(pv)) => {
+                let under = stored_page(pv, *b)
+                    .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
+                xor_pages(body, &under.bytes)
+            }
+            _ => body.clone(),
+        };
+        if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
+            return Err(FileError::PageHash { page: i as u32 + 1 });
+        }
+        if *page == crate::page_table::ZERO_PAGE {
+            return Err(corrupt("a stored page is all zeros"));
+        }
+        stored.push(Some(FrozenPage::new(&page)));
+    }
+    drop(bodies);
 
     // Snapshots.
     let lineage = Lineage::default();
     let mut referenced = vec![false; pages.len()];
+    // The first page number referencing each record (for canonical kinds).
+    let mut first_use: Vec<Option<u64>> = vec![None; pages.len()];
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(snapshots.len());
@@ -523,15 +705,33 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
             }
             previous_end = Some(end);
             for (page, &index) in (*first..end).zip(list) {
-                let slot = (index as usize)
-                    .checked_sub(1)
-                    .and_then(|i| stored.get(i))
-                    .ok_or(corrupt("page map names a missing page record"))?;
                 let m = table.get(page).meta;
                 if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 {
                     return Err(corrupt("page map names a page that is not committed"));
                 }
-                referenced[index as usize - 1] = true;
+                let under = parent_version.and_then(|pv| stored_page(pv, page));
+                if index == 0 {
+                    // Inherited: the parent's page at the same page number.
+                    let under = under.ok_or(corrupt("page map inherits a page the parent does not store"))?;
+                    table.set_page(page, Some(under.clone()));
+                    continue;
+                }
+                let slot =
+                    stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
+                let frozen = slot.as_ref().expect("every record was decoded");
+                if under.is_some_and(|u| u.same_bytes(frozen)) {
+                    return Err(corrupt("a page equal to the parent's is stored instead of inherited"));
+                }
+                let i = index as usize - 1;
+                if first_use[i].is_none() {
+                    first_use[i] = Some(page);
+                    // Canonical kinds: xor exactly where the parent has a page.
+                    let expected = under.map(|_| page);
+                    if pages[i].4 != expected {
+                        return Err(corrupt("page kind or xor base is not the canonical one"));
+                    }
+                }
+                referenced[i] = true;
                 table.set_page(page, slot.clone());
             }
         }
@@ -553,33 +753,87 @@ fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, FileError> {
     Ok(out)
 }
 
-/// Decodes a one-snapshot file held in memory, checking everything
-/// ([`load`] without the file system). Time: O(file size + committed pages).
-pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
-    let mut all = decode(bytes)?;
+/// The resolver of the in-memory forms: they have no parent to offer.
+fn no_parent(p: &ParentRecord) -> Result<Snapshot, FileError> {
+    Err(FileError::ParentMissing { path: PathBuf::from(&p.1) })
+}
+
+fn one_snapshot(mut all: Vec<Decoded>) -> Result<Snapshot, FileError> {
     if all.len() != 1 {
         return Err(FileError::SnapshotCount { found: all.len() });
     }
     Ok(all.pop().expect("one snapshot").snapshot)
 }
 
-/// Checks a file held in memory as [`verify`] does: header, index, every
-/// frame and every page hash, every snapshot's layout and page map.
+/// Decodes a one-snapshot file held in memory, checking everything
+/// ([`load`] without the file system). Time: O(file size + committed pages).
+/// An incremental file needs its parent: use [`incremental_from_bytes`]
+/// (here it is [`FileError::ParentMissing`] with the file-name hint).
+pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
+    one_snapshot(decode(bytes, &mut no_parent)?)
+}
+
+/// Checks a self-contained file held in memory as [`verify`] does: header,
+/// index, every frame and every page hash, every snapshot's layout and page
+/// map (an incremental file is [`FileError::ParentMissing`]).
 pub fn verify_bytes(bytes: &[u8]) -> Result<(), FileError> {
-    decode(bytes).map(drop)
+    decode(bytes, &mut no_parent).map(drop)
 }
 
 /// Decodes a timeline file held in memory (see [`load_timeline`]).
 pub fn timeline_from_bytes(bytes: &[u8]) -> Result<Timeline, FileError> {
+    timeline_of(decode(bytes, &mut no_parent)?)
+}
+
+fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
     let mut timeline = Timeline::new();
     let mut new_ids: HashMap<u64, SnapshotId> = HashMap::new();
-    for d in decode(bytes)? {
+    for d in decoded {
         let parent = d.parent.map(|p| new_ids[&p]);
         // Invariant: decode checked parents (earlier ids) and unique names.
         let id = timeline.insert(d.snapshot, parent, d.name.as_deref()).expect("checked by decode");
         new_ids.insert(d.id, id);
     }
     Ok(timeline)
+}
+
+/// The bytes of an incremental file (format 1.1, exactly what
+/// [`save_incremental`] writes) of `snapshot` against a parent file held in
+/// memory: `parent_file` is the parent's bytes (its identity is the BLAKE3 of
+/// its index) and `parent` the snapshot it loads to (the caller's promise;
+/// [`save_incremental`] loads it). `hint` is the parent's path relative to
+/// the child's directory, `/`-separated. Deterministic.
+pub fn incremental_to_bytes(
+    snapshot: &Snapshot,
+    parent: &Snapshot,
+    parent_file: &[u8],
+    hint: &str,
+) -> Result<Vec<u8>, FileError> {
+    let index_hash = index_hash(parent_file)?;
+    // An invalid hint (absolute, empty, ...) is refused as a reader would.
+    check_parent_record(&ParentRecord(ByteBuf::from(index_hash.to_vec()), hint.to_owned()))?;
+    let item = Item { id: 0, name: None, parent: None, snapshot };
+    Ok(encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint })))
+}
+
+/// Decodes an incremental file held in memory against its parent:
+/// `parent_file` must be the file it was saved against
+/// ([`FileError::ParentMismatch`] otherwise, with the hint as path) and
+/// `parent` the snapshot that file loads to. A self-contained file decodes
+/// as with [`load_from_bytes`] (the parent unused).
+pub fn incremental_from_bytes(
+    bytes: &[u8],
+    parent: &Snapshot,
+    parent_file: &[u8],
+) -> Result<Snapshot, FileError> {
+    let identity = index_hash(parent_file)?;
+    let mut resolve = |p: &ParentRecord| {
+        if p.0[..] != identity[..] {
+            return Err(FileError::ParentMismatch { path: PathBuf::from(&p.1) });
+        }
+        Ok(parent.clone())
+    };
+    one_snapshot(decode(bytes, &mut resolve)?)
 }
 
 // ------------------------------------------------------------ file system ----
@@ -632,18 +886,80 @@ pub fn save(snapshot: &Snapshot, path: &Path) -> Result<(), FileError> {
     write_atomic(path, &to_bytes(snapshot))
 }
 
+/// Decodes the file `bytes` read from `path`, which is file number `depth`
+/// (1-based) of a parent chain whose files so far are `chain` (canonical
+/// paths, `path` included): an incremental file's parent is found by its
+/// hint relative to `path`'s directory, identified by the BLAKE3 of its
+/// index, and loaded the same way.
+fn decode_chain(
+    path: &Path,
+    bytes: &[u8],
+    depth: u64,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Vec<Decoded>, FileError> {
+    let dir = directory_of(path);
+    let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
+        let parent_path = dir.join(&p.1);
+        limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
+        let parent_bytes = match fs::read(&parent_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(FileError::ParentMissing { path: parent_path });
+            }
+            Err(source) => return Err(FileError::Io { path: parent_path, source }),
+        };
+        let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
+        if chain.contains(&canonical) {
+            return Err(FileError::ParentCycle { path: parent_path });
+        }
+        let in_parent = |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
+        if index_hash(&parent_bytes).map_err(in_parent)?[..] != p.0[..] {
+            return Err(FileError::ParentMismatch { path: parent_path });
+        }
+        chain.push(canonical);
+        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain).map_err(in_parent)?;
+        chain.pop();
+        one_snapshot(decoded).map_err(in_parent)
+    };
+    decode(bytes, &mut resolve)
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Reads and decodes the file at `path` with its whole parent chain; `depth`
+/// is its place in the chain (1 for the file asked for).
+fn read_chain(path: &Path, depth: u64) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
+    let bytes = read(path)?;
+    let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
+    let decoded = decode_chain(path, &bytes, depth, &mut chain)?;
+    Ok((bytes, decoded))
+}
+
 /// Loads the snapshot saved at `path`, checking the header, the index, and
 /// every page against its BLAKE3 hash. The result reads, queries and diffs as
 /// the saved snapshot did (MMIO regions excepted: they are left out). It
 /// starts a lineage of its own.
+///
+/// An incremental file (format 1.1) is loaded with its parent chain: each
+/// parent is found by its file-name hint relative to the child's directory
+/// ([`FileError::ParentMissing`]), must be the file the child was saved
+/// against ([`FileError::ParentMismatch`]), and is loaded the same way (at
+/// most [`MAX_CHAIN_LENGTH`] files, [`FileError::SizeLimit`]; a file named
+/// twice is [`FileError::ParentCycle`]). A parent's own failure is
+/// [`FileError::InParent`]. Time: O(total size of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
-    load_from_bytes(&read(path)?)
+    one_snapshot(read_chain(path, 1)?.1)
 }
 
 /// Checks the file at `path` completely (every frame decompressed, every page
-/// hash checked) without keeping anything.
+/// hash checked), parents included, without keeping anything.
 pub fn verify(path: &Path) -> Result<(), FileError> {
-    verify_bytes(&read(path)?)
+    read_chain(path, 1).map(drop)
 }
 
 /// Saves a whole timeline (snapshots, names, parent links) to one file,
@@ -656,5 +972,71 @@ pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> 
 /// parent links (ids are renumbered by [`Timeline::insert`]; the head is the
 /// last snapshot). Every page is checked against its hash.
 pub fn load_timeline(path: &Path) -> Result<Timeline, FileError> {
-    timeline_from_bytes(&read(path)?)
+    timeline_of(read_chain(path, 1)?.1)
+}
+
+/// The path of `to` relative to the directory `from` (both canonical),
+/// `/`-separated.
+fn relative_path(from: &Path, to: &Path) -> Option<String> {
+    let (a, b): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return None; // different roots (Windows drives)
+    }
+    let mut parts: Vec<String> = vec!["..".to_owned(); a.len() - common];
+    for c in &b[common..] {
+        parts.push(c.as_os_str().to_str()?.to_owned());
+    }
+    Some(parts.join("/"))
+}
+
+/// Saves `snapshot` as an incremental file (format 1.1) against the parent
+/// file `parent` (itself full or incremental; its chain is loaded and
+/// checked): only pages that differ from the parent snapshot's page at the
+/// same page number are stored, a page the parent has there as its XOR with
+/// it (kind `xor`), a page new there as itself (kind `plain`); equal pages
+/// are inherited (page-map entry 0). The file names its parent by the
+/// BLAKE3 of the parent's index and by its path relative to `path`'s
+/// directory. Atomic as [`save`]. Errors: the parent's ([`FileError::InParent`],
+/// a missing parent [`FileError::ParentMissing`]), a chain that would exceed
+/// [`MAX_CHAIN_LENGTH`] files ([`FileError::SizeLimit`]), `path` naming the
+/// parent itself ([`FileError::ParentCycle`]), I/O.
+pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Result<(), FileError> {
+    let parent_bytes = match fs::read(parent) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FileError::ParentMissing { path: parent.to_owned() });
+        }
+        Err(source) => return Err(FileError::Io { path: parent.to_owned(), source }),
+    };
+    let parent_canonical = fs::canonicalize(parent).map_err(io(parent))?;
+    let dir = directory_of(path);
+    let dir_canonical = fs::canonicalize(&dir).map_err(io(&dir))?;
+    let file_name = path.file_name().ok_or_else(|| FileError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+    })?;
+    if dir_canonical.join(file_name) == parent_canonical {
+        return Err(FileError::ParentCycle { path: path.to_owned() });
+    }
+    let in_parent = |e: FileError| FileError::InParent { path: parent.to_owned(), source: Box::new(e) };
+    let mut chain = vec![parent_canonical.clone()];
+    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain).map_err(in_parent)?;
+    let parent_snapshot = one_snapshot(decoded).map_err(in_parent)?;
+    let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
+        path: parent.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no relative path from the child's directory",
+        ),
+    })?;
+    let bytes = incremental_to_bytes(snapshot, &parent_snapshot, &parent_bytes, &hint)?;
+    write_atomic(path, &bytes)
+}
+
+/// Merges the chain ending at `path` into one self-contained (format 1.0)
+/// file at `out`: exactly the bytes [`save`] writes for the loaded snapshot.
+/// `out` may be `path` (the child is replaced atomically).
+pub fn rebase(path: &Path, out: &Path) -> Result<(), FileError> {
+    save(&load(path)?, out)
 }

@@ -241,31 +241,90 @@ fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots-format/vectors")
 }
 
+/// The golden chain's parent (a 1.0 file): four pages of one allocation.
+fn chain_parent() -> Snapshot {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x6000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    mm.write_memory(0x10000, b"page zero of the parent").unwrap();
+    mm.write_memory(0x11000, b"page one, inherited").unwrap();
+    mm.write_memory(0x12000, &[0x5A; 4096]).unwrap();
+    mm.write_memory(0x13000, b"page three, zeroed by the child").unwrap();
+    mm.snapshot()
+}
+
+/// The golden chain's child (a 1.1 incremental file against
+/// `chain-parent.vmsnap`): page 0 changed in a few bytes (xor), pages 1 and 2
+/// unchanged (inherited), page 3 zeroed (not stored), page 4 new (plain).
+fn chain_child() -> Snapshot {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x6000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    mm.write_memory(0x10000, b"page ZERO of the child!").unwrap();
+    mm.write_memory(0x11000, b"page one, inherited").unwrap();
+    mm.write_memory(0x12000, &[0x5A; 4096]).unwrap();
+    mm.write_memory(0x14000, b"page four, new").unwrap();
+    mm.snapshot()
+}
+
+const CHAIN_HINT: &str = "chain-parent.vmsnap";
+
 #[test]
 fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
-    let made = [("empty.vmsnap", empty()), ("small.vmsnap", small())];
+    let made =
+        [("empty.vmsnap", empty()), ("small.vmsnap", small()), ("chain-parent.vmsnap", chain_parent())];
+    let child_bytes = |parent: &Snapshot| {
+        file::incremental_to_bytes(&chain_child(), parent, &file::to_bytes(parent), CHAIN_HINT).unwrap()
+    };
     if std::env::var_os("VMSNAP_REGENERATE_VECTORS").is_some_and(|v| v == "1") {
         for (name, s) in &made {
             std::fs::write(vectors_dir().join(name), file::to_bytes(s)).unwrap();
         }
+        std::fs::write(vectors_dir().join("chain-child.vmsnap"), child_bytes(&chain_parent())).unwrap();
     }
     let mut seen = 0;
+    let mut incremental = 0;
     for entry in std::fs::read_dir(vectors_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "vmsnap") {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
+        seen += 1;
+        if bytes[12] & 1 != 0 {
+            // Incremental (1.1): decoded against its parent, re-encoded
+            // against the same parent.
+            let (_, index) = split(&bytes);
+            let hint = index.3.unwrap().1;
+            let parent_file = std::fs::read(vectors_dir().join(&hint)).unwrap();
+            let parent = file::load_from_bytes(&parent_file).unwrap();
+            let loaded = file::incremental_from_bytes(&bytes, &parent, &parent_file)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let again = file::incremental_to_bytes(&loaded, &parent, &parent_file, &hint).unwrap();
+            assert_eq!(again, bytes, "{} re-encodes differently", path.display());
+            assert_same(&file::load(&path).unwrap(), &loaded);
+            incremental += 1;
+            continue;
+        }
         let loaded = file::load_from_bytes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(file::to_bytes(&loaded), bytes, "{} re-encodes differently", path.display());
-        seen += 1;
     }
-    assert!(seen >= 2);
+    assert!(seen >= 4 && incremental >= 1);
     // The helpers still produce exactly the committed vectors.
     for (name, s) in &made {
         assert_eq!(std::fs::read(vectors_dir().join(name)).unwrap(), file::to_bytes(s), "{name} is stale");
     }
+    let child_path = vectors_dir().join("chain-child.vmsnap");
+    assert_eq!(
+        std::fs::read(&child_path).unwrap(),
+        child_bytes(&chain_parent()),
+        "chain-child.vmsnap is stale"
+    );
     assert_same(&file::load(&vectors_dir().join("small.vmsnap")).unwrap(), &small());
+    assert_same(&file::load(&child_path).unwrap(), &chain_child());
+    // The child uses an xor page, a plain page and inherited entries.
+    let (_, index) = split(&std::fs::read(&child_path).unwrap());
+    let kinds: Vec<(u8, Option<u32>)> = index.1.iter().map(|p| (p.3, p.4)).collect();
+    assert_eq!(kinds, [(1, Some(0x10)), (0, None)]);
+    assert_eq!(index.2[0].5, [(0x10, vec![1, 0, 0]), (0x14, vec![2])]);
 }
 
 // --------------------------------------------------------- failure modes ----
