@@ -1,0 +1,170 @@
+//! Snapshot files: save and eager load of realistic pages, against writing the
+//! raw bytes and against one zstd level-8 frame of everything (the C++
+//! original's approach), all in the same run.
+//!
+//! Run: `cargo bench --bench files`; size with `VMSNAP_BENCH_FILE_MIB`
+//! (default 256; the figure is 1024). Ratios:
+//! `python3 benches/ratios.py --baseline raw_write file_save` and
+//! `python3 benches/ratios.py --baseline raw_read file_load`. Compression
+//! ratios are printed on stderr.
+//!
+//! The pages:
+//! - **heap**: heap-like objects — 16-byte chunk headers with sizes, pointers
+//!   into a heap range, small counters and flags, zero padding, and short
+//!   strings from a word list;
+//! - **code**: real x86-64 machine code, read from the Wine DLLs when present
+//!   (`target/libwine`), else from this bench's own executable;
+//! - **mixed**: 40% heap, 20% code, 40% zero pages, as a process snapshot.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
+
+const BASE: u64 = 0x1_0000_0000;
+const PAGE: usize = PAGE_SIZE as usize;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "name", "value", "buffer", "handle", "window", "class", "module", "thread", "event", "file", "path",
+    "error", "count", "size", "index", "config",
+];
+
+/// A page of heap-like objects.
+fn heap_page(rng: &mut Rng, page: &mut [u8]) {
+    let mut at = 0;
+    while at + 16 <= PAGE {
+        let object = 32 + (rng.next() % 12) as usize * 16; // 32..208 bytes
+        let end = (at + object).min(PAGE);
+        // Chunk header: previous size (often 0) and size | flags.
+        page[at + 8..at + 16].copy_from_slice(&((object as u64) | 1).to_le_bytes());
+        let mut field = at + 16;
+        while field + 8 <= end {
+            let word = match rng.next() % 10 {
+                0..=2 => 0,                                                   // zero fields
+                3..=5 => 0x0000_01d4_2000_0000 + (rng.next() % 0x40000) * 16, // heap pointers
+                6 => 0x0000_7ffb_1000_0000 + (rng.next() % 0x1000) * 8,       // pointers into a DLL
+                7 => rng.next() % 256,                                        // small counters
+                _ => {
+                    let w = WORDS[(rng.next() % 16) as usize].as_bytes();
+                    let mut b = [0u8; 8];
+                    b[..w.len().min(8)].copy_from_slice(&w[..w.len().min(8)]);
+                    u64::from_le_bytes(b)
+                }
+            };
+            page[field..field + 8].copy_from_slice(&word.to_le_bytes());
+            field += 8;
+        }
+        at = end;
+    }
+}
+
+fn code_bytes() -> Vec<u8> {
+    let wine = PathBuf::from("target/libwine/usr/lib/x86_64-linux-gnu/wine/x86_64-windows/ntdll.dll");
+    let path = if wine.exists() { wine } else { std::env::current_exe().expect("own executable") };
+    let mut bytes = std::fs::read(path).expect("readable");
+    bytes.truncate(bytes.len() / PAGE * PAGE);
+    bytes
+}
+
+/// A manager with `mib` MiB of pages of the given mix, frozen, and the same
+/// bytes flat.
+fn build(mib: usize, heap: u32, code: u32) -> (Snapshot, Vec<u8>) {
+    let pages = mib * 256;
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(BASE, (pages * PAGE) as u64, Protection::READ_WRITE, false, RegionKind::Private)
+        .unwrap();
+    let machine_code = code_bytes();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut flat = vec![0u8; pages * PAGE];
+    for (i, page) in flat.chunks_exact_mut(PAGE).enumerate() {
+        let pick = (rng.next() % 100) as u32;
+        if pick < heap {
+            heap_page(&mut rng, page);
+        } else if pick < heap + code {
+            let at = (i * PAGE) % machine_code.len();
+            page.copy_from_slice(&machine_code[at..at + PAGE]);
+        } else {
+            continue; // a zero page
+        }
+        mm.write_memory(BASE + (i * PAGE) as u64, page).unwrap();
+    }
+    (mm.snapshot(), flat)
+}
+
+fn files(c: &mut Criterion) {
+    let mib: usize = std::env::var("VMSNAP_BENCH_FILE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let dir = std::env::temp_dir().join(format!("vmsnap-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (label, heap, code) in [("heap", 100, 0), ("mixed", 40, 20)] {
+        let (snap, flat) = build(mib, heap, code);
+        let bytes = (mib << 20) as u64;
+        let (file, raw, l8) = (dir.join("snap.vmsnap"), dir.join("raw.bin"), dir.join("all.zst"));
+
+        vmsnap::file::save(&snap, &file).unwrap();
+        let l8_bytes = zstd::bulk::compress(&flat, 8).unwrap();
+        std::fs::write(&l8, &l8_bytes).unwrap();
+        std::fs::write(&raw, &flat).unwrap();
+        let saved = std::fs::metadata(&file).unwrap().len();
+        eprintln!(
+            "files/{label}: {mib} MiB -> vmsnap {:.1} MiB ({:.2}x), one zstd L8 frame {:.1} MiB ({:.2}x)",
+            saved as f64 / (1 << 20) as f64,
+            bytes as f64 / saved as f64,
+            l8_bytes.len() as f64 / (1 << 20) as f64,
+            bytes as f64 / l8_bytes.len() as f64
+        );
+
+        let mut group = c.benchmark_group("file_save");
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(5));
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function(BenchmarkId::new("vmsnap", label), |b| {
+            b.iter(|| vmsnap::file::save(&snap, &file).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("raw_write", label), |b| {
+            b.iter(|| std::fs::write(&raw, &flat).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("zstd_l8_frame", label), |b| {
+            b.iter(|| std::fs::write(&l8, zstd::bulk::compress(&flat, 8).unwrap()).unwrap())
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("file_load");
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(5));
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function(BenchmarkId::new("vmsnap", label), |b| {
+            b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
+        });
+        group.bench_function(BenchmarkId::new("raw_read", label), |b| {
+            b.iter(|| black_box(std::fs::read(&raw).unwrap()))
+        });
+        group.bench_function(BenchmarkId::new("zstd_l8_frame", label), |b| {
+            b.iter(|| {
+                let compressed = std::fs::read(&l8).unwrap();
+                black_box(zstd::bulk::decompress(&compressed, flat.len()).unwrap())
+            })
+        });
+        group.finish();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+criterion_group!(benches, files);
+criterion_main!(benches);
