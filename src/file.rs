@@ -611,9 +611,17 @@ fn decode(bytes: &[u8], resolve: &mut Resolver<'_>) -> Result<Vec<Decoded>, File
         return Err(corrupt("a frame slot has no page record"));
     }
 
-    // Every frame: checksum, bounded decompression.
-    let mut bodies: Vec<Box<PageBytes>> = Vec::with_capacity(pages.len());
-    bodies.resize_with(pages.len(), || Box::new(crate::page_table::ZERO_PAGE));
+    // The parent (incremental files only), found and checked by `resolve`.
+    let parent_snapshot = match &parent {
+        Some(p) => Some(resolve(p)?),
+        None => None,
+    };
+    let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
+
+    // Every frame: checksum, bounded decompression; then every page in it:
+    // un-XOR, BLAKE3 of the final bytes, no zero bodies or pages. Each page
+    // goes from the frame buffer into its frozen page in one copy.
+    let mut stored: Vec<Option<Arc<FrozenPage>>> = vec![None; pages.len()];
     let mut decompressor =
         zstd::bulk::Decompressor::new().map_err(|_| FileError::FrameCorrupt { frame: 0 })?;
     let mut raw = vec![0u8; PAGES_PER_FRAME * PAGE];
@@ -631,41 +639,32 @@ fn decode(bytes: &[u8], resolve: &mut Resolver<'_>) -> Result<Vec<Decoded>, File
             return Err(FileError::FrameCorrupt { frame });
         }
         for slot in 0..usize::from(*count) {
-            let record = owner[n][slot] as usize;
-            bodies[record - 1].copy_from_slice(&raw[slot * PAGE..(slot + 1) * PAGE]);
-        }
-    }
-
-    // The parent (incremental files only), found and checked by `resolve`.
-    let parent_snapshot = match &parent {
-        Some(p) => Some(resolve(p)?),
-        None => None,
-    };
-    let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
-
-    // Every page: un-XOR, BLAKE3 of the final bytes, no zero bodies or pages.
-    let mut stored: Vec<Option<Arc<FrozenPage>>> = Vec::with_capacity(pages.len());
-    for (i, (PageRecord(hash, _, _, _, base), body)) in pages.iter().zip(&bodies).enumerate() {
-        if **body == crate::page_table::ZERO_PAGE {
-            return Err(corrupt("a stored page is all zeros"));
-        }
-        let page = match (base, parent_version) {
-            (Some(b), Some(pv)) => {
-                let under = stored_page(pv, *b)
-                    .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
-                xor_pages(body, &under.bytes)
+            let i = owner[n][slot] as usize - 1;
+            let body: &PageBytes = raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
+            let PageRecord(hash, _, _, _, base) = &pages[i];
+            let unxored: Box<PageBytes>;
+            let page: &PageBytes = match (base, parent_version) {
+                (Some(b), Some(pv)) => {
+                    if *body == crate::page_table::ZERO_PAGE {
+                        return Err(corrupt("a stored page is all zeros"));
+                    }
+                    let under = stored_page(pv, *b)
+                        .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
+                    unxored = xor_pages(body, &under.bytes);
+                    &unxored
+                }
+                _ => body,
+            };
+            if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
+                return Err(FileError::PageHash { page: i as u32 + 1 });
             }
-            _ => body.clone(),
-        };
-        if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
-            return Err(FileError::PageHash { page: i as u32 + 1 });
+            let fingerprint = crate::page_table::fingerprint(page);
+            if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
+                return Err(corrupt("a stored page is all zeros"));
+            }
+            stored[i] = Some(FrozenPage::with_fingerprint(page, fingerprint));
         }
-        if *page == crate::page_table::ZERO_PAGE {
-            return Err(corrupt("a stored page is all zeros"));
-        }
-        stored.push(Some(FrozenPage::new(&page)));
     }
-    drop(bodies);
 
     // Snapshots.
     let lineage = Lineage::default();
