@@ -352,6 +352,10 @@ fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
     let mut frames_area = Vec::new();
     let mut frames = Vec::new();
     let mut raw = Vec::with_capacity(PAGES_PER_FRAME * PAGE);
+    // One compression context for every frame (same parameters as a fresh
+    // one, so the bytes are the same, without rebuilding its tables).
+    // Invariant: creating a context with a valid level cannot fail.
+    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
     for chunk in bodies.chunks(PAGES_PER_FRAME) {
         raw.clear();
         for body in chunk {
@@ -361,7 +365,7 @@ fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
             }
         }
         // Invariant: compressing a bounded in-memory buffer cannot fail.
-        let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compression of 64 KiB");
+        let compressed = compressor.compress(&raw).expect("zstd compression of 64 KiB");
         let checksum: [u8; 8] = blake3_prefix(&compressed);
         frames.push(FrameRecord(
             frames_area.len() as u64,
