@@ -287,7 +287,11 @@ enum Body {
     Xor(Box<PageBytes>),
 }
 
-fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
+fn encode(
+    items: &[Item<'_>],
+    parent: Option<&ParentFile<'_>>,
+    progress: &mut dyn FnMut(Progress),
+) -> Vec<u8> {
     // Distinct pages, in order of first appearance; index = position + 1.
     let mut by_hash: HashMap<[u8; 32], u32> = HashMap::new();
     let mut by_pointer: HashMap<*const FrozenPage, u32> = HashMap::new();
@@ -374,6 +378,11 @@ fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
             ByteBuf::from(checksum.to_vec()),
         ));
         frames_area.extend_from_slice(&compressed);
+        let done = frames.len() * PAGES_PER_FRAME;
+        progress(Progress {
+            done: (done.min(bodies.len()) * PAGE) as u64,
+            total: (bodies.len() * PAGE) as u64,
+        });
     }
     let pages = hashes
         .iter()
@@ -413,11 +422,44 @@ fn encode(items: &[Item<'_>], parent: Option<&ParentFile<'_>>) -> Vec<u8> {
     out
 }
 
+/// How far a save or load has come, for a progress bar: bytes of page data
+/// compressed (save) or decompressed and checked (load) so far, of the total
+/// for the file. Reported once per frame (16 pages); the last report has
+/// `done == total`. A file with no stored pages reports nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// [`save`], calling `progress` as frames are compressed.
+pub fn save_with_progress(
+    snapshot: &Snapshot,
+    path: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), FileError> {
+    let bytes = encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, progress);
+    write_atomic(path, &bytes)
+}
+
+/// [`load`], calling `progress` as the file's frames are decompressed and
+/// checked (a parent chain is loaded first, without reports).
+pub fn load_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, FileError> {
+    one_snapshot(read_chain(path, 1, progress)?.1)
+}
+
+/// [`verify`], calling `progress` as the file's frames are checked.
+pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), FileError> {
+    read_chain(path, 1, progress).map(drop)
+}
+
 /// The file bytes of `snapshot` (exactly what [`save`] writes). Deterministic:
 /// equal snapshots give equal bytes. Time: O(allocations + committed pages),
 /// hashing and compressing every distinct non-zero page once.
 pub fn to_bytes(snapshot: &Snapshot) -> Vec<u8> {
-    encode(&[Item { id: 0, name: None, parent: None, snapshot }], None)
+    encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, &mut |_| {})
 }
 
 /// The file bytes of a whole timeline (exactly what [`save_timeline`]
@@ -433,7 +475,7 @@ pub fn timeline_to_bytes(timeline: &Timeline) -> Vec<u8> {
             snapshot: &e.snapshot,
         })
         .collect();
-    encode(&items, None)
+    encode(&items, None, &mut |_| {})
 }
 
 // --------------------------------------------------------------- decode ----
@@ -536,7 +578,11 @@ fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
 /// its identity.
 type Resolver<'r> = dyn FnMut(&ParentRecord) -> Result<Snapshot, FileError> + 'r;
 
-fn decode(bytes: &[u8], resolve: &mut Resolver<'_>) -> Result<Vec<Decoded>, FileError> {
+fn decode(
+    bytes: &[u8],
+    resolve: &mut Resolver<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Decoded>, FileError> {
     let (area, index_bytes, incremental) = split(bytes)?;
     let mut rest = index_bytes;
     let Index(frames, pages, snapshots, parent) =
@@ -668,6 +714,8 @@ fn decode(bytes: &[u8], resolve: &mut Resolver<'_>) -> Result<Vec<Decoded>, File
             }
             stored[i] = Some(FrozenPage::with_fingerprint(page, fingerprint));
         }
+        let done: u64 = frames[..=n].iter().map(|f| u64::from(f.2)).sum();
+        progress(Progress { done: done * PAGE as u64, total: pages.len() as u64 * PAGE as u64 });
     }
 
     // Snapshots.
@@ -773,19 +821,19 @@ fn one_snapshot(mut all: Vec<Decoded>) -> Result<Snapshot, FileError> {
 /// An incremental file needs its parent: use [`incremental_from_bytes`]
 /// (here it is [`FileError::ParentMissing`] with the file-name hint).
 pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
-    one_snapshot(decode(bytes, &mut no_parent)?)
+    one_snapshot(decode(bytes, &mut no_parent, &mut |_| {})?)
 }
 
 /// Checks a self-contained file held in memory as [`verify`] does: header,
 /// index, every frame and every page hash, every snapshot's layout and page
 /// map (an incremental file is [`FileError::ParentMissing`]).
 pub fn verify_bytes(bytes: &[u8]) -> Result<(), FileError> {
-    decode(bytes, &mut no_parent).map(drop)
+    decode(bytes, &mut no_parent, &mut |_| {}).map(drop)
 }
 
 /// Decodes a timeline file held in memory (see [`load_timeline`]).
 pub fn timeline_from_bytes(bytes: &[u8]) -> Result<Timeline, FileError> {
-    timeline_of(decode(bytes, &mut no_parent)?)
+    timeline_of(decode(bytes, &mut no_parent, &mut |_| {})?)
 }
 
 fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
@@ -816,7 +864,7 @@ pub fn incremental_to_bytes(
     // An invalid hint (absolute, empty, ...) is refused as a reader would.
     check_parent_record(&ParentRecord(ByteBuf::from(index_hash.to_vec()), hint.to_owned()))?;
     let item = Item { id: 0, name: None, parent: None, snapshot };
-    Ok(encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint })))
+    Ok(encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut |_| {}))
 }
 
 /// Decodes an incremental file held in memory against its parent:
@@ -836,7 +884,7 @@ pub fn incremental_from_bytes(
         }
         Ok(parent.clone())
     };
-    one_snapshot(decode(bytes, &mut resolve)?)
+    one_snapshot(decode(bytes, &mut resolve, &mut |_| {})?)
 }
 
 // ------------------------------------------------------------ file system ----
@@ -899,6 +947,7 @@ fn decode_chain(
     bytes: &[u8],
     depth: u64,
     chain: &mut Vec<PathBuf>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<Decoded>, FileError> {
     let dir = directory_of(path);
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
@@ -920,11 +969,12 @@ fn decode_chain(
             return Err(FileError::ParentMismatch { path: parent_path });
         }
         chain.push(canonical);
-        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain).map_err(in_parent)?;
+        let decoded =
+            decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {}).map_err(in_parent)?;
         chain.pop();
         one_snapshot(decoded).map_err(in_parent)
     };
-    decode(bytes, &mut resolve)
+    decode(bytes, &mut resolve, progress)
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -936,10 +986,14 @@ fn directory_of(path: &Path) -> PathBuf {
 
 /// Reads and decodes the file at `path` with its whole parent chain; `depth`
 /// is its place in the chain (1 for the file asked for).
-fn read_chain(path: &Path, depth: u64) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
+fn read_chain(
+    path: &Path,
+    depth: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
     let bytes = read(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    let decoded = decode_chain(path, &bytes, depth, &mut chain)?;
+    let decoded = decode_chain(path, &bytes, depth, &mut chain, progress)?;
     Ok((bytes, decoded))
 }
 
@@ -956,13 +1010,13 @@ fn read_chain(path: &Path, depth: u64) -> Result<(Vec<u8>, Vec<Decoded>), FileEr
 /// twice is [`FileError::ParentCycle`]). A parent's own failure is
 /// [`FileError::InParent`]. Time: O(total size of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
-    one_snapshot(read_chain(path, 1)?.1)
+    one_snapshot(read_chain(path, 1, &mut |_| {})?.1)
 }
 
 /// Checks the file at `path` completely (every frame decompressed, every page
 /// hash checked), parents included, without keeping anything.
 pub fn verify(path: &Path) -> Result<(), FileError> {
-    read_chain(path, 1).map(drop)
+    read_chain(path, 1, &mut |_| {}).map(drop)
 }
 
 /// Saves a whole timeline (snapshots, names, parent links) to one file,
@@ -975,7 +1029,7 @@ pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> 
 /// parent links (ids are renumbered by [`Timeline::insert`]; the head is the
 /// last snapshot). Every page is checked against its hash.
 pub fn load_timeline(path: &Path) -> Result<Timeline, FileError> {
-    timeline_of(read_chain(path, 1)?.1)
+    timeline_of(read_chain(path, 1, &mut |_| {})?.1)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),
@@ -1024,7 +1078,7 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
     }
     let in_parent = |e: FileError| FileError::InParent { path: parent.to_owned(), source: Box::new(e) };
     let mut chain = vec![parent_canonical.clone()];
-    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain).map_err(in_parent)?;
+    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}).map_err(in_parent)?;
     let parent_snapshot = one_snapshot(decoded).map_err(in_parent)?;
     let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
         path: parent.to_owned(),

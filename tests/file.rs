@@ -556,3 +556,48 @@ proptest! {
         prop_assert!(file::verify_bytes(&bad).is_err());
     }
 }
+
+#[test]
+fn save_and_load_report_progress_frame_by_frame() {
+    let mut mm = vmsnap::MemoryManager::new();
+    mm.allocate_memory_at(
+        0x10000,
+        40 * 0x1000,
+        vmsnap::Protection::READ_WRITE,
+        false,
+        vmsnap::RegionKind::Private,
+    )
+    .unwrap();
+    for page in 0..40u64 {
+        mm.write_memory(0x10000 + page * 0x1000, &(page + 1).to_le_bytes()).unwrap();
+    }
+    let snapshot = mm.snapshot();
+    let dir = std::env::temp_dir().join(format!("vmsnap-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("progress.vmsnap");
+    let total = 40 * 0x1000;
+
+    let mut saved = Vec::new();
+    vmsnap::file::save_with_progress(&snapshot, &path, &mut |p| saved.push(p)).unwrap();
+    let done: Vec<u64> = saved.iter().map(|p| p.done).collect();
+    assert_eq!(done, vec![16 * 0x1000, 32 * 0x1000, total], "one report per 16-page frame");
+    assert!(saved.iter().all(|p| p.total == total));
+
+    let mut loaded = Vec::new();
+    let back = vmsnap::file::load_with_progress(&path, &mut |p| loaded.push(p)).unwrap();
+    assert_eq!(loaded.iter().map(|p| p.done).collect::<Vec<_>>(), done);
+    let mut buf = [0u8; 8];
+    back.read_memory(0x10000 + 39 * 0x1000, &mut buf).unwrap();
+    assert_eq!(u64::from_le_bytes(buf), 40);
+
+    let mut checked = 0;
+    vmsnap::file::verify_with_progress(&path, &mut |_| checked += 1).unwrap();
+    assert_eq!(checked, 3);
+
+    // Nothing stored, nothing reported.
+    let empty = vmsnap::MemoryManager::new().snapshot();
+    let mut reports = 0;
+    vmsnap::file::save_with_progress(&empty, &path, &mut |_| reports += 1).unwrap();
+    assert_eq!(reports, 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
