@@ -141,7 +141,7 @@ pub use error::MemoryError;
 pub use manager::MemoryManager;
 pub use page_table::frozen_pages_alive;
 pub use protection::{Access, Protection, RegionKind};
-pub use query::{MemoryStats, RegionInfo, ReservedRegion};
+pub use query::{AddressSpace, MemoryStats, RegionInfo, ReservedRegion};
 pub use section::{SectionId, SectionInfo};
 pub use snapshot::Snapshot;
 pub use state::STATE_FORMAT_VERSION;

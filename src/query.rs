@@ -91,6 +91,78 @@ pub struct MemoryStats {
     pub live_versions: u64,
 }
 
+/// What the live [`MemoryManager`](crate::MemoryManager) and a frozen
+/// [`Snapshot`](crate::Snapshot) both answer, so code that inspects an
+/// address space (a region table, a checker, a tool) serves either.
+///
+/// ```
+/// use vmsnap::{AddressSpace, MemoryManager, Protection, RegionKind};
+///
+/// fn committed_regions(space: &impl AddressSpace) -> usize {
+///     space.reserved_regions().filter(|r| space.region_info(r.base).is_committed).count()
+/// }
+///
+/// let mut mm = MemoryManager::new();
+/// mm.allocate_memory(0x1000, Protection::READ_WRITE, false, 0, RegionKind::Private)?;
+/// let snapshot = mm.snapshot();
+/// assert_eq!(committed_regions(&mm), committed_regions(&snapshot));
+/// # Ok::<(), vmsnap::MemoryError>(())
+/// ```
+pub trait AddressSpace {
+    /// Host read (see [`MemoryManager::read_memory`](crate::MemoryManager::read_memory)).
+    fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    /// `VirtualQuery` at `address`.
+    fn region_info(&self, address: u64) -> RegionInfo;
+    /// The kind of the allocation containing `address`, `Free` if none.
+    fn region_kind(&self, address: u64) -> RegionKind;
+    /// The protection of the page at `address`, `None` when not committed.
+    fn page_protection(&self, address: u64) -> Option<Protection>;
+    /// Every allocation, in address order.
+    fn reserved_regions(&self) -> Box<dyn Iterator<Item = ReservedRegion> + '_>;
+    /// Memory accounting.
+    fn compute_memory_stats(&self) -> MemoryStats;
+    /// Where allocations without an address start searching.
+    fn default_allocation_address(&self) -> u64;
+    /// The layout version (a snapshot keeps the one it was taken at).
+    fn layout_version(&self) -> u64;
+}
+
+/// Implements [`AddressSpace`] by calling the type's inherent methods of the
+/// same names.
+macro_rules! address_space {
+    ($t:ty) => {
+        impl AddressSpace for $t {
+            fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+                <$t>::read_memory(self, address, buf)
+            }
+            fn region_info(&self, address: u64) -> RegionInfo {
+                <$t>::region_info(self, address)
+            }
+            fn region_kind(&self, address: u64) -> RegionKind {
+                <$t>::region_kind(self, address)
+            }
+            fn page_protection(&self, address: u64) -> Option<Protection> {
+                <$t>::page_protection(self, address)
+            }
+            fn reserved_regions(&self) -> Box<dyn Iterator<Item = ReservedRegion> + '_> {
+                Box::new(<$t>::reserved_regions(self))
+            }
+            fn compute_memory_stats(&self) -> MemoryStats {
+                <$t>::compute_memory_stats(self)
+            }
+            fn default_allocation_address(&self) -> u64 {
+                <$t>::default_allocation_address(self)
+            }
+            fn layout_version(&self) -> u64 {
+                <$t>::layout_version(self)
+            }
+        }
+    };
+}
+
+address_space!(crate::MemoryManager);
+address_space!(crate::Snapshot);
+
 /// A page source: where the bytes and the state of a page come from.
 pub(crate) trait PageSource {
     fn resolve(&self, vpn: u64) -> Resolved<'_>;

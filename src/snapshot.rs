@@ -127,6 +127,22 @@ impl Snapshot {
         query::region_info(&self.inner.regions, &self.inner.pages, address)
     }
 
+    /// The kind of the allocation containing `address` in this version,
+    /// `Free` if none. Time: O(log n).
+    pub fn region_kind(&self, address: u64) -> crate::RegionKind {
+        self.inner.regions.containing(address).map_or(crate::RegionKind::Free, |a| a.kind)
+    }
+
+    /// The protection of the page containing `address` in this version
+    /// (`GUARD` kept), or `None` when it is not committed. Time: O(1).
+    pub fn page_protection(&self, address: u64) -> Option<crate::Protection> {
+        if address >= crate::USER_SPACE_END {
+            return None;
+        }
+        let m = self.inner.pages.get(address / PAGE_SIZE).meta;
+        (m & crate::protection::meta::COMMITTED != 0).then(|| crate::protection::meta::protection(m))
+    }
+
     /// Every allocation of this version, in address order.
     pub fn reserved_regions(&self) -> impl Iterator<Item = ReservedRegion> + '_ {
         self.inner.regions.iter().map(ReservedRegion::from)

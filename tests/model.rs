@@ -35,7 +35,7 @@ use proptest::prelude::*;
 use proptest::strategy::{NewTree, ValueTree};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use vmsnap::{
-    Access, MemoryError, MemoryManager, MemoryStats, PageChangeKind, Protection, RegionInfo, RegionKind,
+    Access, AddressSpace, MemoryError, MemoryManager, PageChangeKind, Protection, RegionInfo, RegionKind,
     ReservedRegion, Snapshot, USER_SPACE_END,
 };
 
@@ -939,91 +939,26 @@ fn ops() -> impl Strategy<Value = Ops> {
 
 // ------------------------------------------------------------------ harness
 
-/// What the live manager and a frozen snapshot both answer.
-trait View {
-    fn info(&self, address: u64) -> RegionInfo;
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
-    fn regions(&self) -> Vec<ReservedRegion>;
-    fn stats(&self) -> MemoryStats;
-    fn default_address(&self) -> u64;
-    fn kind_at(&self, address: u64) -> Option<RegionKind>;
-    /// `page_protection`, live manager only.
-    fn page_prot(&self, address: u64) -> Option<Option<Protection>>;
-}
-
-impl View for MemoryManager {
-    fn info(&self, address: u64) -> RegionInfo {
-        self.region_info(address)
-    }
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.read_memory(address, buf)
-    }
-    fn regions(&self) -> Vec<ReservedRegion> {
-        self.reserved_regions().collect()
-    }
-    fn stats(&self) -> MemoryStats {
-        self.compute_memory_stats()
-    }
-    fn default_address(&self) -> u64 {
-        self.default_allocation_address()
-    }
-    fn kind_at(&self, address: u64) -> Option<RegionKind> {
-        Some(self.region_kind(address))
-    }
-    fn page_prot(&self, address: u64) -> Option<Option<Protection>> {
-        Some(self.page_protection(address))
-    }
-}
-
-impl View for Snapshot {
-    fn info(&self, address: u64) -> RegionInfo {
-        self.region_info(address)
-    }
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.read_memory(address, buf)
-    }
-    fn regions(&self) -> Vec<ReservedRegion> {
-        self.reserved_regions().collect()
-    }
-    fn stats(&self) -> MemoryStats {
-        self.compute_memory_stats()
-    }
-    fn default_address(&self) -> u64 {
-        self.default_allocation_address()
-    }
-    fn kind_at(&self, _address: u64) -> Option<RegionKind> {
-        None
-    }
-    fn page_prot(&self, _address: u64) -> Option<Option<Protection>> {
-        None
-    }
-}
-
-/// Compares the whole observable state of `v` with the model.
-fn check_view(v: &impl View, m: &Model) -> Result<(), TestCaseError> {
-    prop_assert_eq!(v.regions(), m.reserved_regions(), "reserved_regions");
-    let stats = v.stats();
+fn check_view(v: &impl AddressSpace, m: &Model) -> Result<(), TestCaseError> {
+    prop_assert_eq!(v.reserved_regions().collect::<Vec<_>>(), m.reserved_regions(), "reserved_regions");
+    let stats = v.compute_memory_stats();
     let reserved: u64 = m.allocs.values().map(|a| a.length).sum();
     prop_assert_eq!(stats.reserved_memory, reserved, "reserved_memory");
     prop_assert_eq!(stats.committed_memory, m.pages.len() as u64 * PAGE, "committed_memory");
     prop_assert_eq!(stats.allocation_count, m.allocs.len() as u64, "allocation_count");
-    prop_assert_eq!(v.default_address(), m.default_alloc, "default_allocation_address");
+    prop_assert_eq!(v.default_allocation_address(), m.default_alloc, "default_allocation_address");
 
     let infos = m.allocated_infos();
     let mut byte = [0u8; 1];
     for q in m.query_addresses() {
         let p = page_down(q);
         let expected = infos.get(&p).copied().unwrap_or_else(|| m.free_info(q));
-        prop_assert_eq!(v.info(q), expected, "region_info({:#x})", q);
-        if let Some(kind) = v.kind_at(q) {
-            prop_assert_eq!(kind, expected.kind, "region_kind({:#x})", q);
-        }
-        if let Some(prot) = v.page_prot(q) {
-            let want = expected.is_committed.then_some(expected.permissions);
-            prop_assert_eq!(prot, want, "page_protection({:#x})", q);
-        }
+        prop_assert_eq!(v.region_info(q), expected, "region_info({:#x})", q);
+        prop_assert_eq!(v.region_kind(q), expected.kind, "region_kind({:#x})", q);
+        let want = expected.is_committed.then_some(expected.permissions);
+        prop_assert_eq!(v.page_protection(q), want, "page_protection({:#x})", q);
         // Host readability of one byte, with the documented error.
-        let got = v.read(q, &mut byte);
+        let got = v.read_memory(q, &mut byte);
         let want = if expected.is_committed {
             Ok(())
         } else if expected.is_reserved {
@@ -1036,7 +971,7 @@ fn check_view(v: &impl View, m: &Model) -> Result<(), TestCaseError> {
 
     let mut buf = vec![0u8; PAGE as usize];
     for (&p, pg) in &m.pages {
-        prop_assert!(v.read(p, &mut buf).is_ok(), "read of committed page {:#x} failed", p);
+        prop_assert!(v.read_memory(p, &mut buf).is_ok(), "read of committed page {:#x} failed", p);
         let (b, a) = m.containing(p).expect("committed page is allocated");
         if a.is_mmio {
             let mut want = vec![0u8; PAGE as usize];

@@ -12,8 +12,8 @@ mod common;
 use common::Rng;
 
 use vmsnap::{
-    Access, MemoryError, MemoryManager, PAGE_SIZE, PageChangeKind, Protection, RegionChange, RegionInfo,
-    RegionKind, ReservedRegion, Snapshot, USER_SPACE_END,
+    Access, AddressSpace, MemoryError, MemoryManager, PAGE_SIZE, PageChangeKind, Protection, RegionChange,
+    RegionInfo, RegionKind, ReservedRegion, Snapshot, USER_SPACE_END,
 };
 
 const RW: Protection = Protection::READ_WRITE;
@@ -167,59 +167,37 @@ impl Model {
     }
 }
 
-/// What a live manager and a snapshot both answer.
-trait View {
-    fn info(&self, address: u64) -> RegionInfo;
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
-    fn regions(&self) -> Vec<ReservedRegion>;
-    fn committed(&self) -> u64;
-    fn reserved(&self) -> u64;
-    fn default_address(&self) -> u64;
-}
-
-macro_rules! view {
-    ($t:ty) => {
-        impl View for $t {
-            fn info(&self, address: u64) -> RegionInfo {
-                self.region_info(address)
-            }
-            fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-                self.read_memory(address, buf)
-            }
-            fn regions(&self) -> Vec<ReservedRegion> {
-                self.reserved_regions().collect()
-            }
-            fn committed(&self) -> u64 {
-                self.compute_memory_stats().committed_memory
-            }
-            fn reserved(&self) -> u64 {
-                self.compute_memory_stats().reserved_memory
-            }
-            fn default_address(&self) -> u64 {
-                self.default_allocation_address()
-            }
-        }
-    };
-}
-view!(MemoryManager);
-view!(Snapshot);
-
 /// Compares the whole view (MMIO bytes excluded: reading them calls handlers)
 /// with the model.
-fn check_view(v: &impl View, m: &Model, what: &dyn Fn() -> String) {
-    assert_eq!(v.regions(), m.allocs.values().copied().collect::<Vec<_>>(), "{}: regions", what());
+fn check_view(v: &impl AddressSpace, m: &Model, what: &dyn Fn() -> String) {
+    assert_eq!(
+        v.reserved_regions().collect::<Vec<_>>(),
+        m.allocs.values().copied().collect::<Vec<_>>(),
+        "{}: regions",
+        what()
+    );
     let mmio: u64 = m.allocs.values().filter(|r| r.kind == RegionKind::Mmio).map(|r| r.length).sum();
-    assert_eq!(v.committed(), m.pages.len() as u64 * PAGE_SIZE + mmio, "{}: committed", what());
-    assert_eq!(v.reserved(), m.allocs.values().map(|r| r.length).sum::<u64>(), "{}: reserved", what());
-    assert_eq!(v.default_address(), m.default_alloc, "{}: default allocation address", what());
+    assert_eq!(
+        v.compute_memory_stats().committed_memory,
+        m.pages.len() as u64 * PAGE_SIZE + mmio,
+        "{}: committed",
+        what()
+    );
+    assert_eq!(
+        v.compute_memory_stats().reserved_memory,
+        m.allocs.values().map(|r| r.length).sum::<u64>(),
+        "{}: reserved",
+        what()
+    );
+    assert_eq!(v.default_allocation_address(), m.default_alloc, "{}: default allocation address", what());
     let mut buf = vec![0u8; PAGE];
     for p in Model::pages_to_check() {
         let info = m.info(p);
-        assert_eq!(v.info(p + 0x10), info, "{}: region_info({p:#x})", what());
+        assert_eq!(v.region_info(p + 0x10), info, "{}: region_info({p:#x})", what());
         if info.kind == RegionKind::Mmio {
             continue;
         }
-        let got = v.read(p, &mut buf);
+        let got = v.read_memory(p, &mut buf);
         match m.pages.get(&p) {
             Some((_, bytes)) => {
                 assert_eq!(got, Ok(()), "{}: read {p:#x}", what());

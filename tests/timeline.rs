@@ -15,9 +15,9 @@ mod common;
 use common::Rng;
 
 use vmsnap::{
-    Access, MemoryDiff, MemoryError, MemoryManager, PAGE_SIZE, PageChangeKind, Protection, RegionChange,
-    RegionInfo, RegionKind, ReservedRegion, Snapshot, SnapshotId, Timeline, TimelineError, USER_SPACE_END,
-    VersionMemory, frozen_pages_alive,
+    Access, AddressSpace, MemoryDiff, MemoryError, MemoryManager, PAGE_SIZE, PageChangeKind, Protection,
+    RegionChange, RegionInfo, RegionKind, ReservedRegion, Snapshot, SnapshotId, Timeline, TimelineError,
+    USER_SPACE_END, VersionMemory, frozen_pages_alive,
 };
 
 const RW: Protection = Protection::READ_WRITE;
@@ -842,53 +842,23 @@ impl HModel {
     }
 }
 
-/// What a live manager and a snapshot both answer.
-trait Space {
-    fn info(&self, address: u64) -> RegionInfo;
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
-    fn regions(&self) -> Vec<ReservedRegion>;
-    fn committed(&self) -> u64;
-}
-
-impl Space for MemoryManager {
-    fn info(&self, address: u64) -> RegionInfo {
-        self.region_info(address)
-    }
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.read_memory(address, buf)
-    }
-    fn regions(&self) -> Vec<ReservedRegion> {
-        self.reserved_regions().collect()
-    }
-    fn committed(&self) -> u64 {
-        self.compute_memory_stats().committed_memory
-    }
-}
-
-impl Space for Snapshot {
-    fn info(&self, address: u64) -> RegionInfo {
-        self.region_info(address)
-    }
-    fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        self.read_memory(address, buf)
-    }
-    fn regions(&self) -> Vec<ReservedRegion> {
-        self.reserved_regions().collect()
-    }
-    fn committed(&self) -> u64 {
-        self.compute_memory_stats().committed_memory
-    }
-}
-
 /// Compares the whole state of `v` with the model.
-fn check_state(v: &impl Space, m: &HModel, what: &str) {
-    assert_eq!(v.regions(), m.allocs.values().copied().collect::<Vec<_>>(), "{what}: reserved_regions");
-    assert_eq!(v.committed(), m.pages.len() as u64 * PAGE_SIZE, "{what}: committed_memory");
+fn check_state(v: &impl AddressSpace, m: &HModel, what: &str) {
+    assert_eq!(
+        v.reserved_regions().collect::<Vec<_>>(),
+        m.allocs.values().copied().collect::<Vec<_>>(),
+        "{what}: reserved_regions"
+    );
+    assert_eq!(
+        v.compute_memory_stats().committed_memory,
+        m.pages.len() as u64 * PAGE_SIZE,
+        "{what}: committed_memory"
+    );
     let mut buf = vec![0u8; PAGE];
     for p in HModel::space() {
         let info = m.info(p);
-        assert_eq!(v.info(p + 0x123), info, "{what}: region_info({p:#x})");
-        let got = v.read(p, &mut buf);
+        assert_eq!(v.region_info(p + 0x123), info, "{what}: region_info({p:#x})");
+        let got = v.read_memory(p, &mut buf);
         if info.is_committed {
             assert_eq!(got, Ok(()), "{what}: read of {p:#x}");
             assert!(buf[..] == m.bytes(p)[..], "{what}: bytes of page {p:#x}");
@@ -901,11 +871,11 @@ fn check_state(v: &impl Space, m: &HModel, what: &str) {
 }
 
 /// The engine's own region walk over `A` and `B`, recorded per version.
-fn walk(v: &impl Space) -> Vec<RegionInfo> {
+fn walk(v: &impl AddressSpace) -> Vec<RegionInfo> {
     let mut out = Vec::new();
     let mut at = A;
     while at < B + B_PAGES * PAGE_SIZE {
-        let i = v.info(at);
+        let i = v.region_info(at);
         out.push(i);
         at += i.length.min(B + B_PAGES * PAGE_SIZE - at);
     }
