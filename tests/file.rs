@@ -8,6 +8,9 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
 
+mod common;
+use common::assert_same;
+
 // ------------------------------------------------------------- helpers ----
 
 /// An empty address space.
@@ -33,39 +36,6 @@ fn small() -> Snapshot {
     mm.write_memory(0x15000, &[0; 4]).unwrap();
     mm.set_default_allocation_address(0x7000_0000);
     mm.snapshot()
-}
-
-/// Asserts that two snapshots are the same address space.
-fn assert_same(a: &Snapshot, b: &Snapshot) {
-    let ra: Vec<_> = a.reserved_regions().collect();
-    let rb: Vec<_> = b.reserved_regions().collect();
-    assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
-    assert_eq!(a.layout_version(), b.layout_version());
-    assert_eq!(a.default_allocation_address(), b.default_allocation_address());
-    for r in &ra {
-        let (base, size) = (r.base, r.length);
-        let mut page = base;
-        while page < base + size {
-            let (ia, ib) = (a.region_info(page), b.region_info(page));
-            assert_eq!(format!("{ia:?}"), format!("{ib:?}"), "region_info at {page:#x}");
-            if ia.is_committed {
-                let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
-                a.read_memory(page, &mut x).unwrap();
-                b.read_memory(page, &mut y).unwrap();
-                assert!(x == y, "bytes differ at {page:#x}");
-            }
-            page += PAGE_SIZE;
-        }
-    }
-    assert_eq!(a.compute_memory_stats().committed_memory, b.compute_memory_stats().committed_memory);
-    assert!(a.diff(b).changed_pages().next().is_none());
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmsnap-file-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The index, as a test sees it (mirror of FORMAT.md §5).
@@ -110,7 +80,7 @@ fn round_trip_small_and_empty() {
 
 #[test]
 fn round_trip_through_the_file_system() {
-    let dir = temp_dir("roundtrip");
+    let dir = common::temp_dir("file", "roundtrip");
     let path = dir.join("small.vmsnap");
     let s = small();
     file::save(&s, &path).unwrap();
@@ -189,7 +159,7 @@ fn timeline_round_trip_dedups_across_snapshots() {
     assert_eq!(file::timeline_to_bytes(&loaded), bytes);
     // A timeline file with several snapshots is not a one-snapshot file.
     assert!(matches!(file::load_from_bytes(&bytes), Err(FileError::SnapshotCount { found: 3 })));
-    let dir = temp_dir("timeline");
+    let dir = common::temp_dir("file", "timeline");
     file::save_timeline(&t, &dir.join("t.vmsnap")).unwrap();
     assert_eq!(file::load_timeline(&dir.join("t.vmsnap")).unwrap().len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -199,7 +169,7 @@ fn timeline_round_trip_dedups_across_snapshots() {
 
 #[test]
 fn failed_save_leaves_no_file_and_keeps_the_old_one() {
-    let dir = temp_dir("atomic");
+    let dir = common::temp_dir("file", "atomic");
     let missing = dir.join("no-such-dir").join("x.vmsnap");
     assert!(matches!(file::save(&small(), &missing), Err(FileError::Io { .. })));
     assert!(!missing.exists());
@@ -572,8 +542,7 @@ fn save_and_load_report_progress_frame_by_frame() {
         mm.write_memory(0x10000 + page * 0x1000, &(page + 1).to_le_bytes()).unwrap();
     }
     let snapshot = mm.snapshot();
-    let dir = std::env::temp_dir().join(format!("vmsnap-progress-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("file", "progress");
     let path = dir.join("progress.vmsnap");
     let total = 40 * 0x1000;
 

@@ -7,38 +7,10 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
+mod common;
+use common::assert_same;
+
 // ------------------------------------------------------------- helpers ----
-
-/// Asserts that two snapshots are the same address space.
-fn assert_same(a: &Snapshot, b: &Snapshot) {
-    let ra: Vec<_> = a.reserved_regions().collect();
-    let rb: Vec<_> = b.reserved_regions().collect();
-    assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
-    assert_eq!(a.layout_version(), b.layout_version());
-    assert_eq!(a.default_allocation_address(), b.default_allocation_address());
-    for r in &ra {
-        let mut page = r.base;
-        while page < r.base + r.length {
-            let (ia, ib) = (a.region_info(page), b.region_info(page));
-            assert_eq!(format!("{ia:?}"), format!("{ib:?}"), "region_info at {page:#x}");
-            if ia.is_committed {
-                let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
-                a.read_memory(page, &mut x).unwrap();
-                b.read_memory(page, &mut y).unwrap();
-                assert!(x == y, "bytes differ at {page:#x}");
-            }
-            page += PAGE_SIZE;
-        }
-    }
-    assert!(a.diff(b).changed_pages().next().is_none());
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmsnap-incr-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Deterministic, poorly compressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -135,7 +107,7 @@ fn small_pair() -> (Snapshot, Vec<u8>, Snapshot, Vec<u8>) {
 
 #[test]
 fn chain_of_three_round_trips() {
-    let dir = temp_dir("chain3");
+    let dir = common::temp_dir("incr", "chain3");
     let (s, p) = save_three(&dir);
     for (snap, path) in s.iter().zip(&p) {
         assert_same(snap, &file::load(path).unwrap());
@@ -168,7 +140,7 @@ fn chain_of_three_round_trips() {
 
 #[test]
 fn parent_in_another_directory() {
-    let dir = temp_dir("otherdir");
+    let dir = common::temp_dir("incr", "otherdir");
     std::fs::create_dir_all(dir.join("base")).unwrap();
     std::fs::create_dir_all(dir.join("deltas/x")).unwrap();
     let s = three();
@@ -185,7 +157,7 @@ fn parent_in_another_directory() {
 
 #[test]
 fn incremental_file_is_much_smaller_than_the_changed_pages() {
-    let dir = temp_dir("size");
+    let dir = common::temp_dir("incr", "size");
     let mut mm = MemoryManager::new();
     let pages = 256u64;
     mm.allocate_memory_at(BASE, pages * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
@@ -216,7 +188,7 @@ fn incremental_file_is_much_smaller_than_the_changed_pages() {
 
 #[test]
 fn rebase_is_byte_identical_to_a_full_save() {
-    let dir = temp_dir("rebase");
+    let dir = common::temp_dir("incr", "rebase");
     let (s, p) = save_three(&dir);
     let out = dir.join("rebased.vmsnap");
     file::rebase(&p[2], &out).unwrap();
@@ -240,7 +212,7 @@ fn rebase_is_byte_identical_to_a_full_save() {
 
 #[test]
 fn missing_parent() {
-    let dir = temp_dir("missing");
+    let dir = common::temp_dir("incr", "missing");
     let (_, p) = save_three(&dir);
     std::fs::remove_file(&p[0]).unwrap();
     match file::load(&p[1]) {
@@ -268,7 +240,7 @@ fn missing_parent() {
 
 #[test]
 fn mismatched_parent() {
-    let dir = temp_dir("mismatch");
+    let dir = common::temp_dir("incr", "mismatch");
     let (s, p) = save_three(&dir);
     // Replace the parent by another valid file (here: the grandchild's snapshot).
     file::save(&s[2], &p[0]).unwrap();
@@ -287,7 +259,7 @@ fn mismatched_parent() {
 
 #[test]
 fn corrupted_parent_is_reported_by_verify_of_the_child() {
-    let dir = temp_dir("corrupt");
+    let dir = common::temp_dir("incr", "corrupt");
     let (_, p) = save_three(&dir);
     let good = std::fs::read(&p[0]).unwrap();
     // A flipped bit in the parent's frames: same index (identity), bad frame.
@@ -339,7 +311,7 @@ fn truncated_or_bit_flipped_child_at_every_offset() {
         }
     }
     // Through the file system too (a few offsets).
-    let dir = temp_dir("flip");
+    let dir = common::temp_dir("incr", "flip");
     std::fs::write(dir.join("p.vmsnap"), &parent_bytes).unwrap();
     for at in [0, 12, 40, 70, good.len() / 2, good.len() - 1] {
         let mut bad = good.clone();
@@ -398,7 +370,7 @@ fn structural_rules_of_incremental_files() {
 
 #[test]
 fn chain_too_deep() {
-    let dir = temp_dir("deep");
+    let dir = common::temp_dir("incr", "deep");
     let mut mm = MemoryManager::new();
     mm.allocate_memory_at(BASE, PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
     let path = |i: u64| dir.join(format!("{i}.vmsnap"));
@@ -425,7 +397,7 @@ fn chain_too_deep() {
 
 #[test]
 fn parent_cycle() {
-    let dir = temp_dir("cycle");
+    let dir = common::temp_dir("incr", "cycle");
     let (s, p) = save_three(&dir);
     // A child whose hint names itself.
     let (head, mut index) = split(&std::fs::read(&p[1]).unwrap());

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests (each test binary uses a subset).
 #![allow(dead_code)]
 
-use vmsnap::MemoryManager;
+use std::path::PathBuf;
+
+use vmsnap::{MemoryManager, PAGE_SIZE, Snapshot};
 
 pub mod nt;
 
@@ -48,4 +50,39 @@ pub fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     mm.read_memory(address, &mut buf).unwrap();
     buf
+}
+
+/// Asserts that two snapshots are the same address space: allocations, layout
+/// version, default allocation address, every page's region info and bytes,
+/// committed memory, and an empty diff.
+pub fn assert_same(a: &Snapshot, b: &Snapshot) {
+    let ra: Vec<_> = a.reserved_regions().collect();
+    let rb: Vec<_> = b.reserved_regions().collect();
+    assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
+    assert_eq!(a.layout_version(), b.layout_version());
+    assert_eq!(a.default_allocation_address(), b.default_allocation_address());
+    for r in &ra {
+        let mut page = r.base;
+        while page < r.base + r.length {
+            let (ia, ib) = (a.region_info(page), b.region_info(page));
+            assert_eq!(format!("{ia:?}"), format!("{ib:?}"), "region_info at {page:#x}");
+            if ia.is_committed {
+                let (mut x, mut y) = ([0u8; 4096], [0u8; 4096]);
+                a.read_memory(page, &mut x).unwrap();
+                b.read_memory(page, &mut y).unwrap();
+                assert!(x == y, "bytes differ at {page:#x}");
+            }
+            page += PAGE_SIZE;
+        }
+    }
+    assert_eq!(a.compute_memory_stats().committed_memory, b.compute_memory_stats().committed_memory);
+    assert!(a.diff(b).changed_pages().next().is_none());
+}
+
+/// A fresh, empty directory for one test: `vmsnap-<prefix>-<pid>-<name>`.
+pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmsnap-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
