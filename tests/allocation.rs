@@ -8,28 +8,13 @@ use vmsnap::{
 };
 
 mod common;
-use common::read_vec;
+use common::{free_info, read_vec};
 
 const RW: Protection = Protection::READ_WRITE;
 const A: u64 = 0x1000_0000;
 
 fn regions(mm: &MemoryManager) -> Vec<(u64, u64)> {
     mm.reserved_regions().map(|r| (r.base, r.length)).collect()
-}
-
-fn free_info(start: u64, length: u64) -> RegionInfo {
-    RegionInfo {
-        start,
-        length,
-        allocation_base: 0,
-        allocation_length: 0,
-        is_reserved: false,
-        is_committed: false,
-        permissions: Protection::empty(),
-        initial_permissions: Protection::empty(),
-        kind: RegionKind::Free,
-        attributes: 0,
-    }
 }
 
 // ------------------------------------------------------------ allocate_memory_at

@@ -10,6 +10,8 @@ use vmsnap::{
     Protection, RegionInfo, RegionKind, ReservedRegion, USER_SPACE_END, page_down, page_up,
 };
 
+mod common;
+
 const RW: Protection = Protection::READ_WRITE;
 /// Lowest allocation: [LOW, LOW + 0x10000), committed.
 const LOW: u64 = MIN_ALLOCATION_ADDRESS;
@@ -369,22 +371,7 @@ fn addresses_at_and_above_user_space_end_are_free_with_length_zero() {
     let mm = &f.mm;
     for address in [USER_SPACE_END, USER_SPACE_END + 1, USER_SPACE_END + 0x10000, 1 << 47, 1 << 63, u64::MAX]
     {
-        assert_eq!(
-            mm.region_info(address),
-            RegionInfo {
-                start: page_down(address),
-                length: 0,
-                allocation_base: 0,
-                allocation_length: 0,
-                is_reserved: false,
-                is_committed: false,
-                permissions: Protection::empty(),
-                initial_permissions: Protection::empty(),
-                kind: RegionKind::Free,
-                attributes: 0,
-            },
-            "{address:#x}"
-        );
+        assert_eq!(mm.region_info(address), common::free_info(page_down(address), 0), "{address:#x}");
         assert_eq!(mm.region_kind(address), RegionKind::Free);
         assert!(!mm.overlaps_reserved_region(address, u64::MAX));
         assert_eq!(mm.find_free_allocation_base(0x1000, address), None);

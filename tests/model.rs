@@ -39,6 +39,8 @@ use vmsnap::{
     ReservedRegion, Snapshot, USER_SPACE_END,
 };
 
+mod common;
+
 const PAGE: u64 = 0x1000;
 const GRAN: u64 = 0x10000;
 const MIN_ALLOC: u64 = 0x10000;
@@ -556,18 +558,7 @@ impl Model {
             let next = self.allocs.range(address + 1..).next().map_or(USER_SPACE_END, |(b, _)| *b);
             next - start
         };
-        RegionInfo {
-            start,
-            length,
-            allocation_base: 0,
-            allocation_length: 0,
-            is_reserved: false,
-            is_committed: false,
-            permissions: Protection::empty(),
-            initial_permissions: Protection::empty(),
-            kind: RegionKind::Free,
-            attributes: 0,
-        }
+        common::free_info(start, length)
     }
 
     /// Addresses (not all page aligned) whose region info and host readability

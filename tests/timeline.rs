@@ -805,18 +805,7 @@ impl HModel {
     fn info(&self, p: u64) -> RegionInfo {
         let Some(r) = self.containing(p) else {
             let next = self.allocs.range(p..).next().map_or(USER_SPACE_END, |(b, _)| *b);
-            return RegionInfo {
-                start: p,
-                length: next - p,
-                allocation_base: 0,
-                allocation_length: 0,
-                is_reserved: false,
-                is_committed: false,
-                permissions: Protection::empty(),
-                initial_permissions: Protection::empty(),
-                kind: RegionKind::Free,
-                attributes: 0,
-            };
+            return common::free_info(p, next - p);
         };
         let key = |q: u64| self.pages.get(&q).map(|pg| pg.prot);
         let mut end = p + PAGE_SIZE;

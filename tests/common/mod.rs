@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use vmsnap::{MemoryManager, PAGE_SIZE, Snapshot};
+use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind, Snapshot};
 
 pub mod nt;
 
@@ -85,4 +85,21 @@ pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// What `region_info` reports for free memory from `start`, `length` bytes
+/// long (0 at or past `USER_SPACE_END`).
+pub fn free_info(start: u64, length: u64) -> RegionInfo {
+    RegionInfo {
+        start,
+        length,
+        allocation_base: 0,
+        allocation_length: 0,
+        is_reserved: false,
+        is_committed: false,
+        permissions: Protection::empty(),
+        initial_permissions: Protection::empty(),
+        kind: RegionKind::Free,
+        attributes: 0,
+    }
 }
