@@ -35,7 +35,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -281,23 +281,26 @@ fn xor_pages(a: &PageBytes, b: &PageBytes) -> Box<PageBytes> {
     out
 }
 
-/// A stored body: the page itself, or its XOR with the parent's page.
-enum Body {
-    Plain(Arc<FrozenPage>),
-    Xor(Box<PageBytes>),
+/// A stored body: the page itself, or (with a base) its XOR with the
+/// parent's page at the same page number.
+struct Body<'a> {
+    page: &'a FrozenPage,
+    base: Option<&'a FrozenPage>,
 }
+
+/// A page object to store and its xor base (page number, parent's page).
+type Candidate = (Arc<FrozenPage>, Option<(u64, Arc<FrozenPage>)>);
 
 fn encode(
     items: &[Item<'_>],
     parent: Option<&ParentFile<'_>>,
     progress: &mut dyn FnMut(Progress),
 ) -> Vec<u8> {
-    // Distinct pages, in order of first appearance; index = position + 1.
-    let mut by_hash: HashMap<[u8; 32], u32> = HashMap::new();
+    // Pass 1: the distinct page objects to store, in order of first
+    // appearance, each with its xor base (the parent's page at the same
+    // page number, if any); page maps name them by candidate number + 1.
     let mut by_pointer: HashMap<*const FrozenPage, u32> = HashMap::new();
-    let mut hashes: Vec<[u8; 32]> = Vec::new();
-    let mut bodies: Vec<Body> = Vec::new();
-    let mut bases: Vec<Option<u64>> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     let mut snapshots = Vec::with_capacity(items.len());
     let parent_version = parent.map(|p| p.snapshot.version());
     for item in items {
@@ -321,21 +324,8 @@ fn encode(
                 0 // inherited from the parent
             } else {
                 *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
-                    let hash = *blake3::hash(&frozen.bytes).as_bytes();
-                    *by_hash.entry(hash).or_insert_with(|| {
-                        hashes.push(hash);
-                        match base {
-                            Some(b) => {
-                                bodies.push(Body::Xor(xor_pages(&frozen.bytes, &b.bytes)));
-                                bases.push(Some(page));
-                            }
-                            None => {
-                                bodies.push(Body::Plain(frozen.clone()));
-                                bases.push(None);
-                            }
-                        }
-                        hashes.len() as u32
-                    })
+                    candidates.push((frozen.clone(), base.map(|b| (page, b.clone()))));
+                    candidates.len() as u32
                 })
             };
             match runs.last_mut() {
@@ -353,34 +343,80 @@ fn encode(
         ));
     }
 
-    let mut frames_area = Vec::new();
-    let mut frames = Vec::new();
-    let mut raw = Vec::with_capacity(PAGES_PER_FRAME * PAGE);
-    // One compression context for every frame (same parameters as a fresh
-    // one, so the bytes are the same, without rebuilding its tables).
-    // Invariant: creating a context with a valid level cannot fail.
-    let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
-    for chunk in bodies.chunks(PAGES_PER_FRAME) {
-        raw.clear();
-        for body in chunk {
-            match body {
-                Body::Plain(p) => raw.extend_from_slice(&p.bytes),
-                Body::Xor(x) => raw.extend_from_slice(&x[..]),
+    // Pass 2: BLAKE3 of every candidate, on the worker threads.
+    let candidate_hashes: Vec<[u8; 32]> = in_parallel(0..candidates.len(), 256, |range| {
+        candidates[range].iter().map(|(p, _)| *blake3::hash(&p.bytes).as_bytes()).collect::<Vec<_>>()
+    })
+    .concat();
+
+    // Pass 3: one page record per distinct hash, in order of first
+    // appearance (so a page's record keeps its first appearance's xor base);
+    // page maps renumbered from candidates to records.
+    let mut by_hash: HashMap<[u8; 32], u32> = HashMap::with_capacity(candidates.len());
+    let mut record_of: Vec<u32> = Vec::with_capacity(candidates.len());
+    let mut hashes: Vec<[u8; 32]> = Vec::new();
+    let mut bodies: Vec<Body> = Vec::new();
+    let mut bases: Vec<Option<u64>> = Vec::new();
+    for ((frozen, base), hash) in candidates.iter().zip(&candidate_hashes) {
+        record_of.push(*by_hash.entry(*hash).or_insert_with(|| {
+            hashes.push(*hash);
+            bodies.push(Body { page: frozen, base: base.as_ref().map(|(_, b)| &**b) });
+            bases.push(base.as_ref().map(|(page, _)| *page));
+            hashes.len() as u32
+        }));
+    }
+    for SnapshotRecord(.., runs) in &mut snapshots {
+        for RunRecord(first, list) in runs.iter_mut() {
+            let _ = first;
+            for index in list.iter_mut().filter(|i| **i != 0) {
+                *index = record_of[*index as usize - 1];
             }
         }
-        // Invariant: compressing a bounded in-memory buffer cannot fail.
-        let compressed = compressor.compress(&raw).expect("zstd compression of 64 KiB");
-        let checksum: [u8; 8] = blake3_prefix(&compressed);
-        frames.push(FrameRecord(
-            frames_area.len() as u64,
-            compressed.len() as u32,
-            chunk.len() as u8,
-            ByteBuf::from(checksum.to_vec()),
-        ));
-        frames_area.extend_from_slice(&compressed);
-        let done = frames.len() * PAGES_PER_FRAME;
+    }
+
+    // Frames: 16 bodies each, compressed on the worker threads in batches
+    // (each with one zstd context, same parameters as a fresh one, so the
+    // bytes never depend on the thread count).
+    let mut frames_area = Vec::new();
+    let mut frames = Vec::new();
+    let frame_count = bodies.len().div_ceil(PAGES_PER_FRAME);
+    let batch_frames = FRAMES_PER_BATCH * threads();
+    for batch in (0..frame_count).step_by(batch_frames) {
+        let batch = batch..(batch + batch_frames).min(frame_count);
+        let parts = in_parallel(batch, FRAMES_PER_BATCH / 4, |range| {
+            // Invariant: creating a context with a valid level cannot fail.
+            let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
+            let mut raw = Vec::with_capacity(PAGES_PER_FRAME * PAGE);
+            let mut out = Vec::with_capacity(range.len());
+            for n in range {
+                let chunk = &bodies[n * PAGES_PER_FRAME..((n + 1) * PAGES_PER_FRAME).min(bodies.len())];
+                raw.clear();
+                for body in chunk {
+                    match body.base {
+                        None => raw.extend_from_slice(&body.page.bytes),
+                        Some(base) => {
+                            raw.extend(body.page.bytes.iter().zip(base.bytes.iter()).map(|(a, b)| a ^ b))
+                        }
+                    }
+                }
+                // Invariant: compressing a bounded in-memory buffer cannot fail.
+                let compressed = compressor.compress(&raw).expect("zstd compression of 64 KiB");
+                let checksum: [u8; 8] = blake3_prefix(&compressed);
+                out.push((chunk.len() as u8, compressed, checksum));
+            }
+            out
+        });
+        for (count, compressed, checksum) in parts.into_iter().flatten() {
+            frames.push(FrameRecord(
+                frames_area.len() as u64,
+                compressed.len() as u32,
+                count,
+                ByteBuf::from(checksum.to_vec()),
+            ));
+            frames_area.extend_from_slice(&compressed);
+        }
         progress(Progress {
-            done: (done.min(bodies.len()) * PAGE) as u64,
+            done: ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64,
             total: (bodies.len() * PAGE) as u64,
         });
     }
@@ -424,7 +460,8 @@ fn encode(
 
 /// How far a save or load has come, for a progress bar: bytes of page data
 /// compressed (save) or decompressed and checked (load) so far, of the total
-/// for the file. Reported once per frame (16 pages); the last report has
+/// for the file. Reported after each batch of frames (16 frames, 1 MiB of
+/// pages, per worker thread; see [`set_threads`]); the last report has
 /// `done == total`. A file with no stored pages reports nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -578,6 +615,135 @@ fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
 /// its identity.
 type Resolver<'r> = dyn FnMut(&ParentRecord) -> Result<Snapshot, FileError> + 'r;
 
+/// Frames handed to one worker at a time while decoding (1 MiB of pages).
+const FRAMES_PER_BATCH: usize = 16;
+
+/// Worker threads for compressing and decompressing frames (0: one per
+/// available core, at most 8).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads [`save`], [`load`], [`verify`] and the other
+/// encoders and decoders use for frames: `0` (the default) is one per
+/// available core, at most 8; `1` keeps all work on the calling thread. The
+/// bytes written never depend on it. Process-wide.
+pub fn set_threads(threads: usize) {
+    THREADS.store(threads, Ordering::Relaxed);
+}
+
+fn threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
+        n => n,
+    }
+}
+
+/// Runs `work` over `range` split into at most [`threads`] contiguous parts
+/// of at least `min_part` items (the first on the calling thread), and
+/// returns the results in range order.
+fn in_parallel<R: Send>(
+    range: std::ops::Range<usize>,
+    min_part: usize,
+    work: impl Fn(std::ops::Range<usize>) -> R + Sync,
+) -> Vec<R> {
+    let parts = threads().min(range.len().div_ceil(min_part.max(1))).max(1);
+    if parts == 1 {
+        return vec![work(range)];
+    }
+    let step = range.len().div_ceil(parts);
+    let ranges: Vec<_> =
+        (range.start..range.end).step_by(step).map(|a| a..(a + step).min(range.end)).collect();
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = ranges[1..].iter().map(|r| scope.spawn(move || work(r.clone()))).collect();
+        let mut out = vec![work(ranges[0].clone())];
+        // Invariant: a worker only panics if `work` does, which is a bug;
+        // pass that panic on.
+        out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+        out
+    })
+}
+
+/// A zstd decompression context and a frame buffer, one per worker.
+struct FrameDecoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    raw: Box<[u8]>,
+}
+
+impl FrameDecoder {
+    fn new() -> Result<Self, FileError> {
+        let zstd = zstd::bulk::Decompressor::new().map_err(|_| FileError::FrameCorrupt { frame: 0 })?;
+        Ok(FrameDecoder { zstd, raw: vec![0u8; PAGES_PER_FRAME * PAGE].into_boxed_slice() })
+    }
+}
+
+/// The parsed frame index of a file, with its frame area: what decoding a
+/// frame needs.
+#[derive(Clone, Copy)]
+struct Frames<'a> {
+    area: &'a [u8],
+    frames: &'a [FrameRecord],
+    pages: &'a [PageRecord],
+    /// `owner[frame][slot]`: the 1-based page record stored there.
+    owner: &'a [[u32; PAGES_PER_FRAME]],
+    /// The parent snapshot (incremental files): the XOR bases.
+    parent: Option<&'a Version>,
+}
+
+impl Frames<'_> {
+    /// Checks and decompresses frame `n`, checks each page in it (un-XORed,
+    /// against its BLAKE3 hash; never all zeros) and hands each to `sink`
+    /// with its 0-based page record index. Each page goes from the frame
+    /// buffer into its frozen page in one copy.
+    fn decode_frame(
+        &self,
+        n: usize,
+        decoder: &mut FrameDecoder,
+        sink: &mut dyn FnMut(usize, Arc<FrozenPage>),
+    ) -> Result<(), FileError> {
+        let FrameRecord(offset, length, count, checksum) = &self.frames[n];
+        let frame = n as u32;
+        let src = &self.area[*offset as usize..(*offset + u64::from(*length)) as usize];
+        if blake3_prefix::<8>(src)[..] != checksum[..] {
+            return Err(FileError::FrameCorrupt { frame });
+        }
+        let expected = usize::from(*count) * PAGE;
+        let got = decoder
+            .zstd
+            .decompress_to_buffer(src, &mut decoder.raw[..expected])
+            .map_err(|_| FileError::FrameCorrupt { frame })?;
+        if got != expected {
+            return Err(FileError::FrameCorrupt { frame });
+        }
+        for slot in 0..usize::from(*count) {
+            let i = self.owner[n][slot] as usize - 1;
+            let body: &PageBytes = decoder.raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
+            let PageRecord(hash, _, _, _, base) = &self.pages[i];
+            let unxored: Box<PageBytes>;
+            let page: &PageBytes = match (base, self.parent) {
+                (Some(b), Some(pv)) => {
+                    if *body == crate::page_table::ZERO_PAGE {
+                        return Err(corrupt("a stored page is all zeros"));
+                    }
+                    let under = stored_page(pv, *b)
+                        .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
+                    unxored = xor_pages(body, &under.bytes);
+                    &unxored
+                }
+                _ => body,
+            };
+            if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
+                return Err(FileError::PageHash { page: i as u32 + 1 });
+            }
+            let fingerprint = crate::page_table::fingerprint(page);
+            if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
+                return Err(corrupt("a stored page is all zeros"));
+            }
+            sink(i, FrozenPage::with_fingerprint(page, fingerprint));
+        }
+        Ok(())
+    }
+}
+
 fn decode(
     bytes: &[u8],
     resolve: &mut Resolver<'_>,
@@ -669,53 +835,30 @@ fn decode(
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
 
     // Every frame: checksum, bounded decompression; then every page in it:
-    // un-XOR, BLAKE3 of the final bytes, no zero bodies or pages. Each page
-    // goes from the frame buffer into its frozen page in one copy.
+    // un-XOR, BLAKE3 of the final bytes, no zero bodies or pages. Frames are
+    // independent, so batches of them run on the worker threads; the first
+    // error in frame order wins, as in a sequential pass.
     let mut stored: Vec<Option<Arc<FrozenPage>>> = vec![None; pages.len()];
-    let mut decompressor =
-        zstd::bulk::Decompressor::new().map_err(|_| FileError::FrameCorrupt { frame: 0 })?;
-    let mut raw = vec![0u8; PAGES_PER_FRAME * PAGE];
-    for (n, FrameRecord(offset, length, count, checksum)) in frames.iter().enumerate() {
-        let frame = n as u32;
-        let src = &area[*offset as usize..(*offset + u64::from(*length)) as usize];
-        if blake3_prefix::<8>(src)[..] != checksum[..] {
-            return Err(FileError::FrameCorrupt { frame });
-        }
-        let expected = usize::from(*count) * PAGE;
-        let got = decompressor
-            .decompress_to_buffer(src, &mut raw[..expected])
-            .map_err(|_| FileError::FrameCorrupt { frame })?;
-        if got != expected {
-            return Err(FileError::FrameCorrupt { frame });
-        }
-        for slot in 0..usize::from(*count) {
-            let i = owner[n][slot] as usize - 1;
-            let body: &PageBytes = raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
-            let PageRecord(hash, _, _, _, base) = &pages[i];
-            let unxored: Box<PageBytes>;
-            let page: &PageBytes = match (base, parent_version) {
-                (Some(b), Some(pv)) => {
-                    if *body == crate::page_table::ZERO_PAGE {
-                        return Err(corrupt("a stored page is all zeros"));
-                    }
-                    let under = stored_page(pv, *b)
-                        .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
-                    unxored = xor_pages(body, &under.bytes);
-                    &unxored
-                }
-                _ => body,
-            };
-            if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
-                return Err(FileError::PageHash { page: i as u32 + 1 });
+    let total_bytes = pages.len() as u64 * PAGE as u64;
+    let mut done = 0u64;
+    let frames_ref = Frames { area, frames: &frames, pages: &pages, owner: &owner, parent: parent_version };
+    for batch in (0..frames.len()).step_by(FRAMES_PER_BATCH * threads()) {
+        let batch = batch..(batch + FRAMES_PER_BATCH * threads()).min(frames.len());
+        let parts = in_parallel(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
+            let mut decoder = FrameDecoder::new()?;
+            let mut out = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
+            for n in range {
+                frames_ref.decode_frame(n, &mut decoder, &mut |i, page| out.push((i, page)))?;
             }
-            let fingerprint = crate::page_table::fingerprint(page);
-            if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
-                return Err(corrupt("a stored page is all zeros"));
+            Ok::<_, FileError>(out)
+        });
+        for part in parts {
+            for (i, page) in part? {
+                stored[i] = Some(page);
             }
-            stored[i] = Some(FrozenPage::with_fingerprint(page, fingerprint));
         }
-        let done: u64 = frames[..=n].iter().map(|f| u64::from(f.2)).sum();
-        progress(Progress { done: done * PAGE as u64, total: pages.len() as u64 * PAGE as u64 });
+        done += frames[batch].iter().map(|f| u64::from(f.2)).sum::<u64>() * PAGE as u64;
+        progress(Progress { done, total: total_bytes });
     }
 
     // Snapshots.
