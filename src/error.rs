@@ -179,4 +179,13 @@ pub enum MemoryError {
     /// A serialized state buffer is malformed; nothing was changed.
     #[error("corrupt memory state: {0}")]
     CorruptState(&'static str),
+    /// A committed page of a lazily opened snapshot file could not be read:
+    /// an I/O error, or a frame or page that fails its checksum or hash
+    /// (`LazyFile::last_error` says which). Nothing was accessed; a retry
+    /// reads the file again.
+    #[error("page at {address:#x} could not be read from its snapshot file")]
+    PageUnavailable {
+        /// First byte of the access in that page.
+        address: u64,
+    },
 }

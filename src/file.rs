@@ -345,7 +345,7 @@ fn encode(
 
     // Pass 2: BLAKE3 of every candidate, on the worker threads.
     let candidate_hashes: Vec<[u8; 32]> = in_parallel(0..candidates.len(), 256, |range| {
-        candidates[range].iter().map(|(p, _)| *blake3::hash(&p.bytes).as_bytes()).collect::<Vec<_>>()
+        candidates[range].iter().map(|(p, _)| *blake3::hash(p.bytes()).as_bytes()).collect::<Vec<_>>()
     })
     .concat();
 
@@ -393,9 +393,9 @@ fn encode(
                 raw.clear();
                 for body in chunk {
                     match body.base {
-                        None => raw.extend_from_slice(&body.page.bytes),
+                        None => raw.extend_from_slice(body.page.bytes()),
                         Some(base) => {
-                            raw.extend(body.page.bytes.iter().zip(base.bytes.iter()).map(|(a, b)| a ^ b))
+                            raw.extend(body.page.bytes().iter().zip(base.bytes().iter()).map(|(a, b)| a ^ b))
                         }
                     }
                 }
@@ -726,7 +726,7 @@ impl Frames<'_> {
                     }
                     let under = stored_page(pv, *b)
                         .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
-                    unxored = xor_pages(body, &under.bytes);
+                    unxored = xor_pages(body, under.bytes());
                     &unxored
                 }
                 _ => body,

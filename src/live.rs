@@ -312,14 +312,15 @@ impl LivePages {
         let entry = self.table.get(vpn);
         let mut e = TlbEntry { vpn, meta: entry.meta, slot: NO_SLOT, frozen: std::ptr::null() };
         // A view page's bytes are its section page's.
-        let (target, bytes) = if entry.meta & meta::VIEW != 0 {
-            (vpn + entry.aux, self.table.get(vpn + entry.aux).bytes())
-        } else {
-            (vpn, entry.bytes())
-        };
+        let target = if entry.meta & meta::VIEW != 0 { vpn + entry.aux } else { vpn };
         match self.overlay.get(target) {
             Some(slot) => e.slot = slot,
-            None => e.frozen = bytes as *const PageBytes,
+            None => match self.table.get(target).try_bytes() {
+                Some(bytes) => e.frozen = bytes as *const PageBytes,
+                // A lazily loaded page that cannot be read: not committed
+                // for every access, never cached (see `PageTable::resolve`).
+                None => return Resolved { meta: entry.meta & !meta::COMMITTED, bytes: &ZERO_PAGE },
+            },
         }
         if entry.meta & meta::COMMITTED != 0 {
             self.fill(e);
@@ -333,7 +334,13 @@ impl LivePages {
     #[inline]
     pub(crate) fn page_mut(&mut self, vpn: u64) -> &mut PageBytes {
         let e = self.tlb[vpn as usize % TLB_ENTRIES].get();
-        let slot = if e.vpn == vpn && e.slot != NO_SLOT { e.slot } else { self.make_dirty(vpn) };
+        let slot = if e.vpn == vpn && e.slot != NO_SLOT {
+            e.slot
+        } else {
+            // Invariant: callers checked the range, which read every lazily
+            // loaded page in it, and a loaded page stays loaded.
+            self.make_dirty(vpn).expect("checked pages are readable")
+        };
         self.overlay.page_mut(slot)
     }
 
@@ -362,20 +369,23 @@ impl LivePages {
             if self.table.get(vpn).meta & mask != need {
                 return None;
             }
-            self.make_dirty(vpn)
+            self.make_dirty(vpn)?
         };
         Some(self.overlay.page_mut(slot))
     }
 
+    /// Copies committed page `vpn` (for a view page, its section page) into
+    /// the overlay unless it is there. `None` for a lazily loaded page whose
+    /// bytes cannot be read.
     #[cold]
-    fn make_dirty(&mut self, vpn: u64) -> u32 {
+    fn make_dirty(&mut self, vpn: u64) -> Option<u32> {
         let entry = self.table.get(vpn);
         debug_assert!(entry.meta & meta::COMMITTED != 0);
         let target = if entry.meta & meta::VIEW != 0 { vpn + entry.aux } else { vpn };
         let slot = match self.overlay.get(target) {
             Some(slot) => slot,
             None => {
-                let slot = self.overlay.insert(target, self.table.get(target).bytes());
+                let slot = self.overlay.insert(target, self.table.get(target).try_bytes()?);
                 if target != vpn {
                     // Other views of this section page may have its frozen
                     // bytes in the TLB: they must see the new slot.
@@ -385,7 +395,7 @@ impl LivePages {
             }
         };
         self.fill(TlbEntry { vpn, meta: entry.meta, slot, frozen: std::ptr::null() });
-        slot
+        Some(slot)
     }
 
     /// Applies a state change to `[lo, hi)`; pages that lose their bytes leave

@@ -24,8 +24,8 @@
 //! written pages sit in the mutable overlay (`overlay.rs`) and enter the table
 //! only when a snapshot freezes them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::live::prefetch;
 use crate::protection::meta;
@@ -51,10 +51,40 @@ pub(crate) static ZERO_PAGE: PageBytes = [0; PAGE];
 /// `fingerprint` is a cheap content summary computed once, when the page is
 /// frozen (its bytes are hot then): pages with different fingerprints differ,
 /// so a diff compares bytes only when fingerprints match.
-#[derive(Debug, PartialEq, Eq)]
+///
+/// A page of a lazily opened snapshot file (`file::open_lazy`) starts
+/// without its bytes: it knows its fingerprint (from the file's page record)
+/// and where to fetch them, and the first [`try_bytes`](Self::try_bytes)
+/// decompresses its frame and fills it (and the frame's other pages) for
+/// good. Every other page has its bytes from birth.
 pub(crate) struct FrozenPage {
     pub(crate) fingerprint: u64,
-    pub(crate) bytes: PageBytes,
+    bytes: OnceLock<PageBytes>,
+    lazy: Option<Box<LazyRef>>,
+}
+
+/// Where a lazily loaded page's bytes come from: record `record` of `source`.
+struct LazyRef {
+    source: Arc<dyn LazySource>,
+    record: u32,
+}
+
+/// A store of lazily loaded pages (a snapshot file opened lazily).
+pub(crate) trait LazySource: Send + Sync {
+    /// Reads, checks and fills page record `record` (and the pages that share
+    /// its frame) through [`FrozenPage::fill`]. On failure (an I/O error, a
+    /// corrupt frame, a page that does not match its hash) it fills nothing
+    /// and keeps the error for the file's owner; a later call tries again.
+    fn load(&self, record: u32);
+}
+
+impl std::fmt::Debug for FrozenPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenPage")
+            .field("fingerprint", &self.fingerprint)
+            .field("loaded", &self.bytes.get().is_some())
+            .finish()
+    }
 }
 
 /// A content summary of a page: eight lanes of wrapping 64-bit sums, mixed.
@@ -74,16 +104,59 @@ pub(crate) fn fingerprint(bytes: &PageBytes) -> u64 {
 }
 
 impl FrozenPage {
-    /// True when both pages hold the same bytes (fingerprints first).
+    /// The page's bytes; `None` only for a lazily loaded page whose bytes
+    /// cannot be read (see [`LazySource::load`]). Time: one atomic load once
+    /// loaded; the first call on a lazy page reads and decompresses its frame.
     #[inline]
-    pub(crate) fn same_bytes(&self, other: &FrozenPage) -> bool {
-        std::ptr::eq(self, other) || (self.fingerprint == other.fingerprint && self.bytes == other.bytes)
+    pub(crate) fn try_bytes(&self) -> Option<&PageBytes> {
+        match self.bytes.get() {
+            Some(b) => Some(b),
+            None => self.load(),
+        }
     }
 
-    /// True when the page holds only zeros.
+    #[cold]
+    fn load(&self) -> Option<&PageBytes> {
+        let lazy = self.lazy.as_ref()?;
+        lazy.source.load(lazy.record);
+        self.bytes.get()
+    }
+
+    /// The page's bytes, or the zero page for a lazily loaded page whose
+    /// bytes cannot be read. For the consumers that cannot fail (diff byte
+    /// views, `serialize_memory_state`): every fallible path checks
+    /// [`try_bytes`](Self::try_bytes) first.
+    #[inline]
+    pub(crate) fn bytes(&self) -> &PageBytes {
+        self.try_bytes().unwrap_or(&ZERO_PAGE)
+    }
+
+    /// Fills a lazily loaded page with its (checked) bytes; a no-op when
+    /// it has them already.
+    pub(crate) fn fill(&self, bytes: &PageBytes) {
+        let _ = self.bytes.set(*bytes);
+    }
+
+    /// True when the page has its bytes (always, except for a lazily loaded
+    /// page not read yet).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.bytes.get().is_some()
+    }
+
+    /// True when both pages hold the same bytes (fingerprints first). A page
+    /// whose bytes cannot be read equals only itself.
+    #[inline]
+    pub(crate) fn same_bytes(&self, other: &FrozenPage) -> bool {
+        std::ptr::eq(self, other)
+            || (self.fingerprint == other.fingerprint
+                && matches!((self.try_bytes(), other.try_bytes()), (Some(a), Some(b)) if a == b))
+    }
+
+    /// True when the page holds only zeros (a page whose bytes cannot be
+    /// read is not).
     #[inline]
     pub(crate) fn is_zero(&self) -> bool {
-        self.fingerprint == 0 && self.bytes == ZERO_PAGE
+        self.fingerprint == 0 && self.try_bytes().is_some_and(|b| *b == ZERO_PAGE)
     }
 }
 
@@ -99,7 +172,18 @@ impl FrozenPage {
     /// A new shared page whose fingerprint the caller computed.
     pub(crate) fn with_fingerprint(bytes: &PageBytes, fingerprint: u64) -> Arc<FrozenPage> {
         FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
-        Arc::new(FrozenPage { fingerprint, bytes: *bytes })
+        Arc::new(FrozenPage { fingerprint, bytes: OnceLock::from(*bytes), lazy: None })
+    }
+
+    /// A new lazily loaded page: record `record` of `source`, whose bytes
+    /// have this fingerprint (the caller's promise, checked when loaded).
+    pub(crate) fn lazy(fingerprint: u64, source: Arc<dyn LazySource>, record: u32) -> Arc<FrozenPage> {
+        FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
+        Arc::new(FrozenPage {
+            fingerprint,
+            bytes: OnceLock::new(),
+            lazy: Some(Box::new(LazyRef { source, record })),
+        })
     }
 }
 
@@ -375,8 +459,17 @@ impl<'a> PageEntry<'a> {
     #[inline]
     pub(crate) fn bytes(self) -> &'a PageBytes {
         match self.page {
-            Some(p) => &p.bytes,
+            Some(p) => p.bytes(),
             None => &ZERO_PAGE,
+        }
+    }
+
+    /// The page's bytes; `None` for a lazily loaded page that cannot be read.
+    #[inline]
+    pub(crate) fn try_bytes(self) -> Option<&'a PageBytes> {
+        match self.page {
+            Some(p) => p.try_bytes(),
+            None => Some(&ZERO_PAGE),
         }
     }
 }
@@ -431,9 +524,24 @@ impl PageTable {
     /// The state of page `vpn` and its bytes, following a view page to the
     /// section page that holds them. Time: O(1) (one or two walks).
     #[inline]
+    /// A committed page whose bytes cannot be read (a lazily loaded page of a
+    /// damaged file) comes back without its committed bit and as zeros, so
+    /// every access fails (see [`PageTable::unavailable`]).
     pub(crate) fn resolve(&self, vpn: u64) -> (u8, &PageBytes) {
         let e = self.get(vpn);
-        if e.meta & meta::VIEW != 0 { (e.meta, self.get(vpn + e.aux).bytes()) } else { (e.meta, e.bytes()) }
+        let source = if e.meta & meta::VIEW != 0 { self.get(vpn + e.aux) } else { e };
+        match source.try_bytes() {
+            Some(bytes) => (e.meta, bytes),
+            None => (e.meta & !meta::COMMITTED, &ZERO_PAGE),
+        }
+    }
+
+    /// True when page `vpn` is committed but its bytes cannot be read (a
+    /// lazily loaded page of a damaged file; its own or, for a view page,
+    /// its section page's).
+    pub(crate) fn unavailable(&self, vpn: u64) -> bool {
+        let e = self.get(vpn);
+        e.meta & meta::COMMITTED != 0 && self.resolve(vpn).0 & meta::COMMITTED == 0
     }
 
     /// Looks up page `vpn` (`vpn < VPN_LIMIT`). Time: O(1) (6 levels).
@@ -899,7 +1007,7 @@ mod tests {
     fn collect(t: &PageTable) -> BTreeMap<u64, (u8, Option<u8>)> {
         let mut out = BTreeMap::new();
         t.for_each(|vpn, m, p| {
-            out.insert(vpn, (m, p.map(|p| p.bytes[0])));
+            out.insert(vpn, (m, p.map(|p| p.bytes()[0])));
         });
         out
     }

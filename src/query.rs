@@ -166,6 +166,10 @@ address_space!(crate::Snapshot);
 /// A page source: where the bytes and the state of a page come from.
 pub(crate) trait PageSource {
     fn resolve(&self, vpn: u64) -> Resolved<'_>;
+    /// True when page `vpn` is committed but its bytes cannot be read (a
+    /// lazily loaded page of a damaged file): `resolve` reports it as not
+    /// committed.
+    fn unavailable(&self, vpn: u64) -> bool;
 }
 
 impl PageSource for PageTable {
@@ -174,12 +178,20 @@ impl PageSource for PageTable {
         let (meta, bytes) = PageTable::resolve(self, vpn);
         Resolved { meta, bytes }
     }
+
+    fn unavailable(&self, vpn: u64) -> bool {
+        PageTable::unavailable(self, vpn)
+    }
 }
 
 impl PageSource for LivePages {
     #[inline]
     fn resolve(&self, vpn: u64) -> Resolved<'_> {
         LivePages::resolve(self, vpn)
+    }
+
+    fn unavailable(&self, vpn: u64) -> bool {
+        self.table().get(vpn).meta & meta::COMMITTED != 0 && self.resolve(vpn).meta & meta::COMMITTED == 0
     }
 }
 
@@ -268,6 +280,9 @@ pub(crate) fn check_range(
         }
         let m = src.resolve(vpn(page)).meta;
         if m & meta::COMMITTED == 0 {
+            if src.unavailable(vpn(page)) {
+                return Err(Denied::Error(MemoryError::PageUnavailable { address: at }));
+            }
             return Err(fail(at));
         }
         if let Some(access) = access {

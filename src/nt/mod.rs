@@ -142,6 +142,7 @@ pub use status::{
     ERROR_ACCESS_DENIED, ERROR_BAD_LENGTH, ERROR_COMMITMENT_LIMIT, ERROR_IMAGE_NOT_AT_BASE,
     ERROR_INVALID_ADDRESS, ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, ERROR_MAPPED_ALIGNMENT,
     ERROR_MR_MID_NOT_FOUND, ERROR_NOACCESS, ERROR_NOT_ENOUGH_MEMORY, ERROR_NOT_SUPPORTED, ERROR_PARTIAL_COPY,
-    ERROR_PRIVILEGE_NOT_HELD, ERROR_SUCCESS, NtStatus, exception_code, nt_status_to_dos_error,
+    ERROR_PRIVILEGE_NOT_HELD, ERROR_SUCCESS, ERROR_SWAPERROR, NtStatus, exception_code,
+    nt_status_to_dos_error,
 };
 pub use virtual_memory::{nt_allocate_virtual_memory, nt_free_virtual_memory, nt_protect_virtual_memory};

@@ -51,6 +51,9 @@ statuses! {
     INFO_LENGTH_MISMATCH = 0xC000_0004;
     /// `STATUS_ACCESS_VIOLATION`: a forbidden access (§10), or a NULL output pointer.
     ACCESS_VIOLATION = 0xC000_0005;
+    /// `STATUS_IN_PAGE_ERROR`: a page could not be read in from its backing
+    /// file (here: a lazily opened snapshot file).
+    IN_PAGE_ERROR = 0xC000_0006;
     /// `STATUS_INVALID_HANDLE`.
     INVALID_HANDLE = 0xC000_0008;
     /// `STATUS_INVALID_PARAMETER`.
@@ -178,6 +181,8 @@ pub const ERROR_INVALID_ADDRESS: u32 = 487;
 pub const ERROR_IMAGE_NOT_AT_BASE: u32 = 700;
 /// Win32 `ERROR_NOACCESS` (§1.5).
 pub const ERROR_NOACCESS: u32 = 998;
+/// Win32 `ERROR_SWAPERROR`: what `STATUS_IN_PAGE_ERROR` becomes.
+pub const ERROR_SWAPERROR: u32 = 999;
 /// Win32 `ERROR_MAPPED_ALIGNMENT`.
 pub const ERROR_MAPPED_ALIGNMENT: u32 = 1132;
 /// Win32 `ERROR_PRIVILEGE_NOT_HELD`.
@@ -196,6 +201,7 @@ pub const ERROR_COMMITMENT_LIMIT: u32 = 1455;
 /// | INVALID_PARAMETER, INVALID_PARAMETER_1..12, INVALID_PAGE_PROTECTION, SECTION_PROTECTION, UNABLE_TO_FREE_VM, UNABLE_TO_DELETE_SECTION, WORKING_SET_LIMIT_RANGE | `ERROR_INVALID_PARAMETER` (87) |
 /// | ALREADY_COMMITTED, INVALID_VIEW_SIZE, ACCESS_DENIED | `ERROR_ACCESS_DENIED` (5) |
 /// | ACCESS_VIOLATION | `ERROR_NOACCESS` (998) |
+/// | IN_PAGE_ERROR | `ERROR_SWAPERROR` (999) |
 /// | NO_MEMORY | `ERROR_NOT_ENOUGH_MEMORY` (8) |
 /// | INFO_LENGTH_MISMATCH | `ERROR_BAD_LENGTH` (24) |
 /// | INVALID_HANDLE | `ERROR_INVALID_HANDLE` (6) |
@@ -235,6 +241,7 @@ pub fn nt_status_to_dos_error(status: NtStatus) -> u32 {
             ERROR_ACCESS_DENIED
         }
         NtStatus::ACCESS_VIOLATION => ERROR_NOACCESS,
+        NtStatus::IN_PAGE_ERROR => ERROR_SWAPERROR,
         NtStatus::NO_MEMORY => ERROR_NOT_ENOUGH_MEMORY,
         NtStatus::INFO_LENGTH_MISMATCH => ERROR_BAD_LENGTH,
         NtStatus::INVALID_HANDLE => ERROR_INVALID_HANDLE,
@@ -250,7 +257,9 @@ pub fn nt_status_to_dos_error(status: NtStatus) -> u32 {
 /// The exception code a refused guest access raises, for an emulator that
 /// turns [`MemoryError`]s of `guest_read` / `guest_write` / `guest_fetch`
 /// into Windows exceptions: `AccessViolation` → `STATUS_ACCESS_VIOLATION`
-/// (§10), `GuardPageViolation` → `STATUS_GUARD_PAGE_VIOLATION` (§9); `None`
+/// (§10), `GuardPageViolation` → `STATUS_GUARD_PAGE_VIOLATION` (§9),
+/// `PageUnavailable` (a lazily loaded page that cannot be read) →
+/// `STATUS_IN_PAGE_ERROR`, as Windows raises for a failed page-in; `None`
 /// for errors that are not guest faults. The exception record's parameters
 /// (access kind, address) are in the error's fields. Time: O(1).
 ///
@@ -264,6 +273,7 @@ pub fn exception_code(error: &MemoryError) -> Option<NtStatus> {
     match error {
         MemoryError::AccessViolation { .. } => Some(NtStatus::ACCESS_VIOLATION),
         MemoryError::GuardPageViolation { .. } => Some(NtStatus::GUARD_PAGE_VIOLATION),
+        MemoryError::PageUnavailable { .. } => Some(NtStatus::IN_PAGE_ERROR),
         _ => None,
     }
 }

@@ -42,6 +42,7 @@ pub(super) fn status_of(error: &MemoryError) -> NtStatus {
         | MemoryError::OutsideUserSpace { .. } => NtStatus::INVALID_PARAMETER,
         MemoryError::AccessViolation { .. } => NtStatus::ACCESS_VIOLATION,
         MemoryError::GuardPageViolation { .. } => NtStatus::GUARD_PAGE_VIOLATION,
+        MemoryError::PageUnavailable { .. } => NtStatus::IN_PAGE_ERROR,
         MemoryError::SectionView { .. } => NtStatus::UNABLE_TO_DELETE_SECTION,
         MemoryError::ProtectionExceedsMaximum { .. } => NtStatus::SECTION_PROTECTION,
         MemoryError::UnknownSection { .. } => NtStatus::INVALID_HANDLE,
