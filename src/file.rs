@@ -46,13 +46,20 @@ use crate::protection::meta;
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::timeline::{SnapshotId, Timeline};
 
+mod lazy;
+pub use lazy::{LazyFile, open_lazy, open_lazy_bytes};
+
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
-/// Minor version of the self-contained files this crate writes (1.0; a
-/// self-contained file is the same in 1.0 and 1.1).
-pub const FORMAT_MINOR: u16 = 0;
-/// Minor version of the incremental files this crate writes (1.1).
+/// Minor version of the files this crate writes, self-contained or
+/// incremental (1.2: page records carry the page's fingerprint, so a file
+/// can be opened lazily). It reads every 1.x file.
+pub const FORMAT_MINOR: u16 = 2;
+/// The first minor version with incremental files (1.1): header flag bit 0
+/// is refused below it.
 pub const FORMAT_MINOR_INCREMENTAL: u16 = 1;
+/// The first minor version whose page records carry fingerprints (1.2).
+pub const FORMAT_MINOR_FINGERPRINTS: u16 = 2;
 /// Header flag bit 0: the file is incremental (names a parent file; 1.1).
 pub const FLAG_INCREMENTAL: u32 = 1;
 /// Most files in one parent chain (the file itself and all its ancestors).
@@ -222,10 +229,11 @@ struct Index(Vec<FrameRecord>, Vec<PageRecord>, Vec<SnapshotRecord>, Option<Pare
 #[derive(Serialize, Deserialize)]
 struct FrameRecord(u64, u32, u8, ByteBuf);
 
-/// `[hash(32), frame, slot, kind, base?]` (base: xor only, a page number of
-/// the parent snapshot).
+/// `[hash(32), frame, slot, kind, base?, fingerprint]` (base: xor only, a
+/// page number of the parent snapshot; fingerprint: from 1.2, absent
+/// before).
 #[derive(Serialize, Deserialize)]
-struct PageRecord(ByteBuf, u32, u8, u8, Option<u64>);
+struct PageRecord(ByteBuf, u32, u8, u8, Option<u64>, #[serde(default)] Option<u64>);
 
 /// `[id, name?, parent?, layout_version, state, page_map]`.
 #[derive(Serialize, Deserialize)]
@@ -431,6 +439,7 @@ fn encode(
                 (i % PAGES_PER_FRAME) as u8,
                 if base.is_some() { KIND_XOR } else { KIND_PLAIN },
                 *base,
+                Some(bodies[i].page.fingerprint),
             )
         })
         .collect();
@@ -439,8 +448,7 @@ fn encode(
     // Invariant: encoding plain values into a Vec cannot fail.
     let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
 
-    let (minor, flags) =
-        if parent.is_some() { (FORMAT_MINOR_INCREMENTAL, FLAG_INCREMENTAL) } else { (FORMAT_MINOR, 0) };
+    let (minor, flags) = (FORMAT_MINOR, if parent.is_some() { FLAG_INCREMENTAL } else { 0 });
     let mut out = Vec::with_capacity(HEADER_LENGTH + frames_area.len() + index.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
@@ -517,6 +525,7 @@ pub fn timeline_to_bytes(timeline: &Timeline) -> Vec<u8> {
 
 // --------------------------------------------------------------- decode ----
 
+#[derive(Clone)]
 struct Decoded {
     id: u64,
     name: Option<String>,
@@ -542,49 +551,79 @@ fn corrupt(what: &'static str) -> FileError {
     FileError::CorruptIndex(what)
 }
 
-/// Checks the header and the index checksum; returns the frame area, the
-/// index bytes and whether the file is incremental.
-fn split(bytes: &[u8]) -> Result<(&[u8], &[u8], bool), FileError> {
-    let prefix = bytes.len().min(MAGIC.len());
-    if bytes[..prefix] != MAGIC[..prefix] {
+/// The fixed header, checked.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    minor: u16,
+    incremental: bool,
+    index_offset: u64,
+    index_length: u64,
+    frames_length: u64,
+    index_checksum: [u8; 16],
+}
+
+/// Checks a file's header (`head`: its first `min(64, length)` bytes) and
+/// its length against it: §6.1 up to, not including, the index checksum.
+fn check_header(head: &[u8], file_length: u64) -> Result<Header, FileError> {
+    let prefix = head.len().min(MAGIC.len());
+    if head[..prefix] != MAGIC[..prefix] {
         return Err(FileError::BadMagic);
     }
-    if bytes.len() < HEADER_LENGTH {
-        return Err(FileError::Truncated { expected: HEADER_LENGTH as u64, actual: bytes.len() as u64 });
+    if head.len() < HEADER_LENGTH {
+        return Err(FileError::Truncated { expected: HEADER_LENGTH as u64, actual: file_length });
     }
-    let (major, minor) = (u16_at(bytes, 8), u16_at(bytes, 10));
+    let (major, minor) = (u16_at(head, 8), u16_at(head, 10));
     if major != FORMAT_MAJOR {
         return Err(FileError::UnsupportedVersion { major, minor });
     }
-    let flags = u32_at(bytes, 12);
+    let flags = u32_at(head, 12);
     // Bit 0 (incremental) exists from 1.1 on; every other bit is unknown.
     if flags & !FLAG_INCREMENTAL != 0 || (flags != 0 && minor < FORMAT_MINOR_INCREMENTAL) {
         return Err(FileError::UnsupportedFlags(flags));
     }
-    if blake3_prefix::<8>(&bytes[..56]) != bytes[56..64] {
+    if blake3_prefix::<8>(&head[..56]) != head[56..64] {
         return Err(FileError::HeaderChecksum);
     }
-    let index_offset = u64_at(bytes, 16);
-    let index_length = u64_at(bytes, 24);
-    let frames_length = u64_at(bytes, 48);
+    let index_offset = u64_at(head, 16);
+    let index_length = u64_at(head, 24);
+    let frames_length = u64_at(head, 48);
     limit("index length", index_length, MAX_INDEX_LENGTH)?;
     limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
     if index_offset != HEADER_LENGTH as u64 + frames_length {
         return Err(FileError::CorruptHeader("index offset is not 64 + frames length"));
     }
     let total = index_offset + index_length;
-    let actual = bytes.len() as u64;
-    if actual < total {
-        return Err(FileError::Truncated { expected: total, actual });
+    if file_length < total {
+        return Err(FileError::Truncated { expected: total, actual: file_length });
     }
-    if actual > total {
-        return Err(FileError::TrailingBytes { expected: total, actual });
+    if file_length > total {
+        return Err(FileError::TrailingBytes { expected: total, actual: file_length });
     }
-    let index = &bytes[index_offset as usize..];
-    if blake3_prefix::<16>(index) != bytes[32..48] {
+    Ok(Header {
+        minor,
+        incremental: flags & FLAG_INCREMENTAL != 0,
+        index_offset,
+        index_length,
+        frames_length,
+        index_checksum: head[32..48].try_into().expect("16 bytes"),
+    })
+}
+
+/// Checks the index bytes against the header's checksum.
+fn check_index(header: &Header, index: &[u8]) -> Result<(), FileError> {
+    if blake3_prefix::<16>(index) != header.index_checksum {
         return Err(FileError::IndexChecksum);
     }
-    Ok((&bytes[HEADER_LENGTH..index_offset as usize], index, flags & FLAG_INCREMENTAL != 0))
+    Ok(())
+}
+
+/// Checks the header and the index checksum of a whole file; returns the
+/// frame area, the index bytes and the header.
+fn split(bytes: &[u8]) -> Result<(&[u8], &[u8], Header), FileError> {
+    let header = check_header(&bytes[..bytes.len().min(HEADER_LENGTH)], bytes.len() as u64)?;
+    let index = &bytes[header.index_offset as usize..];
+    check_index(&header, index)?;
+    Ok((&bytes[HEADER_LENGTH..header.index_offset as usize], index, header))
 }
 
 /// The identity of a file as a parent: BLAKE3-256 of its index bytes (after
@@ -676,11 +715,9 @@ impl FrameDecoder {
     }
 }
 
-/// The parsed frame index of a file, with its frame area: what decoding a
-/// frame needs.
+/// The parsed frame index of a file: what decoding a frame needs.
 #[derive(Clone, Copy)]
 struct Frames<'a> {
-    area: &'a [u8],
     frames: &'a [FrameRecord],
     pages: &'a [PageRecord],
     /// `owner[frame][slot]`: the 1-based page record stored there.
@@ -690,19 +727,19 @@ struct Frames<'a> {
 }
 
 impl Frames<'_> {
-    /// Checks and decompresses frame `n`, checks each page in it (un-XORed,
-    /// against its BLAKE3 hash; never all zeros) and hands each to `sink`
-    /// with its 0-based page record index. Each page goes from the frame
-    /// buffer into its frozen page in one copy.
+    /// Checks and decompresses frame `n` (its compressed bytes `src`),
+    /// checks each page in it (un-XORed, against its BLAKE3 hash and, from
+    /// 1.2, its fingerprint; never all zeros) and hands each to `sink` with
+    /// its 0-based page record index and fingerprint.
     fn decode_frame(
         &self,
         n: usize,
+        src: &[u8],
         decoder: &mut FrameDecoder,
-        sink: &mut dyn FnMut(usize, Arc<FrozenPage>),
+        sink: &mut dyn FnMut(usize, &PageBytes, u64),
     ) -> Result<(), FileError> {
-        let FrameRecord(offset, length, count, checksum) = &self.frames[n];
+        let FrameRecord(_, _, count, checksum) = &self.frames[n];
         let frame = n as u32;
-        let src = &self.area[*offset as usize..(*offset + u64::from(*length)) as usize];
         if blake3_prefix::<8>(src)[..] != checksum[..] {
             return Err(FileError::FrameCorrupt { frame });
         }
@@ -717,7 +754,7 @@ impl Frames<'_> {
         for slot in 0..usize::from(*count) {
             let i = self.owner[n][slot] as usize - 1;
             let body: &PageBytes = decoder.raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
-            let PageRecord(hash, _, _, _, base) = &self.pages[i];
+            let PageRecord(hash, _, _, _, base, recorded_fingerprint) = &self.pages[i];
             let unxored: Box<PageBytes>;
             let page: &PageBytes = match (base, self.parent) {
                 (Some(b), Some(pv)) => {
@@ -735,21 +772,31 @@ impl Frames<'_> {
                 return Err(FileError::PageHash { page: i as u32 + 1 });
             }
             let fingerprint = crate::page_table::fingerprint(page);
+            if recorded_fingerprint.is_some_and(|f| f != fingerprint) {
+                return Err(FileError::PageHash { page: i as u32 + 1 });
+            }
             if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
                 return Err(corrupt("a stored page is all zeros"));
             }
-            sink(i, FrozenPage::with_fingerprint(page, fingerprint));
+            sink(i, page, fingerprint);
         }
         Ok(())
     }
 }
 
-fn decode(
-    bytes: &[u8],
-    resolve: &mut Resolver<'_>,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Decoded>, FileError> {
-    let (area, index_bytes, incremental) = split(bytes)?;
+/// A file's index, decoded and checked (§6.2–§6.4): everything but the
+/// frames' contents, the parent and the snapshots' layouts.
+struct Parsed {
+    frames: Vec<FrameRecord>,
+    pages: Vec<PageRecord>,
+    snapshots: Vec<SnapshotRecord>,
+    parent: Option<ParentRecord>,
+    /// `owner[frame][slot]`: the 1-based page record stored there.
+    owner: Vec<[u32; PAGES_PER_FRAME]>,
+}
+
+fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError> {
+    let incremental = header.incremental;
     let mut rest = index_bytes;
     let Index(frames, pages, snapshots, parent) =
         rmp_serde::decode::from_read(&mut rest).map_err(|_| corrupt("MessagePack index does not decode"))?;
@@ -786,20 +833,23 @@ fn decode(
             return Err(corrupt("frame checksum is not 8 bytes"));
         }
         at += u64::from(*length);
-        if at > area.len() as u64 {
+        if at > header.frames_length {
             return Err(corrupt("frame outside the frame area"));
         }
     }
-    if at != area.len() as u64 {
+    if at != header.frames_length {
         return Err(corrupt("frames do not fill the frame area"));
     }
 
     // Page records: valid, distinct slots and hashes, every slot used.
     let mut owner: Vec<[u32; PAGES_PER_FRAME]> = vec![[0; PAGES_PER_FRAME]; frames.len()];
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(pages.len());
-    for (i, PageRecord(hash, frame, slot, kind, base)) in pages.iter().enumerate() {
+    for (i, PageRecord(hash, frame, slot, kind, base, fingerprint)) in pages.iter().enumerate() {
         if hash.len() != 32 {
             return Err(corrupt("page hash is not 32 bytes"));
+        }
+        if fingerprint.is_some() != (header.minor >= FORMAT_MINOR_FINGERPRINTS) {
+            return Err(corrupt("page fingerprint present exactly from format 1.2 on"));
         }
         match (*kind, base) {
             (KIND_PLAIN, None) => {}
@@ -827,28 +877,53 @@ fn decode(
         return Err(corrupt("a frame slot has no page record"));
     }
 
+    Ok(Parsed { frames, pages, snapshots, parent, owner })
+}
+
+fn decode(
+    bytes: &[u8],
+    resolve: &mut Resolver<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Decoded>, FileError> {
+    let (area, index_bytes, header) = split(bytes)?;
+    let parsed = parse_index(index_bytes, &header)?;
     // The parent (incremental files only), found and checked by `resolve`.
-    let parent_snapshot = match &parent {
+    let parent_snapshot = match &parsed.parent {
         Some(p) => Some(resolve(p)?),
         None => None,
     };
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
+    let stored = decode_frames(&parsed, area, parent_version, progress)?;
+    build_snapshots(&parsed, &stored, parent_version)
+}
 
-    // Every frame: checksum, bounded decompression; then every page in it:
-    // un-XOR, BLAKE3 of the final bytes, no zero bodies or pages. Frames are
-    // independent, so batches of them run on the worker threads; the first
-    // error in frame order wins, as in a sequential pass.
+/// Every frame: checksum, bounded decompression; then every page in it:
+/// un-XOR, BLAKE3 of the final bytes, fingerprint (1.2), no zero bodies or
+/// pages. Frames are independent, so batches of them run on the worker
+/// threads; the first error in frame order wins, as in a sequential pass.
+/// Returns the frozen page of every page record, in record order.
+fn decode_frames(
+    parsed: &Parsed,
+    area: &[u8],
+    parent: Option<&Version>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<Arc<FrozenPage>>, FileError> {
+    let Parsed { frames, pages, owner, .. } = parsed;
     let mut stored: Vec<Option<Arc<FrozenPage>>> = vec![None; pages.len()];
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
-    let frames_ref = Frames { area, frames: &frames, pages: &pages, owner: &owner, parent: parent_version };
+    let frames_ref = Frames { frames, pages, owner, parent };
     for batch in (0..frames.len()).step_by(FRAMES_PER_BATCH * threads()) {
         let batch = batch..(batch + FRAMES_PER_BATCH * threads()).min(frames.len());
         let parts = in_parallel(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
             let mut decoder = FrameDecoder::new()?;
             let mut out = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
             for n in range {
-                frames_ref.decode_frame(n, &mut decoder, &mut |i, page| out.push((i, page)))?;
+                let FrameRecord(offset, length, ..) = &frames[n];
+                let src = &area[*offset as usize..(*offset + u64::from(*length)) as usize];
+                frames_ref.decode_frame(n, src, &mut decoder, &mut |i, page, fingerprint| {
+                    out.push((i, FrozenPage::with_fingerprint(page, fingerprint)));
+                })?;
             }
             Ok::<_, FileError>(out)
         });
@@ -860,8 +935,19 @@ fn decode(
         done += frames[batch].iter().map(|f| u64::from(f.2)).sum::<u64>() * PAGE as u64;
         progress(Progress { done, total: total_bytes });
     }
+    // Invariant: every record has a slot (checked by `parse_index`) and
+    // every slot was decoded.
+    Ok(stored.into_iter().map(|p| p.expect("every record was decoded")).collect())
+}
 
-    // Snapshots.
+/// The snapshots of a file whose page records are `stored` (loaded or lazy),
+/// checking §6.8–§6.9.
+fn build_snapshots(
+    parsed: &Parsed,
+    stored: &[Arc<FrozenPage>],
+    parent_version: Option<&Version>,
+) -> Result<Vec<Decoded>, FileError> {
+    let Parsed { pages, snapshots, .. } = parsed;
     let lineage = Lineage::default();
     let mut referenced = vec![false; pages.len()];
     // The first page number referencing each record (for canonical kinds).
@@ -869,7 +955,7 @@ fn decode(
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(snapshots.len());
-    for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
+    for SnapshotRecord(id, name, parent, layout_version, state, runs) in snapshots {
         if let Some(p) = parent
             && !ids.contains(p)
         {
@@ -910,9 +996,10 @@ fn decode(
                     table.set_page(page, Some(under.clone()));
                     continue;
                 }
-                let slot =
+                let frozen =
                     stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
-                let frozen = slot.as_ref().expect("every record was decoded");
+                // Fingerprints first: a lazily loaded page is read only when
+                // they match (never, in a canonical file).
                 if under.is_some_and(|u| u.same_bytes(frozen)) {
                     return Err(corrupt("a page equal to the parent's is stored instead of inherited"));
                 }
@@ -926,7 +1013,7 @@ fn decode(
                     }
                 }
                 referenced[i] = true;
-                table.set_page(page, slot.clone());
+                table.set_page(page, Some(frozen.clone()));
             }
         }
         let version = Version {

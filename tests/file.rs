@@ -40,7 +40,7 @@ fn small() -> Snapshot {
 
 /// The index, as a test sees it (mirror of FORMAT.md §5).
 type Frame = (u64, u32, u8, ByteBuf);
-type Page = (ByteBuf, u32, u8, u8, Option<u32>);
+type Page = (ByteBuf, u32, u8, u8, Option<u32>, Option<u64>);
 type Snap = (u64, Option<String>, Option<u64>, u64, ByteBuf, Vec<(u64, Vec<u32>)>);
 type Index = (Vec<Frame>, Vec<Page>, Vec<Snap>, Option<(ByteBuf, String)>);
 
@@ -297,6 +297,31 @@ fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
     assert_eq!(index.2[0].5, [(0x10, vec![1, 0, 0]), (0x14, vec![2])]);
 }
 
+/// Files written by 1.0 and 1.1 writers (`vectors/1.1/`: the same helpers'
+/// snapshots, before page records carried fingerprints) still load, to the
+/// same snapshots, and re-encode to the current vectors.
+#[test]
+fn older_vectors_load_and_reencode_as_current() {
+    let old = vectors_dir().join("1.1");
+    for (name, expected) in [("empty.vmsnap", empty()), ("small.vmsnap", small()), ("chain-parent.vmsnap", chain_parent())]
+    {
+        let bytes = std::fs::read(old.join(name)).unwrap();
+        assert_eq!(&bytes[10..12], &0u16.to_le_bytes(), "{name} is a minor-0 file");
+        let loaded = file::load_from_bytes(&bytes).unwrap();
+        assert_same(&loaded, &expected);
+        assert_eq!(file::to_bytes(&loaded), std::fs::read(vectors_dir().join(name)).unwrap(), "{name}");
+        // Lazily opened: no fingerprints to go on, so it is read eagerly.
+        let lazy = file::open_lazy(&old.join(name)).unwrap();
+        assert_same(&lazy.snapshot().unwrap(), &expected);
+    }
+    let child = old.join("chain-child.vmsnap");
+    let bytes = std::fs::read(&child).unwrap();
+    assert_eq!(&bytes[10..16], &[1, 0, 1, 0, 0, 0], "chain-child.vmsnap is a 1.1 incremental file");
+    assert_same(&file::load(&child).unwrap(), &chain_child());
+    file::verify(&child).unwrap();
+    assert_same(&file::open_lazy(&child).unwrap().snapshot().unwrap(), &chain_child());
+}
+
 // --------------------------------------------------------- failure modes ----
 
 #[test]
@@ -341,7 +366,7 @@ fn unsupported_major_version() {
     let mut bad = file::to_bytes(&small());
     bad[8..10].copy_from_slice(&2u16.to_le_bytes());
     reseal_header(&mut bad);
-    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedVersion { major: 2, minor: 0 })));
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedVersion { major: 2, minor: 2 })));
 }
 
 #[test]
@@ -353,11 +378,26 @@ fn later_minor_version_is_accepted() {
 }
 
 #[test]
-fn incremental_flag_is_refused() {
-    let mut bad = file::to_bytes(&small());
+fn unknown_or_misplaced_flags_are_refused() {
+    let good = file::to_bytes(&small());
+    // Unknown bits.
+    for flags in [2u32, 1 << 31, 3] {
+        let mut bad = good.clone();
+        bad[12..16].copy_from_slice(&flags.to_le_bytes());
+        reseal_header(&mut bad);
+        assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedFlags(f)) if f == flags));
+    }
+    // The incremental bit in a minor-0 file (before 1.1).
+    let mut bad = good.clone();
+    bad[10..12].copy_from_slice(&0u16.to_le_bytes());
     bad[12] = 1;
     reseal_header(&mut bad);
     assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedFlags(1))));
+    // The incremental bit without a parent record.
+    let mut bad = good;
+    bad[12] = 1;
+    reseal_header(&mut bad);
+    assert!(matches!(file::load_from_bytes(&bad), Err(FileError::CorruptIndex(_))));
 }
 
 #[test]

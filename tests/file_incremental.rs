@@ -25,9 +25,9 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The index, as a test sees it (mirror of FORMAT.md §5, 1.1).
+/// The index, as a test sees it (mirror of FORMAT.md §5, 1.2).
 type Frame = (u64, u32, u8, ByteBuf);
-type Page = (ByteBuf, u32, u8, u8, Option<u64>);
+type Page = (ByteBuf, u32, u8, u8, Option<u64>, Option<u64>);
 type Snap = (u64, Option<String>, Option<u64>, u64, ByteBuf, Vec<(u64, Vec<u32>)>);
 type Index = (Vec<Frame>, Vec<Page>, Vec<Snap>, Option<(ByteBuf, String)>);
 
@@ -113,10 +113,10 @@ fn chain_of_three_round_trips() {
         assert_same(snap, &file::load(path).unwrap());
         file::verify(path).unwrap();
     }
-    // The children are 1.1 incremental files using all three entry kinds.
+    // The children are incremental files using all three entry kinds.
     for path in &p[1..] {
         let bytes = std::fs::read(path).unwrap();
-        assert_eq!(&bytes[10..12], &1u16.to_le_bytes(), "minor 1");
+        assert_eq!(&bytes[10..12], &2u16.to_le_bytes(), "minor 2");
         assert_eq!(&bytes[12..16], &1u32.to_le_bytes(), "flag bit 0");
         let (_, (_, pages, snaps, parent)) = split(&bytes);
         assert!(parent.is_some());
@@ -196,7 +196,7 @@ fn rebase_is_byte_identical_to_a_full_save() {
     file::save(&s[2], &dir.join("full.vmsnap")).unwrap();
     assert_eq!(rebased, std::fs::read(dir.join("full.vmsnap")).unwrap());
     assert_eq!(rebased, file::to_bytes(&s[2]));
-    assert_eq!(&rebased[10..16], &[0, 0, 0, 0, 0, 0], "a 1.0 file, no flags");
+    assert_eq!(&rebased[10..16], &[2, 0, 0, 0, 0, 0], "a 1.2 file, no flags");
     // Self-contained: loads with the chain gone.
     std::fs::remove_file(&p[0]).unwrap();
     std::fs::remove_file(&p[1]).unwrap();

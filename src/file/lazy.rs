@@ -1,0 +1,355 @@
+//! Lazily opened snapshot files: the header and the index now, each page's
+//! frame on the first touch of one of its pages.
+//!
+//! [`open_lazy`] reads and checks the header and the index (§6.1–§6.4 and
+//! §6.8–§6.9 of FORMAT.md: everything but the frames' contents) and builds
+//! the file's snapshots with *lazy* frozen pages: each knows its fingerprint
+//! (from its 1.2 page record) and where its bytes are, so region queries,
+//! `restore`, `snapshot` and most of a diff never read a frame. The first
+//! read of a page reads its frame (one `pread` of ≤ 64 KiB), checks the
+//! frame's checksum and every page's BLAKE3 hash and fingerprint (§6.5,
+//! §6.7), and fills every page of that frame for good; nothing else is
+//! decompressed.
+//!
+//! A page that cannot be read (an I/O error, or a frame or page that fails
+//! its check) is [`MemoryError::PageUnavailable`](crate::MemoryError) on
+//! every access that can fail (`read_memory`, `write_memory`, the guest
+//! accesses) and [`LazyFile::take_error`] says why; nothing is filled, and
+//! the next access tries again. The consumers that cannot fail see such a
+//! page as zeros: diff byte views and `serialize_memory_state` (a diff never
+//! calls it equal to another page). [`LazyFile::load_all`] reads everything
+//! up front, with the error.
+//!
+//! The open file handle is kept (as long as any of its pages lives), so a
+//! file replaced by a later atomic save under the same name keeps serving
+//! the old contents. Files before 1.2 have no fingerprints: they are read
+//! completely when opened, as `load` does.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock, PoisonError, Weak};
+
+use super::*;
+use crate::page_table::LazySource;
+
+/// A snapshot file opened lazily: its snapshots are ready, their pages are
+/// read on first touch. See the [module documentation](self).
+///
+/// ```
+/// use vmsnap::{MemoryManager, Protection, RegionKind};
+///
+/// let mut mm = MemoryManager::new();
+/// mm.allocate_memory_at(0x10000, 0x100_0000, Protection::READ_WRITE, false, RegionKind::Private)?;
+/// for page in 0..4096u64 {
+///     mm.write_memory(0x10000 + page * 0x1000, &page.to_le_bytes())?;
+/// }
+/// let lazy = vmsnap::file::open_lazy_bytes(vmsnap::file::to_bytes(&mm.snapshot()))?;
+/// let snapshot = lazy.snapshot()?;
+/// assert_eq!(lazy.frames_read(), 0); // nothing read yet
+///
+/// // A manager runs straight from the file: one frame is read here.
+/// let mut run = MemoryManager::new();
+/// run.restore(&snapshot);
+/// let mut buf = [0u8; 8];
+/// run.read_memory(0x10000 + 1234 * 0x1000, &mut buf)?;
+/// assert_eq!(u64::from_le_bytes(buf), 1234);
+/// assert_eq!((lazy.frames_read(), lazy.frames()), (1, 256));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LazyFile {
+    decoded: Vec<Decoded>,
+    /// `None` for a file read completely when opened (before 1.2).
+    source: Option<Arc<Source>>,
+    /// BLAKE3-256 of the index bytes: the file's identity as a parent.
+    index_hash: [u8; 32],
+    frames: u64,
+}
+
+impl std::fmt::Debug for LazyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyFile")
+            .field("snapshots", &self.decoded.len())
+            .field("frames", &self.frames)
+            .field("frames_read", &self.frames_read())
+            .finish()
+    }
+}
+
+/// Where a lazily opened file's frames are read from.
+enum Reader {
+    File { file: Mutex<fs::File>, path: PathBuf },
+    Bytes(Vec<u8>),
+}
+
+impl Reader {
+    /// Reads `buf.len()` bytes at absolute offset `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
+        match self {
+            Reader::File { file, path } => {
+                let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+                file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(buf)).map_err(io(path))
+            }
+            Reader::Bytes(bytes) => {
+                // Invariant: frames lie inside the file (checked by
+                // `parse_index` against the header, and the header against
+                // the length).
+                buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The lazy pages' store: one per lazily opened file.
+struct Source {
+    reader: Reader,
+    parsed: Parsed,
+    /// The parent snapshot of an incremental file (its xor bases).
+    parent: Option<Snapshot>,
+    /// Every page record's frozen page, weakly (set once, right after the
+    /// pages are made): a frame read fills those still alive.
+    pages: OnceLock<Vec<Weak<FrozenPage>>>,
+    /// One decompression context and compressed-frame buffer; frame reads
+    /// are serialized through it.
+    decoder: Mutex<(Option<FrameDecoder>, Vec<u8>)>,
+    frames_read: AtomicU64,
+    error: Mutex<Option<FileError>>,
+}
+
+impl LazySource for Source {
+    fn load(&self, record: u32) {
+        let frame = self.parsed.pages[record as usize].1 as usize;
+        if let Err(e) = self.load_frame(frame) {
+            *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+        }
+    }
+}
+
+impl Source {
+    /// Reads, checks and decompresses frame `n` and fills its live pages.
+    fn load_frame(&self, n: usize) -> Result<(), FileError> {
+        let mut guard = self.decoder.lock().unwrap_or_else(PoisonError::into_inner);
+        let (decoder, buf) = &mut *guard;
+        let decoder = match decoder {
+            Some(d) => d,
+            None => decoder.insert(FrameDecoder::new()?),
+        };
+        let FrameRecord(offset, length, ..) = &self.parsed.frames[n];
+        buf.resize(*length as usize, 0);
+        self.reader.read_at(HEADER_LENGTH as u64 + offset, buf)?;
+        let frames = Frames {
+            frames: &self.parsed.frames,
+            pages: &self.parsed.pages,
+            owner: &self.parsed.owner,
+            parent: self.parent.as_ref().map(Snapshot::version),
+        };
+        let slots = self.pages.get().map(Vec::as_slice).unwrap_or_default();
+        frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| {
+            if let Some(page) = slots.get(i).and_then(Weak::upgrade) {
+                page.fill(bytes);
+            }
+        })?;
+        self.frames_read.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl LazyFile {
+    /// The file's one snapshot ([`FileError::SnapshotCount`] for a timeline
+    /// file: use [`timeline`](Self::timeline)). O(1): its pages stay lazy.
+    pub fn snapshot(&self) -> Result<Snapshot, FileError> {
+        match self.decoded.as_slice() {
+            [one] => Ok(one.snapshot.clone()),
+            all => Err(FileError::SnapshotCount { found: all.len() }),
+        }
+    }
+
+    /// The file's snapshots as a [`Timeline`] (as [`load_timeline`] gives,
+    /// ids renumbered), their pages lazy. Time: O(snapshots).
+    pub fn timeline(&self) -> Timeline {
+        // Invariant: the records were checked when the file was opened.
+        timeline_of(self.decoded.clone()).expect("checked when opened")
+    }
+
+    /// Snapshots in the file.
+    pub fn len(&self) -> usize {
+        self.decoded.len()
+    }
+
+    /// True when the file holds no snapshot (never, for a valid file).
+    pub fn is_empty(&self) -> bool {
+        self.decoded.is_empty()
+    }
+
+    /// Frames in the file (this file only, not its parents).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Frames read and decompressed so far (this file only): all of them for
+    /// a file read completely when opened (before format 1.2).
+    pub fn frames_read(&self) -> u64 {
+        self.source.as_ref().map_or(self.frames, |s| s.frames_read.load(Ordering::Relaxed))
+    }
+
+    /// True when pages are read on demand (format 1.2 and later).
+    pub fn is_lazy(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// The last failure to read a page of this file (taken: a second call
+    /// returns `None` until the next failure). A parent file's failures are
+    /// its own (`InParent` is not added here).
+    pub fn take_error(&self) -> Option<FileError> {
+        self.source.as_ref().and_then(|s| s.error.lock().unwrap_or_else(PoisonError::into_inner).take())
+    }
+
+    /// Reads every frame that still has unread pages, checking everything a
+    /// full [`load`] checks for this file's pages; the first failure is
+    /// returned (and the pages read before it stay filled). Afterwards no
+    /// access touches the file. Parents are loaded as far as these pages'
+    /// xor bases need.
+    pub fn load_all(&self) -> Result<(), FileError> {
+        let Some(source) = &self.source else { return Ok(()) };
+        let slots = source.pages.get().map(Vec::as_slice).unwrap_or_default();
+        for (n, owners) in source.parsed.owner.iter().enumerate() {
+            let unread = owners
+                .iter()
+                .filter(|&&r| r != 0)
+                .any(|&r| slots.get(r as usize - 1).and_then(Weak::upgrade).is_some_and(|p| !p.is_loaded()));
+            if unread {
+                source.load_frame(n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the snapshot file at `path` lazily: reads and checks its header and
+/// index (and, for an incremental file, opens its parent chain the same way,
+/// with the checks of [`load`]: [`FileError::ParentMissing`],
+/// [`FileError::ParentMismatch`], [`FileError::ParentCycle`], chain length,
+/// [`FileError::InParent`]). Pages are read on first touch (module docs).
+/// Time: O(index size) per file of the chain.
+pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
+    let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
+    let (file, header, index) = read_head(path)?;
+    open_parts(path, file, header, index, 1, &mut chain)
+}
+
+/// [`open_lazy`] for a file held in memory (self-contained files; an
+/// incremental one is [`FileError::ParentMissing`] with its hint, as
+/// [`load_from_bytes`] says).
+pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
+    let (_, index_bytes, header) = split(&bytes)?;
+    let parsed = parse_index(index_bytes, &header)?;
+    let index_hash = *blake3::hash(index_bytes).as_bytes();
+    if header.minor < FORMAT_MINOR_FINGERPRINTS {
+        let decoded = decode(&bytes, &mut no_parent, &mut |_| {})?;
+        return Ok(LazyFile { decoded, source: None, index_hash, frames: parsed.frames.len() as u64 });
+    }
+    if let Some(p) = &parsed.parent {
+        return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
+    }
+    finish(Reader::Bytes(bytes), parsed, None, index_hash)
+}
+
+/// Opens `path` and reads its header and index, checked (§6.1).
+fn read_head(path: &Path) -> Result<(fs::File, Header, Vec<u8>), FileError> {
+    let mut file = fs::File::open(path).map_err(io(path))?;
+    let length = file.metadata().map_err(io(path))?.len();
+    let mut head = vec![0u8; length.min(HEADER_LENGTH as u64) as usize];
+    file.read_exact(&mut head).map_err(io(path))?;
+    let header = check_header(&head, length)?;
+    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `check_header`).
+    let mut index = vec![0u8; header.index_length as usize];
+    file.seek(SeekFrom::Start(header.index_offset)).and_then(|_| file.read_exact(&mut index)).map_err(io(path))?;
+    check_index(&header, &index)?;
+    Ok((file, header, index))
+}
+
+/// The rest of [`open_lazy`] for file number `depth` of a chain.
+fn open_parts(
+    path: &Path,
+    file: fs::File,
+    header: Header,
+    index: Vec<u8>,
+    depth: u64,
+    chain: &mut Vec<PathBuf>,
+) -> Result<LazyFile, FileError> {
+    let parsed = parse_index(&index, &header)?;
+    let index_hash = *blake3::hash(&index).as_bytes();
+    if header.minor < FORMAT_MINOR_FINGERPRINTS {
+        // No fingerprints: read it all now, as `load` does.
+        drop(file);
+        let bytes = read(path)?;
+        let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {})?;
+        return Ok(LazyFile { decoded, source: None, index_hash, frames: parsed.frames.len() as u64 });
+    }
+    let parent = match &parsed.parent {
+        None => None,
+        Some(p) => {
+            let parent_path = directory_of(path).join(&p.1);
+            limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
+            if !parent_path.exists() {
+                return Err(FileError::ParentMissing { path: parent_path });
+            }
+            let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
+            if chain.contains(&canonical) {
+                return Err(FileError::ParentCycle { path: parent_path });
+            }
+            let in_parent = |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
+            let (parent_file, parent_header, parent_index) = read_head(&parent_path).map_err(in_parent)?;
+            if blake3::hash(&parent_index).as_bytes()[..] != p.0[..] {
+                return Err(FileError::ParentMismatch { path: parent_path });
+            }
+            chain.push(canonical);
+            let opened =
+                open_parts(&parent_path, parent_file, parent_header, parent_index, depth + 1, chain);
+            chain.pop();
+            Some(opened.and_then(|f| f.snapshot()).map_err(in_parent)?)
+        }
+    };
+    finish(Reader::File { file: Mutex::new(file), path: path.to_owned() }, parsed, parent, index_hash)
+}
+
+/// Makes a lazy page per page record and builds the snapshots.
+fn finish(
+    reader: Reader,
+    parsed: Parsed,
+    parent: Option<Snapshot>,
+    index_hash: [u8; 32],
+) -> Result<LazyFile, FileError> {
+    let frames = parsed.frames.len() as u64;
+    let source = Arc::new(Source {
+        reader,
+        parsed,
+        parent,
+        pages: OnceLock::new(),
+        decoder: Mutex::new((None, Vec::new())),
+        frames_read: AtomicU64::new(0),
+        error: Mutex::new(None),
+    });
+    let as_source: Arc<dyn LazySource> = source.clone();
+    let stored = source
+        .parsed
+        .pages
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let fingerprint = r.5.ok_or(corrupt("page fingerprint present exactly from format 1.2 on"))?;
+            Ok(FrozenPage::lazy(fingerprint, as_source.clone(), i as u32))
+        })
+        .collect::<Result<Vec<_>, FileError>>()?;
+    let _ = source.pages.set(stored.iter().map(Arc::downgrade).collect());
+    let decoded = build_snapshots(&source.parsed, &stored, source.parent.as_ref().map(Snapshot::version))?;
+    Ok(LazyFile { decoded, source: Some(source), index_hash, frames })
+}
+
+impl LazyFile {
+    /// BLAKE3-256 of the file's index bytes: its identity as a parent of
+    /// incremental files (FORMAT.md §8).
+    pub fn index_hash(&self) -> [u8; 32] {
+        self.index_hash
+    }
+}
