@@ -14,7 +14,7 @@
 //! let mut mm = MemoryManager::new();
 //! mm.allocate_memory_at(0x10000, 0x2000, Protection::READ_WRITE, false, RegionKind::Private)?;
 //! mm.write_memory(0x10000, b"on disk")?;
-//! let bytes = vmsnap::file::to_bytes(&mm.snapshot());
+//! let bytes = vmsnap::file::to_bytes(&mm.snapshot())?;
 //! let loaded = vmsnap::file::load_from_bytes(&bytes)?;
 //! let mut buf = [0u8; 7];
 //! loaded.read_memory(0x10000, &mut buf)?;
@@ -201,6 +201,14 @@ pub enum FileError {
         /// Its error.
         source: Box<FileError>,
     },
+    /// A page of the snapshot being saved is a lazily loaded page that
+    /// could not be read from its own file (see [`LazyFile::take_error`]);
+    /// nothing was written.
+    #[error("page at {address:#x} could not be read from the file it was lazily opened from")]
+    PageUnavailable {
+        /// Address of the page.
+        address: u64,
+    },
     /// `load` needs a file with exactly one snapshot (use `load_timeline`).
     #[error("the file holds {found} snapshots, expected exactly one")]
     SnapshotCount {
@@ -303,7 +311,7 @@ fn encode(
     items: &[Item<'_>],
     parent: Option<&ParentFile<'_>>,
     progress: &mut dyn FnMut(Progress),
-) -> Vec<u8> {
+) -> Result<Vec<u8>, FileError> {
     // Pass 1: the distinct page objects to store, in order of first
     // appearance, each with its xor base (the parent's page at the same
     // page number, if any); page maps name them by candidate number + 1.
@@ -311,6 +319,8 @@ fn encode(
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut snapshots = Vec::with_capacity(items.len());
     let parent_version = parent.map(|p| p.snapshot.version());
+    // The first page (of a lazily opened snapshot) that cannot be read.
+    let mut unavailable: Option<u64> = None;
     for item in items {
         let v = item.snapshot.version();
         let mut state = Vec::new();
@@ -328,6 +338,10 @@ fn encode(
                 return;
             }
             let base = parent_version.and_then(|pv| stored_page(pv, page));
+            if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
+                unavailable.get_or_insert(page * PAGE as u64);
+                return;
+            }
             let index = if base.is_some_and(|b| b.same_bytes(frozen)) {
                 0 // inherited from the parent
             } else {
@@ -349,6 +363,10 @@ fn encode(
             ByteBuf::from(state),
             runs,
         ));
+    }
+
+    if let Some(address) = unavailable {
+        return Err(FileError::PageUnavailable { address });
     }
 
     // Pass 2: BLAKE3 of every candidate, on the worker threads.
@@ -463,7 +481,7 @@ fn encode(
     debug_assert_eq!(out.len(), HEADER_LENGTH);
     out.extend_from_slice(&frames_area);
     out.extend_from_slice(&index);
-    out
+    Ok(out)
 }
 
 /// How far a save or load has come, for a progress bar: bytes of page data
@@ -485,7 +503,7 @@ pub fn save_with_progress(
     path: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), FileError> {
-    let bytes = encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, progress);
+    let bytes = encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, progress)?;
     write_atomic(path, &bytes)
 }
 
@@ -503,14 +521,17 @@ pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> 
 /// The file bytes of `snapshot` (exactly what [`save`] writes). Deterministic:
 /// equal snapshots give equal bytes. Time: O(allocations + committed pages),
 /// hashing and compressing every distinct non-zero page once.
-pub fn to_bytes(snapshot: &Snapshot) -> Vec<u8> {
+///
+/// Fails only for a snapshot of a lazily opened file one of whose pages
+/// cannot be read ([`FileError::PageUnavailable`]).
+pub fn to_bytes(snapshot: &Snapshot) -> Result<Vec<u8>, FileError> {
     encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, &mut |_| {})
 }
 
 /// The file bytes of a whole timeline (exactly what [`save_timeline`]
 /// writes): every entry in id order with its id, name and parent; pages
-/// shared by several snapshots are stored once.
-pub fn timeline_to_bytes(timeline: &Timeline) -> Vec<u8> {
+/// shared by several snapshots are stored once. Fails as [`to_bytes`] does.
+pub fn timeline_to_bytes(timeline: &Timeline) -> Result<Vec<u8>, FileError> {
     let items: Vec<Item<'_>> = timeline
         .iter()
         .map(|e| Item {
@@ -1094,7 +1115,7 @@ pub fn incremental_to_bytes(
     // An invalid hint (absolute, empty, ...) is refused as a reader would.
     check_parent_record(&ParentRecord(ByteBuf::from(index_hash.to_vec()), hint.to_owned()))?;
     let item = Item { id: 0, name: None, parent: None, snapshot };
-    Ok(encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut |_| {}))
+    encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut |_| {})
 }
 
 /// Decodes an incremental file held in memory against its parent:
@@ -1164,7 +1185,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 /// crash `path` holds the old file or the complete new one). Time: as
 /// [`to_bytes`] plus the write.
 pub fn save(snapshot: &Snapshot, path: &Path) -> Result<(), FileError> {
-    write_atomic(path, &to_bytes(snapshot))
+    write_atomic(path, &to_bytes(snapshot)?)
 }
 
 /// Decodes the file `bytes` read from `path`, which is file number `depth`
@@ -1252,7 +1273,7 @@ pub fn verify(path: &Path) -> Result<(), FileError> {
 /// Saves a whole timeline (snapshots, names, parent links) to one file,
 /// atomically; a page shared by several snapshots is stored once.
 pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> {
-    write_atomic(path, &timeline_to_bytes(timeline))
+    write_atomic(path, &timeline_to_bytes(timeline)?)
 }
 
 /// Loads a timeline file: the snapshots in file order, with their names and

@@ -71,10 +71,10 @@ fn reseal(head: &[u8], index: &Index) -> Vec<u8> {
 #[test]
 fn round_trip_small_and_empty() {
     for s in [empty(), small()] {
-        let bytes = file::to_bytes(&s);
+        let bytes = file::to_bytes(&s).unwrap();
         let loaded = file::load_from_bytes(&bytes).unwrap();
         assert_same(&s, &loaded);
-        assert_eq!(file::to_bytes(&loaded), bytes, "re-encoding gives the same bytes");
+        assert_eq!(file::to_bytes(&loaded).unwrap(), bytes, "re-encoding gives the same bytes");
     }
 }
 
@@ -100,7 +100,7 @@ fn identical_pages_are_stored_once_and_zero_pages_not_at_all() {
         mm.write_memory(0x10000 + i * PAGE_SIZE, &[0x5A; 4096]).unwrap();
     }
     let s = mm.snapshot();
-    let bytes = file::to_bytes(&s);
+    let bytes = file::to_bytes(&s).unwrap();
     let (_, index) = split(&bytes);
     assert_eq!(index.1.len(), 1, "one stored page");
     assert_eq!(index.0.len(), 1, "one frame");
@@ -110,7 +110,7 @@ fn identical_pages_are_stored_once_and_zero_pages_not_at_all() {
     let mut mm = MemoryManager::new();
     mm.allocate_memory_at(0x10000, 200 * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
         .unwrap();
-    let bytes = file::to_bytes(&mm.snapshot());
+    let bytes = file::to_bytes(&mm.snapshot()).unwrap();
     let (_, index) = split(&bytes);
     assert!(index.0.is_empty() && index.1.is_empty());
     assert!(bytes.len() < 200, "{} bytes", bytes.len());
@@ -126,7 +126,7 @@ fn many_distinct_pages_span_frames() {
         mm.write_memory(0x10000 + i * PAGE_SIZE + 4000, &[1]).unwrap();
     }
     let s = mm.snapshot();
-    let bytes = file::to_bytes(&s);
+    let bytes = file::to_bytes(&s).unwrap();
     let (_, index) = split(&bytes);
     assert_eq!(index.0.iter().map(|f| f.2).collect::<Vec<_>>(), vec![16, 16, 8]);
     assert_same(&s, &file::load_from_bytes(&bytes).unwrap());
@@ -144,7 +144,7 @@ fn timeline_round_trip_dedups_across_snapshots() {
     t.restore(&mut mm, a).unwrap();
     mm.write_memory(0x12000, b"branch").unwrap();
     t.take(&mut mm, None).unwrap();
-    let bytes = file::timeline_to_bytes(&t);
+    let bytes = file::timeline_to_bytes(&t).unwrap();
     let (_, index) = split(&bytes);
     assert_eq!(index.1.len(), 3, "page 0x10000 stored once for three snapshots");
     let loaded = file::timeline_from_bytes(&bytes).unwrap();
@@ -156,7 +156,7 @@ fn timeline_round_trip_dedups_across_snapshots() {
     }
     let b = loaded.find("b").unwrap();
     assert_eq!(loaded.entry(b).unwrap().parent, loaded.find("a"));
-    assert_eq!(file::timeline_to_bytes(&loaded), bytes);
+    assert_eq!(file::timeline_to_bytes(&loaded).unwrap(), bytes);
     // A timeline file with several snapshots is not a one-snapshot file.
     assert!(matches!(file::load_from_bytes(&bytes), Err(FileError::SnapshotCount { found: 3 })));
     let dir = common::temp_dir("file", "timeline");
@@ -242,11 +242,12 @@ fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
     let made =
         [("empty.vmsnap", empty()), ("small.vmsnap", small()), ("chain-parent.vmsnap", chain_parent())];
     let child_bytes = |parent: &Snapshot| {
-        file::incremental_to_bytes(&chain_child(), parent, &file::to_bytes(parent), CHAIN_HINT).unwrap()
+        file::incremental_to_bytes(&chain_child(), parent, &file::to_bytes(parent).unwrap(), CHAIN_HINT)
+            .unwrap()
     };
     if std::env::var_os("VMSNAP_REGENERATE_VECTORS").is_some_and(|v| v == "1") {
         for (name, s) in &made {
-            std::fs::write(vectors_dir().join(name), file::to_bytes(s)).unwrap();
+            std::fs::write(vectors_dir().join(name), file::to_bytes(s).unwrap()).unwrap();
         }
         std::fs::write(vectors_dir().join("chain-child.vmsnap"), child_bytes(&chain_parent())).unwrap();
     }
@@ -275,12 +276,16 @@ fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
             continue;
         }
         let loaded = file::load_from_bytes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(file::to_bytes(&loaded), bytes, "{} re-encodes differently", path.display());
+        assert_eq!(file::to_bytes(&loaded).unwrap(), bytes, "{} re-encodes differently", path.display());
     }
     assert!(seen >= 4 && incremental >= 1);
     // The helpers still produce exactly the committed vectors.
     for (name, s) in &made {
-        assert_eq!(std::fs::read(vectors_dir().join(name)).unwrap(), file::to_bytes(s), "{name} is stale");
+        assert_eq!(
+            std::fs::read(vectors_dir().join(name)).unwrap(),
+            file::to_bytes(s).unwrap(),
+            "{name} is stale"
+        );
     }
     let child_path = vectors_dir().join("chain-child.vmsnap");
     assert_eq!(
@@ -303,13 +308,18 @@ fn golden_vectors_decode_and_reencode_to_the_same_bytes() {
 #[test]
 fn older_vectors_load_and_reencode_as_current() {
     let old = vectors_dir().join("1.1");
-    for (name, expected) in [("empty.vmsnap", empty()), ("small.vmsnap", small()), ("chain-parent.vmsnap", chain_parent())]
+    for (name, expected) in
+        [("empty.vmsnap", empty()), ("small.vmsnap", small()), ("chain-parent.vmsnap", chain_parent())]
     {
         let bytes = std::fs::read(old.join(name)).unwrap();
         assert_eq!(&bytes[10..12], &0u16.to_le_bytes(), "{name} is a minor-0 file");
         let loaded = file::load_from_bytes(&bytes).unwrap();
         assert_same(&loaded, &expected);
-        assert_eq!(file::to_bytes(&loaded), std::fs::read(vectors_dir().join(name)).unwrap(), "{name}");
+        assert_eq!(
+            file::to_bytes(&loaded).unwrap(),
+            std::fs::read(vectors_dir().join(name)).unwrap(),
+            "{name}"
+        );
         // Lazily opened: no fingerprints to go on, so it is read eagerly.
         let lazy = file::open_lazy(&old.join(name)).unwrap();
         assert_same(&lazy.snapshot().unwrap(), &expected);
@@ -326,7 +336,7 @@ fn older_vectors_load_and_reencode_as_current() {
 
 #[test]
 fn bad_magic() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let mut bad = good.clone();
     bad[1] = b'X';
     assert!(matches!(file::load_from_bytes(&bad), Err(FileError::BadMagic)));
@@ -336,7 +346,7 @@ fn bad_magic() {
 
 #[test]
 fn bad_magic_from_text_mode_transports() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     // \r\n -> \n everywhere.
     let mut crlf = Vec::new();
     let mut i = 0;
@@ -363,7 +373,7 @@ fn bad_magic_from_text_mode_transports() {
 
 #[test]
 fn unsupported_major_version() {
-    let mut bad = file::to_bytes(&small());
+    let mut bad = file::to_bytes(&small()).unwrap();
     bad[8..10].copy_from_slice(&2u16.to_le_bytes());
     reseal_header(&mut bad);
     assert!(matches!(file::load_from_bytes(&bad), Err(FileError::UnsupportedVersion { major: 2, minor: 2 })));
@@ -371,7 +381,7 @@ fn unsupported_major_version() {
 
 #[test]
 fn later_minor_version_is_accepted() {
-    let mut newer = file::to_bytes(&small());
+    let mut newer = file::to_bytes(&small()).unwrap();
     newer[10..12].copy_from_slice(&7u16.to_le_bytes());
     reseal_header(&mut newer);
     file::verify_bytes(&newer).unwrap();
@@ -379,7 +389,7 @@ fn later_minor_version_is_accepted() {
 
 #[test]
 fn unknown_or_misplaced_flags_are_refused() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     // Unknown bits.
     for flags in [2u32, 1 << 31, 3] {
         let mut bad = good.clone();
@@ -402,7 +412,7 @@ fn unknown_or_misplaced_flags_are_refused() {
 
 #[test]
 fn header_and_index_checksums() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let mut bad = good.clone();
     bad[20] ^= 1;
     assert!(matches!(file::load_from_bytes(&bad), Err(FileError::HeaderChecksum)));
@@ -413,7 +423,7 @@ fn header_and_index_checksums() {
 
 #[test]
 fn truncation_at_every_offset_is_an_error() {
-    for good in [file::to_bytes(&small()), file::to_bytes(&empty())] {
+    for good in [file::to_bytes(&small()).unwrap(), file::to_bytes(&empty()).unwrap()] {
         for cut in 0..good.len() {
             assert!(file::load_from_bytes(&good[..cut]).is_err(), "truncated at {cut}");
         }
@@ -425,7 +435,7 @@ fn truncation_at_every_offset_is_an_error() {
 
 #[test]
 fn one_flipped_bit_at_every_offset_is_an_error() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     for at in 0..good.len() {
         for bit in 0..8 {
             let mut bad = good.clone();
@@ -437,7 +447,7 @@ fn one_flipped_bit_at_every_offset_is_an_error() {
 
 #[test]
 fn frame_checksum_and_corrupt_frame() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let (head, index) = split(&good);
     // A byte of frame 0 changed: its checksum catches it.
     let mut bad_head = head.clone();
@@ -458,7 +468,7 @@ fn frame_checksum_and_corrupt_frame() {
 
 #[test]
 fn wrong_page_hash() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let (head, mut index) = split(&good);
     index.1[1].0[3] ^= 0xFF;
     assert!(matches!(file::load_from_bytes(&reseal(&head, &index)), Err(FileError::PageHash { page: 2 })));
@@ -466,7 +476,7 @@ fn wrong_page_hash() {
 
 #[test]
 fn size_limit_index_length() {
-    let mut bad = file::to_bytes(&small());
+    let mut bad = file::to_bytes(&small()).unwrap();
     bad[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
     reseal_header(&mut bad);
     assert!(matches!(
@@ -477,7 +487,7 @@ fn size_limit_index_length() {
 
 #[test]
 fn size_limit_frame_length() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let (head, mut index) = split(&good);
     index.0[0].1 = u32::MAX;
     assert!(matches!(
@@ -492,7 +502,7 @@ fn size_limit_frame_length() {
 #[test]
 fn frame_decompressing_to_more_than_its_pages_is_refused() {
     // Three distinct pages in one frame; claim the frame holds one page.
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let (head, mut index) = split(&good);
     assert!(index.0[0].2 >= 2);
     index.0[0].2 = 1;
@@ -511,7 +521,7 @@ fn frame_decompressing_to_more_than_its_pages_is_refused() {
 
 #[test]
 fn corrupt_index_and_invalid_state() {
-    let good = file::to_bytes(&small());
+    let good = file::to_bytes(&small()).unwrap();
     let (head, index) = split(&good);
     // A page map naming a reserved page.
     let mut idx = index.clone();
@@ -553,7 +563,7 @@ proptest! {
     #[test]
     fn mutated_files_are_refused(edits in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
                                  cut in proptest::option::of(any::<prop::sample::Index>())) {
-        let good = file::to_bytes(&small());
+        let good = file::to_bytes(&small()).unwrap();
         let mut bad = good.clone();
         for (at, x) in edits {
             let i = at.index(bad.len());
@@ -606,7 +616,7 @@ fn save_and_load_report_progress_batch_by_batch() {
     assert_eq!(u64::from_le_bytes(buf), 600);
     assert_eq!(
         std::fs::read(&path).unwrap(),
-        vmsnap::file::to_bytes(&back),
+        vmsnap::file::to_bytes(&back).unwrap(),
         "loaded snapshot re-encodes the same"
     );
 

@@ -98,7 +98,7 @@ fn small_pair() -> (Snapshot, Vec<u8>, Snapshot, Vec<u8>) {
     mm.write_memory(BASE + 2, b"X").unwrap();
     mm.write_memory(BASE + 2 * PAGE_SIZE, b"third").unwrap();
     let child = mm.snapshot();
-    let parent_bytes = file::to_bytes(&parent);
+    let parent_bytes = file::to_bytes(&parent).unwrap();
     let child_bytes = file::incremental_to_bytes(&child, &parent, &parent_bytes, "p.vmsnap").unwrap();
     (parent, parent_bytes, child, child_bytes)
 }
@@ -125,7 +125,7 @@ fn chain_of_three_round_trips() {
         assert!(snaps[0].5.iter().any(|run| run.1.contains(&0)), "an inherited page");
     }
     // The root is a plain 1.0 file.
-    assert_eq!(std::fs::read(&p[0]).unwrap(), file::to_bytes(&s[0]));
+    assert_eq!(std::fs::read(&p[0]).unwrap(), file::to_bytes(&s[0]).unwrap());
     // Deterministic: saving again gives the same bytes.
     let again = dir.join("s3-again.vmsnap");
     file::save_incremental(&s[2], &p[1], &again).unwrap();
@@ -195,7 +195,7 @@ fn rebase_is_byte_identical_to_a_full_save() {
     let rebased = std::fs::read(&out).unwrap();
     file::save(&s[2], &dir.join("full.vmsnap")).unwrap();
     assert_eq!(rebased, std::fs::read(dir.join("full.vmsnap")).unwrap());
-    assert_eq!(rebased, file::to_bytes(&s[2]));
+    assert_eq!(rebased, file::to_bytes(&s[2]).unwrap());
     assert_eq!(&rebased[10..16], &[2, 0, 0, 0, 0, 0], "a 1.2 file, no flags");
     // Self-contained: loads with the chain gone.
     std::fs::remove_file(&p[0]).unwrap();
@@ -204,7 +204,7 @@ fn rebase_is_byte_identical_to_a_full_save() {
     // Rebasing a child in place.
     let (s, p) = save_three(&dir);
     file::rebase(&p[1], &p[1]).unwrap();
-    assert_eq!(std::fs::read(&p[1]).unwrap(), file::to_bytes(&s[1]));
+    assert_eq!(std::fs::read(&p[1]).unwrap(), file::to_bytes(&s[1]).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -249,7 +249,7 @@ fn mismatched_parent() {
     assert!(matches!(file::verify(&p[2]).unwrap_err().root_cause(), FileError::ParentMismatch { .. }));
     // In memory.
     let (_, _, _, child) = small_pair();
-    let other = file::to_bytes(&s[0]);
+    let other = file::to_bytes(&s[0]).unwrap();
     assert!(matches!(
         file::incremental_from_bytes(&child, &s[0], &other),
         Err(FileError::ParentMismatch { .. })

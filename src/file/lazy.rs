@@ -43,7 +43,7 @@ use crate::page_table::LazySource;
 /// for page in 0..4096u64 {
 ///     mm.write_memory(0x10000 + page * 0x1000, &page.to_le_bytes())?;
 /// }
-/// let lazy = vmsnap::file::open_lazy_bytes(vmsnap::file::to_bytes(&mm.snapshot()))?;
+/// let lazy = vmsnap::file::open_lazy_bytes(vmsnap::file::to_bytes(&mm.snapshot())?)?;
 /// let snapshot = lazy.snapshot()?;
 /// assert_eq!(lazy.frames_read(), 0); // nothing read yet
 ///
@@ -263,7 +263,9 @@ fn read_head(path: &Path) -> Result<(fs::File, Header, Vec<u8>), FileError> {
     let header = check_header(&head, length)?;
     // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `check_header`).
     let mut index = vec![0u8; header.index_length as usize];
-    file.seek(SeekFrom::Start(header.index_offset)).and_then(|_| file.read_exact(&mut index)).map_err(io(path))?;
+    file.seek(SeekFrom::Start(header.index_offset))
+        .and_then(|_| file.read_exact(&mut index))
+        .map_err(io(path))?;
     check_index(&header, &index)?;
     Ok((file, header, index))
 }
@@ -298,14 +300,14 @@ fn open_parts(
             if chain.contains(&canonical) {
                 return Err(FileError::ParentCycle { path: parent_path });
             }
-            let in_parent = |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
+            let in_parent =
+                |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
             let (parent_file, parent_header, parent_index) = read_head(&parent_path).map_err(in_parent)?;
             if blake3::hash(&parent_index).as_bytes()[..] != p.0[..] {
                 return Err(FileError::ParentMismatch { path: parent_path });
             }
             chain.push(canonical);
-            let opened =
-                open_parts(&parent_path, parent_file, parent_header, parent_index, depth + 1, chain);
+            let opened = open_parts(&parent_path, parent_file, parent_header, parent_index, depth + 1, chain);
             chain.pop();
             Some(opened.and_then(|f| f.snapshot()).map_err(in_parent)?)
         }

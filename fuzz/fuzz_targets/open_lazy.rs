@@ -1,0 +1,45 @@
+//! Fuzzes `vmsnap::file::open_lazy_bytes` and reads through the lazy pages:
+//! any input must give an error, or a file whose every committed page reads
+//! either the bytes an eager load gives or `PageUnavailable`, and whose
+//! `load_all` succeeds exactly when `verify_bytes` does.
+//!
+//! Run: `cargo fuzz run open_lazy` (from the repository root).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vmsnap::MemoryError;
+
+fuzz_target!(|data: &[u8]| {
+    // Half the inputs get a valid magic so the fuzzer reaches the header.
+    let mut buf = Vec::with_capacity(data.len() + 8);
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        buf.extend_from_slice(&vmsnap::file::MAGIC);
+        buf.extend_from_slice(&data[1..]);
+    } else {
+        buf.extend_from_slice(data);
+    }
+    let eager = vmsnap::file::load_from_bytes(&buf).ok();
+    let Ok(lazy) = vmsnap::file::open_lazy_bytes(buf.clone()) else { return };
+    let Ok(snapshot) = lazy.snapshot() else { return };
+    let mut page = [0u8; 4096];
+    for region in snapshot.reserved_regions() {
+        let mut at = region.base;
+        while at < region.base + region.length {
+            match snapshot.read_memory(at, &mut page) {
+                Ok(()) => {
+                    if let Some(e) = &eager {
+                        let mut want = [0u8; 4096];
+                        e.read_memory(at, &mut want).expect("eager reads what lazy reads");
+                        assert_eq!(page, want, "lazy and eager bytes differ at {at:#x}");
+                    }
+                }
+                Err(MemoryError::PageUnavailable { .. }) => assert!(eager.is_none(), "eager loaded it"),
+                Err(_) => {}
+            }
+            at += 4096;
+        }
+    }
+    if lazy.is_lazy() {
+        assert_eq!(lazy.load_all().is_ok(), vmsnap::file::verify_bytes(&buf).is_ok());
+    }
+});
