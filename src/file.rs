@@ -46,6 +46,11 @@ use crate::protection::meta;
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::timeline::{SnapshotId, Timeline};
 
+mod inspect;
+pub use inspect::{
+    FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
+};
+
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Minor version of the self-contained files this crate writes (1.0; a
