@@ -91,11 +91,17 @@ fn timeline_tree(info: &FileInfo) -> String {
         let first = &info.snapshots[run[0]];
         let last = &info.snapshots[*run.last().expect("non-empty")];
         let branch = if depth > 0 { "└─ " } else { "" };
+        let from = match (depth, first.parent) {
+            (1.., Some(p)) => format!("branched from #{p}"),
+            _ => String::new(),
+        };
         if run.len() == 1 {
-            let _ = writeln!(out, "  {pad}{branch}{}", label(first));
+            let from = if from.is_empty() { from } else { format!(" ({from})") };
+            let _ = writeln!(out, "  {pad}{branch}{}{from}", label(first));
         } else {
-            let _ =
-                writeln!(out, "  {pad}{branch}{} → {} ({} snapshots)", label(first), label(last), run.len());
+            let from = if from.is_empty() { from } else { format!(", {from}") };
+            let (a, b, n) = (label(first), label(last), run.len());
+            let _ = writeln!(out, "  {pad}{branch}{a} → {b} ({n} snapshots{from})");
         }
         run.clear();
     };
@@ -486,6 +492,9 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
             list.join(" "),
             if ranges.len() > 8 { " ..." } else { "" }
         );
+        if ranges.is_empty() {
+            println!("      (reads zeros in both versions)");
+        }
         let mut lines = 0;
         for r in &ranges {
             let mut at = r.start;
@@ -640,9 +649,8 @@ pub fn stats(args: &StatsArgs, json: bool) -> Result<()> {
     }
     if opened.timeline.len() > 1 {
         println!(
-            "\n  {} versions loaded: {} of distinct page bytes ({} of them private to a single version)",
+            "\n  {} versions in the file; pages held by a single version (what removing it would free): {}",
             opened.timeline.len(),
-            size(opened.info.unique_bytes()),
             size(total_private)
         );
     }

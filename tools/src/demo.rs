@@ -469,7 +469,7 @@ pub fn run(args: &DemoArgs, json: bool) -> Result<()> {
     say(String::new());
     say("run".into());
     say(format!(
-        "  {} steps in {}, a snapshot after each (\"step-0\" .. \"step-{}\"): 4 heap objects, a stack frame, the tick read from KUSER, a message through view A and a .data global per step; {} arenas allocated and {} released; a heap page made read-only at step {}",
+        "  {} steps in {}, a snapshot after each (\"step-0\" .. \"step-{}\"): 4 heap objects, a stack frame, the tick read from KUSER, a message through view A and a .data global per step; arenas allocated: {}, released: {}; a heap page made read-only at step {}",
         args.steps,
         duration(run_time),
         args.steps - 1,
