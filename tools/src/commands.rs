@@ -698,9 +698,8 @@ pub fn rebase(args: &RebaseArgs, json: bool) -> Result<()> {
             "bytes": written, "input_bytes": info.file_length}));
     }
     println!(
-        "wrote {} ({}): {} ({} → {})",
+        "wrote {} (self-contained): {} ({} → {})",
         args.out.display(),
-        "self-contained",
         what,
         size(info.file_length),
         size(written)
