@@ -70,6 +70,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `vmsnap info big.vmsnap | head`: a closed stdout ends the output
+    // quietly, as it does for other command-line tools, not with a panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload_as_str().unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => commands::info(&a, cli.json),
