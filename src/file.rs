@@ -46,7 +46,11 @@ use crate::protection::meta;
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::timeline::{SnapshotId, Timeline};
 
+mod inspect;
 mod lazy;
+pub use inspect::{
+    FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
+};
 pub use lazy::{LazyFile, open_lazy, open_lazy_bytes};
 
 /// Major version of the file format this crate writes and reads.

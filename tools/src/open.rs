@@ -1,0 +1,91 @@
+//! Opening a snapshot file of any kind (one snapshot, a timeline, an
+//! incremental file with its parent chain) and choosing a snapshot in it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use vmsnap::file::{FileInfo, SnapshotSummary};
+use vmsnap::{Snapshot, SnapshotId, Timeline};
+
+use crate::progress::Bar;
+
+/// A loaded file: what its index says, and its snapshots as a timeline.
+pub struct Opened {
+    /// The path given.
+    pub path: PathBuf,
+    /// Header and index (`vmsnap::file::inspect`).
+    pub info: FileInfo,
+    /// The snapshots, in file order (ids renumbered by the loader).
+    pub timeline: Timeline,
+    /// Timeline ids of the file's snapshot records, in file order.
+    ids: Vec<SnapshotId>,
+}
+
+/// What kind of file the index describes.
+pub fn file_kind(info: &FileInfo) -> &'static str {
+    if info.is_incremental() {
+        "incremental snapshot"
+    } else if info.snapshots.len() == 1 && info.snapshots[0].name.is_none() && info.snapshots[0].id == 0 {
+        "snapshot"
+    } else {
+        "timeline"
+    }
+}
+
+impl Opened {
+    /// Inspects and loads `path` (every page hash checked, parents loaded).
+    pub fn open(path: &Path) -> Result<Opened> {
+        let context = || path.display().to_string();
+        let info = vmsnap::file::inspect(path).with_context(context)?;
+        let mut bar = Bar::new("loading", info.unique_bytes(), true);
+        let timeline =
+            vmsnap::file::load_timeline_with_progress(path, &mut bar.hook()).with_context(context)?;
+        let ids = timeline.iter().map(|e| e.id).collect();
+        Ok(Opened { path: path.to_owned(), info, timeline, ids })
+    }
+
+    /// The position (in file order) of the snapshot `selector` names: a file
+    /// id (`3` or `#3`) or a name; `None` is the last one (the head).
+    pub fn position(&self, selector: Option<&str>) -> Result<usize> {
+        let count = self.info.snapshots.len();
+        if count == 0 {
+            bail!("{}: the file holds no snapshot", self.path.display());
+        }
+        let Some(sel) = selector else { return Ok(count - 1) };
+        if let Some(i) = self.info.snapshots.iter().position(|s| s.name.as_deref() == Some(sel)) {
+            return Ok(i);
+        }
+        if let Ok(id) = sel.trim_start_matches('#').parse::<u64>()
+            && let Some(i) = self.info.snapshots.iter().position(|s| s.id == id)
+        {
+            return Ok(i);
+        }
+        let names: Vec<String> = self.info.snapshots.iter().take(6).map(label).collect();
+        bail!(
+            "{}: no snapshot {sel:?} (the file has {count}: {}{})",
+            self.path.display(),
+            names.join(", "),
+            if count > 6 { ", ..." } else { "" }
+        )
+    }
+
+    /// The snapshot at `position` (file order).
+    pub fn snapshot(&self, position: usize) -> &Snapshot {
+        // Invariant: the loader inserted one entry per snapshot record.
+        self.timeline.get(self.ids[position]).expect("one entry per record")
+    }
+
+    /// The snapshot `selector` names, with its summary.
+    pub fn select(&self, selector: Option<&str>) -> Result<(&SnapshotSummary, &Snapshot)> {
+        let i = self.position(selector)?;
+        Ok((&self.info.snapshots[i], self.snapshot(i)))
+    }
+}
+
+/// `#id name` (or `#id`).
+pub fn label(s: &SnapshotSummary) -> String {
+    match &s.name {
+        Some(n) => format!("#{} {n}", s.id),
+        None => format!("#{}", s.id),
+    }
+}
