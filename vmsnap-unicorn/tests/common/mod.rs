@@ -84,14 +84,24 @@ impl Ntdll {
         let file = std::fs::read(path).unwrap();
         let mut session = Session::new(MemoryManager::new()).unwrap();
         let image = session.map_image(&file).unwrap();
-        // The debug channel `{ flags: 0xff (not yet known), "ntdll" }` in .data.
+        // Wine's debug channels `{ flags: u8 = 0xff (not yet known), name: [u8; 15] }`
+        // sit 16-byte aligned in .data, one per channel per source file
+        // (RtlComputeCrc32's is the `ntdll` one at RVA 0x69a90 in Wine 8.0).
+        // With flags 0xff a traced function asks the thread block (gs:[0x30])
+        // for them; there is none here, so every channel's flags become 0.
         let data = image.section(".data").expect(".data section");
         let mut bytes = vec![0u8; data.size as usize];
         session.read(data.address, &mut bytes).unwrap();
-        let at = bytes.windows(7).position(|w| w == b"\xffntdll\0").expect("ntdll debug channel in .data");
-        let flags = data.address + at as u64;
-        eprintln!("ntdll debug channel flags at RVA {:#x}", flags - image.base);
-        session.write(flags, &[0]).unwrap();
+        let mut cleared = 0;
+        for (i, chunk) in bytes.chunks_exact(16).enumerate() {
+            let name_len = chunk[1..].iter().position(|&b| b == 0).unwrap_or(15);
+            let is_name = name_len > 0 && chunk[1..=name_len].iter().all(|b| b.is_ascii_lowercase() || *b == b'_');
+            if chunk[0] == 0xff && is_name {
+                session.write(data.address + 16 * i as u64, &[0]).unwrap();
+                cleared += 1;
+            }
+        }
+        assert!(cleared > 0, "no Wine debug channel found in .data");
         let stack = session.create_call_stack(0x10000).unwrap();
         let scratch =
             session.allocate_memory(0x10000, Protection::READ_WRITE, false, 0, RegionKind::Private).unwrap();
