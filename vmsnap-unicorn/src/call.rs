@@ -40,22 +40,10 @@ impl Session {
         Ok(CallStack { base, trap: base, top: base + PAGE + size })
     }
 
-    /// Calls the guest function at `function` with the Windows x64 calling
-    /// convention and returns `rax`: the first four arguments in `rcx`,
-    /// `rdx`, `r8`, `r9`, the rest on the stack above 32 bytes of shadow
-    /// space, `rsp` 16-byte aligned before the call (so `rsp % 16 == 8` at
-    /// entry), the return address pointing at `stack.trap`. Runs until `rip`
-    /// reaches the trap, or at most `limit` instructions (0: no limit).
-    ///
-    /// Other registers keep their values; the stack frame is written through
-    /// the session (its pages become dirty like any write).
-    pub fn call(
-        &mut self,
-        stack: &CallStack,
-        function: u64,
-        args: &[u64],
-        limit: usize,
-    ) -> Result<u64, SessionError> {
+    /// Sets up a call as [`call`](Self::call) does — arguments, stack
+    /// frame, return address, `rip` — without running it, for stepping
+    /// through a call with [`run`](Self::run) (`until` = `stack.trap`).
+    pub fn prepare_call(&mut self, stack: &CallStack, function: u64, args: &[u64]) -> Result<(), SessionError> {
         if args.len() > MAX_ARGUMENTS {
             return Err(SessionError::TooManyArguments(args.len()));
         }
@@ -76,6 +64,26 @@ impl Session {
         }
         self.set_reg(RegisterX86::RSP, rsp)?;
         self.set_reg(RegisterX86::RIP, function)?;
+        Ok(())
+    }
+
+    /// Calls the guest function at `function` with the Windows x64 calling
+    /// convention and returns `rax`: the first four arguments in `rcx`,
+    /// `rdx`, `r8`, `r9`, the rest on the stack above 32 bytes of shadow
+    /// space, `rsp` 16-byte aligned before the call (so `rsp % 16 == 8` at
+    /// entry), the return address pointing at `stack.trap`. Runs until `rip`
+    /// reaches the trap, or at most `limit` instructions (0: no limit).
+    ///
+    /// Other registers keep their values; the stack frame is written through
+    /// the session (its pages become dirty like any write).
+    pub fn call(
+        &mut self,
+        stack: &CallStack,
+        function: u64,
+        args: &[u64],
+        limit: usize,
+    ) -> Result<u64, SessionError> {
+        self.prepare_call(stack, function, args)?;
         match self.run(function, stack.trap, limit)? {
             Exit::Until => self.reg(RegisterX86::RAX),
             Exit::InstructionLimit { rip } | Exit::Stopped { rip } => Err(SessionError::CallDidNotReturn { rip }),

@@ -44,7 +44,8 @@
 //!   on, as on Windows.
 //! * **Calls.** [`Session::call`] calls a guest function with the Windows
 //!   x64 convention on a [`CallStack`] whose return address is a trap page;
-//!   [`find_export`] finds a DLL export.
+//!   [`find_export`] finds a DLL export; [`wine`] loads Wine's PE
+//!   `ntdll.dll` ready to call.
 //!
 //! ```
 //! use vmsnap::{MemoryManager, Protection, RegionKind};
@@ -86,6 +87,7 @@ mod call;
 mod error;
 mod registers;
 mod session;
+pub mod wine;
 
 pub use call::{CallStack, MAX_ARGUMENTS, find_export};
 pub use error::SessionError;
