@@ -29,9 +29,8 @@ const DATA: u64 = 0x100_0000;
 
 /// `loop: mov [rdi], rcx; add rdi, 0x1000; dec rcx; jnz loop` — one store per
 /// page for `rcx` pages from `rdi`.
-const DIRTY_LOOP: [u8; 15] = [
-    0x48, 0x89, 0x0F, 0x48, 0x81, 0xC7, 0x00, 0x10, 0x00, 0x00, 0x48, 0xFF, 0xC9, 0x75, 0xF1,
-];
+const DIRTY_LOOP: [u8; 15] =
+    [0x48, 0x89, 0x0F, 0x48, 0x81, 0xC7, 0x00, 0x10, 0x00, 0x00, 0x48, 0xFF, 0xC9, 0x75, 0xF1];
 const LOOP_END: u64 = CODE + DIRTY_LOOP.len() as u64;
 
 fn vmsnap_session() -> Session {
@@ -85,9 +84,12 @@ fn bench(c: &mut Criterion, group_name: &str, whole: bool) {
         group.bench_with_input(BenchmarkId::new("vmsnap", k), &k, |b, &k| {
             b.iter_custom(|iters| {
                 let s = std::cell::RefCell::new(&mut s);
-                cycles(iters, whole, || dirty_session(&mut s.borrow_mut(), k), || {
-                    s.borrow_mut().restore(&base).unwrap()
-                })
+                cycles(
+                    iters,
+                    whole,
+                    || dirty_session(&mut s.borrow_mut(), k),
+                    || s.borrow_mut().restore(&base).unwrap(),
+                )
             })
         });
 
@@ -98,9 +100,12 @@ fn bench(c: &mut Criterion, group_name: &str, whole: bool) {
             group.bench_with_input(BenchmarkId::new("unicorn_snapshot", k), &k, |b, &k| {
                 b.iter_custom(|iters| {
                     let uc = std::cell::RefCell::new(&mut uc);
-                    cycles(iters, whole, || dirty_unicorn(&mut uc.borrow_mut(), k), || {
-                        uc.borrow().context_restore(&context).unwrap()
-                    })
+                    cycles(
+                        iters,
+                        whole,
+                        || dirty_unicorn(&mut uc.borrow_mut(), k),
+                        || uc.borrow().context_restore(&context).unwrap(),
+                    )
                 })
             });
         }
@@ -111,13 +116,18 @@ fn bench(c: &mut Criterion, group_name: &str, whole: bool) {
         group.bench_with_input(BenchmarkId::new("remap_all", k), &k, |b, &k| {
             b.iter_custom(|iters| {
                 let uc = std::cell::RefCell::new(&mut uc);
-                cycles(iters, whole, || dirty_unicorn(&mut uc.borrow_mut(), k), || {
-                    let mut uc = uc.borrow_mut();
-                    uc.mem_unmap(DATA, PAGES * 0x1000).unwrap();
-                    uc.mem_map(DATA, PAGES * 0x1000, Prot::READ | Prot::WRITE).unwrap();
-                    uc.mem_write(DATA, &pristine).unwrap();
-                    uc.context_restore(&registers).unwrap();
-                })
+                cycles(
+                    iters,
+                    whole,
+                    || dirty_unicorn(&mut uc.borrow_mut(), k),
+                    || {
+                        let mut uc = uc.borrow_mut();
+                        uc.mem_unmap(DATA, PAGES * 0x1000).unwrap();
+                        uc.mem_map(DATA, PAGES * 0x1000, Prot::READ | Prot::WRITE).unwrap();
+                        uc.mem_write(DATA, &pristine).unwrap();
+                        uc.context_restore(&registers).unwrap();
+                    },
+                )
             })
         });
     }

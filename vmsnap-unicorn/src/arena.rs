@@ -122,7 +122,12 @@ impl Arena {
         // SAFETY: the run is inside the arena, which stays allocated and in
         // place until the run is unmapped (module invariant).
         unsafe {
-            uc.mem_map_ptr(self.base + run.offset, run.len, Prot(run.prot), self.ptr.as_ptr().add(off).cast())?
+            uc.mem_map_ptr(
+                self.base + run.offset,
+                run.len,
+                Prot(run.prot),
+                self.ptr.as_ptr().add(off).cast(),
+            )?
         };
         self.runs.push(run);
         Ok(())

@@ -5,9 +5,9 @@ use unicorn_engine::RegisterX86;
 use vmsnap::image::{IMAGE_DIRECTORY_ENTRY_EXPORT, MappedImage};
 use vmsnap::{MemoryManager, Protection, RegionKind};
 
+use crate::PAGE;
 use crate::error::SessionError;
 use crate::session::{Exit, Session};
-use crate::PAGE;
 
 /// A stack for [`Session::call`]: one allocation whose lowest page is the
 /// return trap (`READ | EXECUTE`, filled with `int3`) and whose other pages
@@ -43,7 +43,12 @@ impl Session {
     /// Sets up a call as [`call`](Self::call) does — arguments, stack
     /// frame, return address, `rip` — without running it, for stepping
     /// through a call with [`run`](Self::run) (`until` = `stack.trap`).
-    pub fn prepare_call(&mut self, stack: &CallStack, function: u64, args: &[u64]) -> Result<(), SessionError> {
+    pub fn prepare_call(
+        &mut self,
+        stack: &CallStack,
+        function: u64,
+        args: &[u64],
+    ) -> Result<(), SessionError> {
         if args.len() > MAX_ARGUMENTS {
             return Err(SessionError::TooManyArguments(args.len()));
         }
@@ -86,7 +91,9 @@ impl Session {
         self.prepare_call(stack, function, args)?;
         match self.run(function, stack.trap, limit)? {
             Exit::Until => self.reg(RegisterX86::RAX),
-            Exit::InstructionLimit { rip } | Exit::Stopped { rip } => Err(SessionError::CallDidNotReturn { rip }),
+            Exit::InstructionLimit { rip } | Exit::Stopped { rip } => {
+                Err(SessionError::CallDidNotReturn { rip })
+            }
         }
     }
 }

@@ -226,7 +226,11 @@ impl Session {
     /// mirror (MMIO, section views) give [`SessionError::Unsupported`].
     /// Time: O(committed bytes + regions).
     pub fn new(mm: MemoryManager) -> Result<Session, SessionError> {
-        let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, CpuData { dirty: DirtyLog::new(), fault: None })?;
+        let mut uc = Unicorn::new_with_data(
+            Arch::X86,
+            Mode::MODE_64,
+            CpuData { dirty: DirtyLog::new(), fault: None },
+        )?;
         uc.add_mem_hook(HookType::MEM_WRITE, 1, 0, |uc, _, address, size, _| {
             uc.get_data_mut().dirty.mark(address, size);
             true
@@ -332,7 +336,12 @@ impl Session {
     }
 
     /// [`MemoryManager::commit_memory`] through the session.
-    pub fn commit_memory(&mut self, address: u64, size: u64, protection: Protection) -> Result<(), SessionError> {
+    pub fn commit_memory(
+        &mut self,
+        address: u64,
+        size: u64,
+        protection: Protection,
+    ) -> Result<(), SessionError> {
         Ok(self.with_memory(|mm| mm.commit_memory(address, size, protection))??)
     }
 
@@ -374,9 +383,9 @@ impl Session {
             .arenas
             .values()
             .filter(|a| {
-                wanted.binary_search_by_key(&a.base, |r| r.base).map_or(true, |i| {
-                    wanted[i].length != a.len || !supported(wanted[i].kind)
-                })
+                wanted
+                    .binary_search_by_key(&a.base, |r| r.base)
+                    .map_or(true, |i| wanted[i].length != a.len || !supported(wanted[i].kind))
             })
             .map(|a| a.base)
             .collect();
@@ -569,7 +578,8 @@ impl Session {
         dirty.clear();
         self.mm.restore(&target.memory);
         let same_layout = target.origin == self.origin && target.layout_id == self.layout_id;
-        self.layout_id = if target.origin == self.origin { target.layout_id } else { self.mm.layout_version() };
+        self.layout_id =
+            if target.origin == self.origin { target.layout_id } else { self.mm.layout_version() };
         let synced = if same_layout { Ok(()) } else { self.sync_layout() };
         let refreshed = self.refresh(&pages);
         self.scratch = pages;

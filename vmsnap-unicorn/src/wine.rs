@@ -18,9 +18,12 @@ pub const WINE_DIR: &str = "usr/lib/x86_64-linux-gnu/wine/x86_64-windows";
 /// libwine, or the copy `.ci/run` extracts into the workspace's
 /// `target/libwine`. The error says where it looked and how to fetch it.
 pub fn ntdll_path() -> Result<PathBuf, String> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("VMSNAP_NTDLL").map(PathBuf::from).into_iter().collect();
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("VMSNAP_NTDLL").map(PathBuf::from).into_iter().collect();
     candidates.push(Path::new("/").join(WINE_DIR).join("ntdll.dll"));
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/libwine").join(WINE_DIR).join("ntdll.dll"));
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/libwine").join(WINE_DIR).join("ntdll.dll"),
+    );
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
         format!(
@@ -78,7 +81,8 @@ impl Ntdll {
         let image = session.map_image(file)?;
         quiet_debug_channels(&mut session, &image)?;
         let stack = session.create_call_stack(0x10000)?;
-        let scratch = session.allocate_memory(0x10000, Protection::READ_WRITE, false, 0, RegionKind::Private)?;
+        let scratch =
+            session.allocate_memory(0x10000, Protection::READ_WRITE, false, 0, RegionKind::Private)?;
         Ok(Ntdll { session, image, stack, scratch })
     }
 

@@ -84,9 +84,13 @@ fn sprintf_matches_rust() {
     let out = scratch + 0x200;
     n.session.write(fmt, b"%d|%s|%x|%5u|%-3c|%08X|%lld\0").unwrap();
     n.session.write(word, b"vmsnap\0").unwrap();
-    let args = [out, fmt, (-42i64) as u64, word, 0xbeef, 77, u64::from(b'z'), 0xC0FFEE, (-1234567890123i64) as u64];
+    let args =
+        [out, fmt, (-42i64) as u64, word, 0xbeef, 77, u64::from(b'z'), 0xC0FFEE, (-1234567890123i64) as u64];
     let len = call(&mut n, sprintf, &args);
-    let expected = format!("{}|{}|{:x}|{:5}|{:<3}|{:08X}|{}", -42, "vmsnap", 0xbeef, 77, 'z', 0xC0FFEE, -1234567890123i64);
+    let expected = format!(
+        "{}|{}|{:x}|{:5}|{:<3}|{:08X}|{}",
+        -42, "vmsnap", 0xbeef, 77, 'z', 0xC0FFEE, -1234567890123i64
+    );
     let mut got = vec![0u8; expected.len() + 1];
     n.session.read(out, &mut got).unwrap();
     assert_eq!(len, expected.len() as u64);

@@ -64,7 +64,9 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let (mut s, code) = session_with_code(&STORE_RBX_AT_RAX);
-        let base = s.allocate_memory(PAGES * PAGE as u64, Protection::READ_WRITE, true, 0, RegionKind::Private).unwrap();
+        let base = s
+            .allocate_memory(PAGES * PAGE as u64, Protection::READ_WRITE, true, 0, RegionKind::Private)
+            .unwrap();
         s.commit_memory(base, 8 * PAGE as u64, Protection::READ_WRITE).unwrap();
         let mut model: Model = vec![None; PAGES as usize];
         for p in model.iter_mut().take(8) {
@@ -91,7 +93,10 @@ impl Harness {
                     Some((prot, _)) if prot.contains(Protection::GUARD) => {
                         assert_eq!(
                             got,
-                            Err(SessionError::Memory(MemoryError::GuardPageViolation { address: at, access: Access::Write }))
+                            Err(SessionError::Memory(MemoryError::GuardPageViolation {
+                                address: at,
+                                access: Access::Write
+                            }))
                         );
                         prot.remove(Protection::GUARD);
                     }
@@ -174,7 +179,11 @@ impl Harness {
             let mut live = vec![0u8; PAGE];
             let read = self.s.read(at, &mut live);
             let cpu = self.s.cpu().mem_read_as_vec(at, PAGE);
-            assert_eq!(self.s.memory().page_protection(at), m.as_ref().map(|(p, _)| *p), "protection of page {i}");
+            assert_eq!(
+                self.s.memory().page_protection(at),
+                m.as_ref().map(|(p, _)| *p),
+                "protection of page {i}"
+            );
             match m {
                 None => {
                     assert!(read.is_err(), "page {i} reads but is not committed");
