@@ -24,8 +24,8 @@
 use std::path::Path;
 
 use super::{
-    FileError, Index, KIND_XOR, MAX_SNAPSHOTS, MAX_STORED_PAGES, PageRecord, Progress, RunRecord,
-    SnapshotRecord, corrupt, limit, read, read_chain, split, timeline_of, u16_at, u32_at,
+    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, Index, KIND_XOR, MAX_SNAPSHOTS, MAX_STORED_PAGES,
+    PageRecord, Progress, RunRecord, SnapshotRecord, corrupt, limit, read_chain, split, timeline_of,
 };
 use crate::PAGE_SIZE;
 use crate::protection::meta;
@@ -142,10 +142,12 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 1.0 } else { a as f64 / b as f64 }
 }
 
-/// Reads the file at `path` and describes it (see [`inspect_bytes`]).
-/// Time: O(file read + index + layouts); no frame is decompressed.
+/// Describes the file at `path` (see [`inspect_bytes`]), reading only its
+/// header and index. Time: O(index + layouts); no frame is read.
 pub fn inspect(path: &Path) -> Result<FileInfo, FileError> {
-    inspect_bytes(&read(path)?)
+    // Only the header and the index are read.
+    let (_, header, index) = super::lazy::read_head(path)?;
+    describe(&header, &index)
 }
 
 /// Describes a file held in memory: header fields, counts and sizes, every
@@ -155,7 +157,12 @@ pub fn inspect(path: &Path) -> Result<FileInfo, FileError> {
 /// reads no frame and follows no parent: a file that inspects may still fail
 /// [`verify`](super::verify). Time: O(index + layouts).
 pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo, FileError> {
-    let (area, index_bytes, _) = split(bytes)?;
+    let (_, index_bytes, header) = split(bytes)?;
+    describe(&header, index_bytes)
+}
+
+/// [`inspect_bytes`] from a checked header and index.
+fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> {
     let mut rest = index_bytes;
     let Index(frames, pages, snapshots, parent) =
         rmp_serde::decode::from_read(&mut rest).map_err(|_| corrupt("MessagePack index does not decode"))?;
@@ -205,11 +212,11 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo, FileError> {
         None => None,
     };
     Ok(FileInfo {
-        format_major: u16_at(bytes, 8),
-        format_minor: u16_at(bytes, 10),
-        flags: u32_at(bytes, 12),
-        file_length: bytes.len() as u64,
-        frames_length: area.len() as u64,
+        format_major: FORMAT_MAJOR,
+        format_minor: header.minor,
+        flags: if header.incremental { FLAG_INCREMENTAL } else { 0 },
+        file_length: header.index_offset + header.index_length,
+        frames_length: header.frames_length,
         index_length: index_bytes.len() as u64,
         frame_count: frames.len() as u64,
         stored_pages: pages.len() as u64,

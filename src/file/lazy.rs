@@ -255,7 +255,7 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
 }
 
 /// Opens `path` and reads its header and index, checked (§6.1).
-fn read_head(path: &Path) -> Result<(fs::File, Header, Vec<u8>), FileError> {
+pub(super) fn read_head(path: &Path) -> Result<(fs::File, Header, Vec<u8>), FileError> {
     let mut file = fs::File::open(path).map_err(io(path))?;
     let length = file.metadata().map_err(io(path))?.len();
     let mut head = vec![0u8; length.min(HEADER_LENGTH as u64) as usize];

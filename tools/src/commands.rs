@@ -316,6 +316,7 @@ pub fn dump(args: &DumpArgs, json: bool) -> Result<()> {
     let opened = Opened::open(&args.file)?;
     let (summary, snapshot) = opened.select(args.snapshot.as_deref())?;
     let (bytes, unreadable) = read_pages(snapshot, args.address, args.length);
+    opened.check_pages()?;
     if unreadable.iter().map(|r| r.1 - r.0).sum::<u64>() == args.length {
         bail!(
             "{:#x}..{:#x} is not readable in {} {} (no committed page; try `vmsnap regions`)",
@@ -438,13 +439,19 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
     let d = old.diff(new);
     let elapsed = started.elapsed().as_secs_f64();
     let changes = d.page_changes();
+    // The changed pages' bytes, read (from the files, lazily) and compared
+    // once; a page a damaged file cannot give is an error, not zeros.
+    let ranges: Vec<_> = changes.iter().map(|c| c.byte_ranges()).collect();
+    a.check_pages()?;
+    b.check_pages()?;
     if json {
         let pages: Vec<_> = changes
             .iter()
-            .map(|c| {
-                let ranges: Vec<_> = c
-                    .byte_ranges()
-                    .into_iter()
+            .zip(&ranges)
+            .map(|(c, ranges)| {
+                let ranges: Vec<_> = ranges
+                    .iter()
+                    .cloned()
                     .map(|r| {
                         json!({"start": r.start, "end": r.end,
                         "old": hex(&c.old_bytes()[r.clone()]).replace(' ', ""),
@@ -478,8 +485,7 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
     if !changes.is_empty() {
         println!("\npages:");
     }
-    for c in changes.iter().take(args.max_pages) {
-        let ranges = c.byte_ranges();
+    for (c, ranges) in changes.iter().zip(&ranges).take(args.max_pages) {
         let changed: usize = ranges.iter().map(|r| r.len()).sum();
         let list: Vec<String> =
             ranges.iter().take(8).map(|r| format!("{:#x}..{:#x}", r.start, r.end)).collect();
@@ -496,7 +502,7 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
             println!("      (reads zeros in both versions)");
         }
         let mut lines = 0;
-        for r in &ranges {
+        for r in ranges {
             let mut at = r.start;
             while at < r.end && lines < 8 {
                 let end = (at + 16).min(r.end);
@@ -679,7 +685,9 @@ pub fn rebase(args: &RebaseArgs, json: bool) -> Result<()> {
         let opened = Opened::open(&args.file)?;
         let (summary, snapshot) = opened.select(Some(sel))?;
         let mut bar = Bar::new("saving", 0, true);
-        vmsnap::file::save_with_progress(snapshot, &args.out, &mut bar.hook()).with_context(out)?;
+        let saved = vmsnap::file::save_with_progress(snapshot, &args.out, &mut bar.hook());
+        opened.check_pages()?;
+        saved.with_context(out)?;
         format!("snapshot {}", label(summary))
     } else if info.is_incremental() {
         vmsnap::file::rebase(&args.file, &args.out).with_context(|| args.file.display().to_string())?;
@@ -689,7 +697,9 @@ pub fn rebase(args: &RebaseArgs, json: bool) -> Result<()> {
         "already self-contained: rewritten".to_owned()
     } else {
         let opened = Opened::open(&args.file)?;
-        vmsnap::file::save_timeline(&opened.timeline, &args.out).with_context(out)?;
+        let saved = vmsnap::file::save_timeline(&opened.timeline, &args.out);
+        opened.check_pages()?;
+        saved.with_context(out)?;
         format!("timeline of {} snapshots, already self-contained: rewritten", opened.timeline.len())
     };
     let written = std::fs::metadata(&args.out).with_context(out)?.len();

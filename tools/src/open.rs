@@ -4,12 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use vmsnap::file::{FileInfo, SnapshotSummary};
+use vmsnap::file::{FileInfo, LazyFile, SnapshotSummary};
 use vmsnap::{Snapshot, SnapshotId, Timeline};
 
-use crate::progress::Bar;
-
-/// A loaded file: what its index says, and its snapshots as a timeline.
+/// An opened file: what its index says, and its snapshots as a timeline
+/// whose pages are read from the file on first touch (`file::open_lazy`).
 pub struct Opened {
     /// The path given.
     pub path: PathBuf,
@@ -19,6 +18,8 @@ pub struct Opened {
     pub timeline: Timeline,
     /// Timeline ids of the file's snapshot records, in file order.
     ids: Vec<SnapshotId>,
+    /// The lazily opened file (its page-read errors).
+    lazy: LazyFile,
 }
 
 /// What kind of file the index describes.
@@ -33,15 +34,25 @@ pub fn file_kind(info: &FileInfo) -> &'static str {
 }
 
 impl Opened {
-    /// Inspects and loads `path` (every page hash checked, parents loaded).
+    /// Inspects and opens `path` lazily: header, index and parent chain are
+    /// read and checked now; a page is read (its frame decompressed, its
+    /// hash checked) when a command first needs it. `verify` reads all.
     pub fn open(path: &Path) -> Result<Opened> {
         let context = || path.display().to_string();
         let info = vmsnap::file::inspect(path).with_context(context)?;
-        let mut bar = Bar::new("loading", info.unique_bytes(), true);
-        let timeline =
-            vmsnap::file::load_timeline_with_progress(path, &mut bar.hook()).with_context(context)?;
+        let lazy = vmsnap::file::open_lazy(path).with_context(context)?;
+        let timeline = lazy.timeline();
         let ids = timeline.iter().map(|e| e.id).collect();
-        Ok(Opened { path: path.to_owned(), info, timeline, ids })
+        Ok(Opened { path: path.to_owned(), info, timeline, ids, lazy })
+    }
+
+    /// Fails when a page a command read could not be read from the file (a
+    /// damaged frame, an I/O error): commands call it before printing.
+    pub fn check_pages(&self) -> Result<()> {
+        match self.lazy.take_error() {
+            Some(e) => Err(e).with_context(|| self.path.display().to_string()),
+            None => Ok(()),
+        }
     }
 
     /// The position (in file order) of the snapshot `selector` names: a file
