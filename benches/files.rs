@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo bench --bench files`; size with `VMSNAP_BENCH_FILE_MIB`
 //! (default 256; the figure is 1024). Ratios:
-//! `python3 benches/ratios.py --baseline raw_write file_save` and
-//! `python3 benches/ratios.py --baseline raw_read file_load`. Compression
-//! ratios are printed on stderr.
+//! `python3 benches/ratios.py --baseline raw_write file_save`,
+//! `python3 benches/ratios.py --baseline raw_read file_load` and
+//! `python3 benches/ratios.py --baseline load file_open_lazy`. Compression
+//! ratios are printed on stderr. `vmsnap` rows use every core (frames are
+//! compressed and checked in parallel), `vmsnap_1_thread` rows one.
 //!
 //! The pages:
 //! - **heap**: heap-like objects — 16-byte chunk headers with sizes, pointers
@@ -135,6 +137,12 @@ fn files(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("vmsnap", label), |b| {
             b.iter(|| vmsnap::file::save(&snap, &file).unwrap())
         });
+        // One core: the per-core rate (the bytes written are the same).
+        vmsnap::file::set_threads(1);
+        group.bench_function(BenchmarkId::new("vmsnap_1_thread", label), |b| {
+            b.iter(|| vmsnap::file::save(&snap, &file).unwrap())
+        });
+        vmsnap::file::set_threads(0);
         group.bench_function(BenchmarkId::new("raw_write", label), |b| {
             b.iter(|| std::fs::write(&raw, &flat).unwrap())
         });
@@ -152,6 +160,11 @@ fn files(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("vmsnap", label), |b| {
             b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
         });
+        vmsnap::file::set_threads(1);
+        group.bench_function(BenchmarkId::new("vmsnap_1_thread", label), |b| {
+            b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
+        });
+        vmsnap::file::set_threads(0);
         group.bench_function(BenchmarkId::new("raw_read", label), |b| {
             b.iter(|| black_box(std::fs::read(&raw).unwrap()))
         });
@@ -160,6 +173,30 @@ fn files(c: &mut Criterion) {
                 let compressed = std::fs::read(&l8).unwrap();
                 black_box(zstd::bulk::decompress(&compressed, flat.len()).unwrap())
             })
+        });
+        group.finish();
+
+        // Lazy opening: the header and the index, then one page (one frame),
+        // against the eager load of everything.
+        let mut group = c.benchmark_group("file_open_lazy");
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(5));
+        let pages = (mib * 256) as u64;
+        let mut n = 0u64;
+        group.bench_function(BenchmarkId::new("open_and_read_one_page", label), |b| {
+            b.iter(|| {
+                let lazy = vmsnap::file::open_lazy(&file).unwrap();
+                let s = lazy.snapshot().unwrap();
+                n = (n + 7919) % pages;
+                let mut buf = [0u8; 8];
+                s.read_memory(BASE + n * PAGE as u64, &mut buf).unwrap();
+                black_box(buf)
+            })
+        });
+        group.bench_function(BenchmarkId::new("load", label), |b| {
+            b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
         });
         group.finish();
     }
