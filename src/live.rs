@@ -312,10 +312,14 @@ impl LivePages {
         let entry = self.table.get(vpn);
         let mut e = TlbEntry { vpn, meta: entry.meta, slot: NO_SLOT, frozen: std::ptr::null() };
         // A view page's bytes are its section page's.
-        let target = if entry.meta & meta::VIEW != 0 { vpn + entry.aux } else { vpn };
+        let (target, source) = if entry.meta & meta::VIEW != 0 {
+            (vpn + entry.aux, self.table.get(vpn + entry.aux))
+        } else {
+            (vpn, entry)
+        };
         match self.overlay.get(target) {
             Some(slot) => e.slot = slot,
-            None => match self.table.get(target).try_bytes() {
+            None => match source.try_bytes() {
                 Some(bytes) => e.frozen = bytes as *const PageBytes,
                 // A lazily loaded page that cannot be read: not committed
                 // for every access, never cached (see `PageTable::resolve`).

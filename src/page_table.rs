@@ -59,7 +59,9 @@ pub(crate) static ZERO_PAGE: PageBytes = [0; PAGE];
 /// good. Every other page has its bytes from birth.
 pub(crate) struct FrozenPage {
     pub(crate) fingerprint: u64,
-    bytes: OnceLock<PageBytes>,
+    /// Behind a pointer, so a lazy page not read yet costs a few dozen
+    /// bytes, not a page.
+    bytes: OnceLock<Box<PageBytes>>,
     lazy: Option<Box<LazyRef>>,
 }
 
@@ -97,10 +99,8 @@ pub(crate) fn fingerprint(bytes: &PageBytes) -> u64 {
             *lane = lane.wrapping_add(word);
         }
     }
-    lanes
-        .iter()
-        .enumerate()
-        .fold(0, |h, (i, &l)| h ^ l.rotate_left(i as u32 * 8 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    // Chained, so equal lanes (a page of one repeated byte) still mix.
+    lanes.iter().fold(0, |h, &l| (h ^ l).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31))
 }
 
 impl FrozenPage {
@@ -110,7 +110,7 @@ impl FrozenPage {
     #[inline]
     pub(crate) fn try_bytes(&self) -> Option<&PageBytes> {
         match self.bytes.get() {
-            Some(b) => Some(b),
+            Some(b) => Some(&**b),
             None => self.load(),
         }
     }
@@ -119,7 +119,7 @@ impl FrozenPage {
     fn load(&self) -> Option<&PageBytes> {
         let lazy = self.lazy.as_ref()?;
         lazy.source.load(lazy.record);
-        self.bytes.get()
+        self.bytes.get().map(|b| &**b)
     }
 
     /// The page's bytes, or the zero page for a lazily loaded page whose
@@ -134,7 +134,9 @@ impl FrozenPage {
     /// Fills a lazily loaded page with its (checked) bytes; a no-op when
     /// it has them already.
     pub(crate) fn fill(&self, bytes: &PageBytes) {
-        let _ = self.bytes.set(*bytes);
+        if self.bytes.get().is_none() {
+            let _ = self.bytes.set(Box::new(*bytes));
+        }
     }
 
     /// True when the page has its bytes (always, except for a lazily loaded
@@ -172,7 +174,7 @@ impl FrozenPage {
     /// A new shared page whose fingerprint the caller computed.
     pub(crate) fn with_fingerprint(bytes: &PageBytes, fingerprint: u64) -> Arc<FrozenPage> {
         FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
-        Arc::new(FrozenPage { fingerprint, bytes: OnceLock::from(*bytes), lazy: None })
+        Arc::new(FrozenPage { fingerprint, bytes: OnceLock::from(Box::new(*bytes)), lazy: None })
     }
 
     /// A new lazily loaded page: record `record` of `source`, whose bytes
@@ -1026,6 +1028,97 @@ mod tests {
         assert!(!pa.same_bytes(&FrozenPage::new(&b)));
         assert!(!pa.is_zero());
         assert!(FrozenPage::new(&ZERO_PAGE).is_zero());
+        // Pages of one repeated byte (0xCC padding, 0xFF fill) have equal
+        // lane sums: the lane rotations must still tell them apart.
+        let uniform: Vec<u64> = (1..=255u8).map(|b| fingerprint(&[b; PAGE])).collect();
+        assert!(uniform.iter().all(|&f| f != 0));
+        let distinct: std::collections::HashSet<u64> = uniform.iter().copied().collect();
+        assert_eq!(distinct.len(), 255);
+    }
+
+    /// FORMAT.md §4.1, written from the text: the file format stores this
+    /// value, so the engine's fingerprint must never drift from it.
+    #[test]
+    fn fingerprint_follows_the_format_spec() {
+        fn spec(b: &[u8]) -> u64 {
+            let mut lane = [0u64; 8];
+            for k in 0..64 {
+                for (i, l) in lane.iter_mut().enumerate() {
+                    let at = 64 * k + 8 * i;
+                    *l = l.wrapping_add(u64::from_le_bytes(b[at..at + 8].try_into().unwrap()));
+                }
+            }
+            let mut h = 0u64;
+            for l in lane {
+                h = ((h ^ l).wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(31);
+            }
+            h
+        }
+        let mut x = 0x1234_5678_9ABC_DEF1u64;
+        for _ in 0..50 {
+            let mut page = [0u8; PAGE];
+            for byte in page.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = if x.is_multiple_of(3) { x as u8 } else { 0 };
+            }
+            assert_eq!(fingerprint(&page), spec(&page));
+        }
+        let mut one = [0u8; PAGE];
+        one[0] = 1;
+        assert_eq!(fingerprint(&one), spec(&one));
+        assert_eq!(fingerprint(&ZERO_PAGE), 0);
+    }
+
+    /// The bytes of record `r`: distinct, non-uniform pages.
+    fn page_of(r: u32) -> PageBytes {
+        let mut p = [0u8; PAGE];
+        p[0] = r as u8 + 1;
+        p[100] = 7;
+        p
+    }
+
+    /// A source that hands out `page_of(record)`, or fails for record 0,
+    /// counting its loads.
+    struct CountingSource(std::sync::Mutex<Vec<Arc<FrozenPage>>>, AtomicU64);
+
+    impl LazySource for CountingSource {
+        fn load(&self, record: u32) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            if record != 0 {
+                self.0.lock().unwrap()[record as usize].fill(&page_of(record));
+            }
+        }
+    }
+
+    #[test]
+    fn lazy_pages_are_small_load_once_and_fail_without_lying() {
+        // Until read, a lazy page is its header: no page of bytes.
+        assert!(std::mem::size_of::<FrozenPage>() <= 64, "{}", std::mem::size_of::<FrozenPage>());
+        let source = Arc::new(CountingSource(Default::default(), AtomicU64::new(0)));
+        let dynamic: Arc<dyn LazySource> = source.clone();
+        let pages: Vec<_> =
+            (0..3).map(|r| FrozenPage::lazy(fingerprint(&page_of(r)), dynamic.clone(), r)).collect();
+        *source.0.lock().unwrap() = pages.clone();
+        assert!(!pages[2].is_loaded());
+        assert_eq!(pages[2].try_bytes(), Some(&page_of(2)));
+        assert_eq!(pages[2].bytes()[0], 3);
+        assert_eq!(source.1.load(Ordering::Relaxed), 1, "loaded once");
+        // Fingerprints first: different pages are told apart without a read.
+        assert!(!pages[1].same_bytes(&pages[2]));
+        assert_eq!(source.1.load(Ordering::Relaxed), 1);
+        assert!(pages[1].same_bytes(&FrozenPage::new(&page_of(1))));
+        // A page that cannot be read: None every time (each a new try), zeros
+        // for the consumers that cannot fail, equal to nothing but itself.
+        assert_eq!(pages[0].try_bytes(), None);
+        assert_eq!(pages[0].try_bytes(), None);
+        assert_eq!(pages[0].bytes(), &ZERO_PAGE);
+        assert!(!pages[0].same_bytes(&FrozenPage::new(&ZERO_PAGE)));
+        assert!(!pages[0].is_zero());
+        assert!(pages[0].same_bytes(&pages[0]));
+        assert!(source.1.load(Ordering::Relaxed) >= 4);
+        source.0.lock().unwrap().clear(); // break the test's own cycle
     }
 
     #[test]
