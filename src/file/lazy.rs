@@ -20,6 +20,11 @@
 //! calls it equal to another page). [`LazyFile::load_all`] reads everything
 //! up front, with the error.
 //!
+//! Each page of the file is allocated (not filled) when it is opened: the
+//! I/O, decompression and hashing are deferred, the 4 KiB of memory per
+//! stored page is not (the engine keeps page bytes inline, so that a read
+//! needs no extra pointer hop).
+//!
 //! The open file handle is kept (as long as any of its pages lives), so a
 //! file replaced by a later atomic save under the same name keeps serving
 //! the old contents. Files before 1.2 have no fingerprints: they are read
