@@ -8,7 +8,9 @@
 //! `python3 benches/ratios.py --baseline raw_read file_load` and
 //! `python3 benches/ratios.py --baseline load file_open_lazy`. Compression
 //! ratios are printed on stderr. `vmsnap` rows use every core (frames are
-//! compressed and checked in parallel), `vmsnap_1_thread` rows one.
+//! compressed and checked in parallel), `vmsnap_1_thread` rows one;
+//! `floor_*` rows are the codec alone on one core (zstd level 3 over the same
+//! 16-page frames, BLAKE3 of the same pages), the floor of the format.
 //!
 //! The pages:
 //! - **heap**: heap-like objects — 16-byte chunk headers with sizes, pointers
@@ -149,6 +151,16 @@ fn files(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("zstd_l8_frame", label), |b| {
             b.iter(|| std::fs::write(&l8, zstd::bulk::compress(&flat, 8).unwrap()).unwrap())
         });
+        // The codec's floor on one core: compressing the same data in 16-page
+        // level-3 frames, in memory, nothing else.
+        group.bench_function(BenchmarkId::new("floor_zstd_frames_1_thread", label), |b| {
+            let mut c = zstd::bulk::Compressor::new(vmsnap::file::ZSTD_LEVEL).unwrap();
+            b.iter(|| {
+                for f in flat.chunks(16 * PAGE).filter(|f| f.iter().any(|&b| b != 0)) {
+                    black_box(c.compress(f).unwrap());
+                }
+            })
+        });
         group.finish();
 
         let mut group = c.benchmark_group("file_load");
@@ -172,6 +184,30 @@ fn files(c: &mut Criterion) {
             b.iter(|| {
                 let compressed = std::fs::read(&l8).unwrap();
                 black_box(zstd::bulk::decompress(&compressed, flat.len()).unwrap())
+            })
+        });
+        // The floor of the format on one core: decompressing the same 16-page
+        // level-3 frames into one reused buffer, and BLAKE3 of every page,
+        // each alone (no file, no allocation, no page table).
+        let frames: Vec<Vec<u8>> = flat
+            .chunks(16 * PAGE)
+            .filter(|f| f.iter().any(|&b| b != 0))
+            .map(|f| zstd::bulk::compress(f, vmsnap::file::ZSTD_LEVEL).unwrap())
+            .collect();
+        group.bench_function(BenchmarkId::new("floor_zstd_frames_1_thread", label), |b| {
+            let mut d = zstd::bulk::Decompressor::new().unwrap();
+            let mut out = vec![0u8; 16 * PAGE];
+            b.iter(|| {
+                for f in &frames {
+                    black_box(d.decompress_to_buffer(f, &mut out).unwrap());
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("floor_blake3_pages_1_thread", label), |b| {
+            b.iter(|| {
+                for page in flat.chunks(PAGE).filter(|p| p.iter().any(|&b| b != 0)) {
+                    black_box(blake3::hash(page));
+                }
             })
         });
         group.finish();
