@@ -1,8 +1,8 @@
 //! Read-only inspection of a snapshot file: its header and index, without
 //! decompressing a single frame — what `vmsnap info` prints.
 //!
-//! [`inspect`] checks the header and the index checksum (FORMAT.md §6.1),
-//! decodes the index and every snapshot's layout, and counts: snapshots,
+//! [`inspect`] checks the header, the index checksum and the index itself
+//! (FORMAT.md §6.1–§6.4), decodes every snapshot's layout, and counts: snapshots,
 //! frames, stored (distinct, non-zero) pages, page-map entries, inherited
 //! and zero pages, raw and stored bytes. It does not read the frames nor
 //! follow a parent chain: [`verify`](super::verify) does both.
@@ -24,8 +24,8 @@
 use std::path::Path;
 
 use super::{
-    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, Index, KIND_XOR, MAX_SNAPSHOTS, MAX_STORED_PAGES,
-    PageRecord, Progress, RunRecord, SnapshotRecord, corrupt, limit, read_chain, split, timeline_of,
+    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, PageRecord, Parsed, Progress, RunRecord,
+    SnapshotRecord, corrupt, parse_index, read_chain, split, timeline_of,
 };
 use crate::PAGE_SIZE;
 use crate::protection::meta;
@@ -152,7 +152,7 @@ pub fn inspect(path: &Path) -> Result<FileInfo, FileError> {
 
 /// Describes a file held in memory: header fields, counts and sizes, every
 /// snapshot record and the parent record. Checks the header, both
-/// checksums, the index's MessagePack and size limits, and decodes each
+/// checksums and the index (FORMAT.md §6.1–§6.4), and decodes each
 /// snapshot's layout (errors as [`load`](super::load) reports them), but
 /// reads no frame and follows no parent: a file that inspects may still fail
 /// [`verify`](super::verify). Time: O(index + layouts).
@@ -163,15 +163,7 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo, FileError> {
 
 /// [`inspect_bytes`] from a checked header and index.
 fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> {
-    let mut rest = index_bytes;
-    let Index(frames, pages, snapshots, parent) =
-        rmp_serde::decode::from_read(&mut rest).map_err(|_| corrupt("MessagePack index does not decode"))?;
-    if !rest.is_empty() {
-        return Err(corrupt("trailing bytes after the MessagePack index"));
-    }
-    limit("frame count", frames.len() as u64, MAX_STORED_PAGES)?;
-    limit("page record count", pages.len() as u64, MAX_STORED_PAGES)?;
-    limit("snapshot count", snapshots.len() as u64, MAX_SNAPSHOTS)?;
+    let Parsed { frames, pages, snapshots, parent, .. } = parse_index(index_bytes, header)?;
     let mut summaries = Vec::with_capacity(snapshots.len());
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
         let layout = crate::state::decode_layout(state)?;
