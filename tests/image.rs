@@ -533,7 +533,7 @@ fn maps_a_file_written_by_the_object_crate() {
 const WINE_DIR: &str = "usr/lib/x86_64-linux-gnu/wine/x86_64-windows";
 
 /// Where the libwine PE DLLs are: an installed libwine, or the copy
-/// `.ci/run` extracts into `target/libwine`.
+/// `.ci/deps` extracts into `target/libwine`.
 fn wine_dll(name: &str) -> Result<PathBuf, String> {
     let candidates = [
         Path::new("/").join(WINE_DIR).join(name),
@@ -543,7 +543,7 @@ fn wine_dll(name: &str) -> Result<PathBuf, String> {
         format!(
             "SKIPPED: {name} not found at {} or {}. It comes from Debian's libwine package; fetch it with \
              `(cd /tmp && apt-get download libwine) && dpkg -x /tmp/libwine_*.deb target/libwine` \
-             from the repository root (or run .ci/run).",
+             from the repository root (or run .ci/deps).",
             candidates[0].display(),
             candidates[1].display()
         )

@@ -15,7 +15,7 @@ use crate::session::Session;
 pub const WINE_DIR: &str = "usr/lib/x86_64-linux-gnu/wine/x86_64-windows";
 
 /// The path of libwine's PE `ntdll.dll`: `$VMSNAP_NTDLL`, an installed
-/// libwine, or the copy `.ci/run` extracts into the workspace's
+/// libwine, or the copy `.ci/deps` extracts into the workspace's
 /// `target/libwine`. The error says where it looked and how to fetch it.
 pub fn ntdll_path() -> Result<PathBuf, String> {
     let mut candidates: Vec<PathBuf> =
@@ -29,7 +29,7 @@ pub fn ntdll_path() -> Result<PathBuf, String> {
         format!(
             "ntdll.dll not found (looked at {}). It comes from Debian's libwine package; fetch it with \
              `(cd /tmp && apt-get download libwine) && dpkg -x /tmp/libwine_*.deb target/libwine` \
-             from the repository root (or run .ci/run), or set VMSNAP_NTDLL.",
+             from the repository root (or run .ci/deps), or set VMSNAP_NTDLL.",
             looked.join(", ")
         )
     })
