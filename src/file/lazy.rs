@@ -1,34 +1,4 @@
-//! Lazily opened snapshot files: the header and the index now, each page's
-//! frame on the first touch of one of its pages.
-//!
-//! [`open_lazy`] reads and checks the header and the index (§6.1–§6.4 and
-//! §6.8–§6.9 of FORMAT.md: everything but the frames' contents) and builds
-//! the file's snapshots with *lazy* frozen pages: each knows its fingerprint
-//! (from its 1.2 page record) and where its bytes are, so region queries,
-//! `restore`, `snapshot` and most of a diff never read a frame. The first
-//! read of a page reads its frame (one `pread` of ≤ 64 KiB), checks the
-//! frame's checksum and every page's BLAKE3 hash and fingerprint (§6.5,
-//! §6.7), and fills every page of that frame for good; nothing else is
-//! decompressed.
-//!
-//! A page that cannot be read (an I/O error, or a frame or page that fails
-//! its check) is [`MemoryError::PageUnavailable`](crate::MemoryError) on
-//! every access that can fail (`read_memory`, `write_memory`, the guest
-//! accesses) and [`LazyFile::take_error`] says why; nothing is filled, and
-//! the next access tries again. The consumers that cannot fail see such a
-//! page as zeros: diff byte views and `serialize_memory_state` (a diff never
-//! calls it equal to another page). [`LazyFile::load_all`] reads everything
-//! up front, with the error.
-//!
-//! Each page of the file is allocated (not filled) when it is opened: the
-//! I/O, decompression and hashing are deferred, the 4 KiB of memory per
-//! stored page is not (the engine keeps page bytes inline, so that a read
-//! needs no extra pointer hop).
-//!
-//! The open file handle is kept (as long as any of its pages lives), so a
-//! file replaced by a later atomic save under the same name keeps serving
-//! the old contents. Files before 1.2 have no fingerprints: they are read
-//! completely when opened, as `load` does.
+//! Lazily opened snapshot files (see [`LazyFile`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::AtomicU64;
@@ -37,8 +7,37 @@ use std::sync::{Mutex, OnceLock, PoisonError, Weak};
 use super::*;
 use crate::page_table::LazySource;
 
-/// A snapshot file opened lazily: its snapshots are ready, their pages are
-/// read on first touch. See the [module documentation](self).
+/// A snapshot file opened lazily ([`open_lazy`]): its snapshots are ready,
+/// their pages are read on first touch.
+///
+/// [`open_lazy`] reads and checks the header and the index (§6.1–§6.4 and
+/// §6.8–§6.9 of FORMAT.md: everything but the frames' contents) and builds
+/// the file's snapshots with *lazy* frozen pages: each knows its fingerprint
+/// (from its 1.2 page record) and where its bytes are, so region queries,
+/// `restore`, `snapshot` and most of a diff never read a frame. The first
+/// read of a page reads its frame (one `pread` of ≤ 64 KiB), checks the
+/// frame's checksum and every page's BLAKE3 hash and fingerprint (§6.5,
+/// §6.7), and fills every page of that frame for good; nothing else is
+/// decompressed.
+///
+/// A page that cannot be read (an I/O error, or a frame or page that fails
+/// its check) is [`MemoryError::PageUnavailable`](crate::MemoryError) on
+/// every access that can fail (`read_memory`, `write_memory`, the guest
+/// accesses) and [`LazyFile::take_error`] says why; nothing is filled, and
+/// the next access tries again. The consumers that cannot fail see such a
+/// page as zeros: diff byte views and `serialize_memory_state` (a diff never
+/// calls it equal to another page). [`LazyFile::load_all`] reads everything
+/// up front, with the error.
+///
+/// Each page of the file is allocated (not filled) when it is opened: the
+/// I/O, decompression and hashing are deferred, the 4 KiB of memory per
+/// stored page is not (the engine keeps page bytes inline, so that a read
+/// needs no extra pointer hop).
+///
+/// The open file handle is kept (as long as any of its pages lives), so a
+/// file replaced by a later atomic save under the same name keeps serving
+/// the old contents. Files before 1.2 have no fingerprints: they are read
+/// completely when opened, as `load` does.
 ///
 /// ```
 /// use vmsnap::{MemoryManager, Protection, RegionKind};

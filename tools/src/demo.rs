@@ -28,7 +28,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 500)]
     pub steps: u64,
     /// Where to save the timeline (default: vmsnap-demo.vmsnap in the temporary directory).
-    /// Two more files go beside it: <name>-base.vmsnap and the incremental <name>-branch.vmsnap.
+    /// Two more files go beside it: NAME-base.vmsnap and the incremental NAME-branch.vmsnap (NAME: OUT without .vmsnap).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Heap committed, in MiB.
