@@ -100,7 +100,7 @@
 //! * A small **software TLB** maps recently used page numbers to their bytes,
 //!   so a hot 8-byte read is a compare and a copy.
 //! * The **region map** (`region_map.rs`) is an `imbl::OrdMap` of allocations.
-//! * **Snapshot files** ([`file`]) store distinct pages once, in 16-page zstd
+//! * **Snapshot files** ([`file`](mod@file)) store distinct pages once, in 16-page zstd
 //!   frames with an index. A lazily opened file ([`file::open_lazy`]) gives
 //!   snapshots whose frozen pages start without their bytes (a `OnceLock`
 //!   each, filled from its frame on the first read); a page whose frame
@@ -109,7 +109,7 @@
 //! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
 //! `page_table`, `region_map` → `live` → `query` (shared by live and frozen
 //! versions) → `manager`, `section`, `snapshot`, `diff`, `timeline`, `state`
-//! (serialization) → [`file`] (snapshot files), [`image`] (PE mapping),
+//! (serialization) → [`file`](mod@file) (snapshot files), [`image`] (PE mapping),
 //! [`nt`] (the Windows system-call face).
 //!
 //! ## Costs
