@@ -450,7 +450,7 @@ fn encode(
             total: (bodies.len() * PAGE) as u64,
         });
     }
-    let pages = hashes
+    let pages: Vec<PageRecord> = hashes
         .iter()
         .zip(&bases)
         .enumerate()
@@ -466,9 +466,12 @@ fn encode(
         })
         .collect();
     let parent_record = parent.map(|p| ParentRecord(ByteBuf::from(p.index_hash.to_vec()), p.hint.to_owned()));
+    let counts = (snapshots.len() as u64, pages.len() as u64, frames.len() as u64);
     let index = Index(frames, pages, snapshots, parent_record);
     // Invariant: encoding plain values into a Vec cannot fail.
     let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
+    // Never write a file a reader would refuse.
+    check_writer_limits(counts.0, counts.1, counts.2, frames_area.len() as u64, index.len() as u64)?;
 
     let (minor, flags) = (FORMAT_MINOR, if parent.is_some() { FLAG_INCREMENTAL } else { 0 });
     let mut out = Vec::with_capacity(HEADER_LENGTH + frames_area.len() + index.len());
@@ -486,6 +489,23 @@ fn encode(
     out.extend_from_slice(&frames_area);
     out.extend_from_slice(&index);
     Ok(out)
+}
+
+/// The reader's size limits (FORMAT.md §3.1, §6.1–§6.2), checked by the
+/// writer so that it never writes a file a reader refuses: a timeline too
+/// large for one file is [`FileError::SizeLimit`], and nothing is written.
+fn check_writer_limits(
+    snapshots: u64,
+    records: u64,
+    frames: u64,
+    frames_length: u64,
+    index_length: u64,
+) -> Result<(), FileError> {
+    limit("snapshot count", snapshots, MAX_SNAPSHOTS)?;
+    limit("page record count", records, MAX_STORED_PAGES)?;
+    limit("frame count", frames, MAX_STORED_PAGES)?;
+    limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
+    limit("index length", index_length, MAX_INDEX_LENGTH)
 }
 
 /// How far a save or load has come, for a progress bar: bytes of page data
@@ -1351,4 +1371,35 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
 /// `out` may be `path` (the child is replaced atomically).
 pub fn rebase(path: &Path, out: &Path) -> Result<(), FileError> {
     save(&load(path)?, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer refuses exactly what a reader refuses, before writing.
+    #[test]
+    fn writer_limits_are_the_reader_limits() {
+        check_writer_limits(
+            MAX_SNAPSHOTS,
+            MAX_STORED_PAGES,
+            MAX_STORED_PAGES,
+            MAX_FRAMES_LENGTH,
+            MAX_INDEX_LENGTH,
+        )
+        .unwrap();
+        let cases: [(&str, [u64; 5]); 5] = [
+            ("snapshot count", [MAX_SNAPSHOTS + 1, 0, 0, 0, 0]),
+            ("page record count", [1, MAX_STORED_PAGES + 1, 0, 0, 0]),
+            ("frame count", [1, 0, MAX_STORED_PAGES + 1, 0, 0]),
+            ("frame area length", [1, 0, 0, MAX_FRAMES_LENGTH + 1, 0]),
+            ("index length", [1, 0, 0, 0, MAX_INDEX_LENGTH + 1]),
+        ];
+        for (name, [a, b, c, d, e]) in cases {
+            match check_writer_limits(a, b, c, d, e) {
+                Err(FileError::SizeLimit { what, .. }) => assert_eq!(what, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 }
