@@ -94,6 +94,10 @@ fn the_demo_reports_and_saves_its_files() {
     assert_eq!(r["branch_steps"], 3);
     assert_eq!(r["snapshots"], 15);
     assert_eq!(r["verified"], true);
+    // The lazily opened timeline ran a manager after reading a frame or so,
+    // not the whole file.
+    let (read, frames) = (r["lazy_frames_read"].as_u64().unwrap(), r["lazy_frames"].as_u64().unwrap());
+    assert!(read >= 1 && read < frames, "{read} of {frames} frames");
     assert_eq!(r["timeline_file"], s(&d.file));
     for f in [&d.file, &d.base, &d.branch] {
         assert!(f.exists(), "{}", f.display());
