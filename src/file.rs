@@ -308,6 +308,50 @@ struct Body<'a> {
     base: Option<&'a FrozenPage>,
 }
 
+/// What `child` changes in `parent` (both sorted by page number): the
+/// entries of `child` that differ from `parent`'s at the same page, and a 0
+/// for every page `parent` stores and `child` does not.
+fn page_map_delta(parent: &[(u64, u32)], child: &[(u64, u32)]) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (parent.iter().peekable(), child.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(&&(pa, ra)), Some(&&(pb, rb))) if pa == pb => {
+                if ra != rb {
+                    out.push((pb, rb));
+                }
+                a.next();
+                b.next();
+            }
+            (Some(&&(pa, _)), Some(&&(pb, _))) if pa < pb => {
+                out.push((pa, 0));
+                a.next();
+            }
+            (Some(&&(pa, _)), None) => {
+                out.push((pa, 0));
+                a.next();
+            }
+            (_, Some(&&entry)) => {
+                out.push(entry);
+                b.next();
+            }
+            (None, None) => return out,
+        }
+    }
+}
+
+/// Sorted `(page, entry)` pairs as maximal runs of consecutive pages.
+fn runs_of(entries: &[(u64, u32)]) -> Vec<RunRecord> {
+    let mut runs: Vec<RunRecord> = Vec::new();
+    for &(page, index) in entries {
+        match runs.last_mut() {
+            Some(RunRecord(first, list)) if *first + list.len() as u64 == page => list.push(index),
+            _ => runs.push(RunRecord(page, vec![index])),
+        }
+    }
+    runs
+}
+
 /// A page object to store and its xor base (page number, parent's page).
 type Candidate = (Arc<FrozenPage>, Option<(u64, Arc<FrozenPage>)>);
 
@@ -325,6 +369,8 @@ fn encode(
     let parent_version = parent.map(|p| p.snapshot.version());
     // The first page (of a lazily opened snapshot) that cannot be read.
     let mut unavailable: Option<u64> = None;
+    // Each snapshot's whole page map, `(page, candidate + 1 or 0)`.
+    let mut maps: Vec<Vec<(u64, u32)>> = Vec::with_capacity(items.len());
     for item in items {
         let v = item.snapshot.version();
         let mut state = Vec::new();
@@ -335,7 +381,7 @@ fn encode(
             v.layout_version,
             &mut state,
         );
-        let mut runs: Vec<RunRecord> = Vec::new();
+        let mut full: Vec<(u64, u32)> = Vec::new();
         v.pages.for_each(|page, m, frozen| {
             let Some(frozen) = frozen else { return };
             if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 || frozen.is_zero() {
@@ -354,18 +400,16 @@ fn encode(
                     candidates.len() as u32
                 })
             };
-            match runs.last_mut() {
-                Some(RunRecord(first, list)) if *first + list.len() as u64 == page => list.push(index),
-                _ => runs.push(RunRecord(page, vec![index])),
-            }
+            full.push((page, index));
         });
+        maps.push(full);
         snapshots.push(SnapshotRecord(
             item.id,
             item.name.map(str::to_owned),
             item.parent,
             v.layout_version,
             ByteBuf::from(state),
-            runs,
+            Vec::new(),
         ));
     }
 
@@ -395,13 +439,21 @@ fn encode(
             hashes.len() as u32
         }));
     }
-    for SnapshotRecord(.., runs) in &mut snapshots {
-        for RunRecord(first, list) in runs.iter_mut() {
-            let _ = first;
-            for index in list.iter_mut().filter(|i| **i != 0) {
-                *index = record_of[*index as usize - 1];
-            }
+    for map in &mut maps {
+        for (_, index) in map.iter_mut().filter(|(_, i)| *i != 0) {
+            *index = record_of[*index as usize - 1];
         }
+    }
+    // Page maps: a snapshot whose parent is an earlier snapshot of the file
+    // lists only what differs from the parent's map (§5, 1.2); any other,
+    // its whole map.
+    let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
+    for (i, record) in snapshots.iter_mut().enumerate() {
+        let entries = match items[i].parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
+            Some(&j) => page_map_delta(&maps[j], &maps[i]),
+            None => maps[i].clone(),
+        };
+        record.5 = runs_of(&entries);
     }
 
     // Frames: 16 bodies each, compressed on the worker threads in batches
@@ -832,6 +884,8 @@ impl Frames<'_> {
 /// A file's index, decoded and checked (§6.2–§6.4): everything but the
 /// frames' contents, the parent and the snapshots' layouts.
 struct Parsed {
+    /// The header's minor version.
+    minor: u16,
     frames: Vec<FrameRecord>,
     pages: Vec<PageRecord>,
     snapshots: Vec<SnapshotRecord>,
@@ -922,7 +976,7 @@ fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError>
         return Err(corrupt("a frame slot has no page record"));
     }
 
-    Ok(Parsed { frames, pages, snapshots, parent, owner })
+    Ok(Parsed { minor: header.minor, frames, pages, snapshots, parent, owner })
 }
 
 fn decode(
@@ -985,6 +1039,99 @@ fn decode_frames(
     Ok(stored.into_iter().map(|p| p.expect("every record was decoded")).collect())
 }
 
+/// The `(page, entry)` pairs a record's runs list, checking their shape:
+/// non-empty, ascending, not touching, inside the page-number space.
+fn entries_of(runs: &[RunRecord]) -> Result<Vec<(u64, u32)>, FileError> {
+    let mut entries = Vec::with_capacity(runs.iter().map(|r| r.1.len()).sum());
+    let mut previous_end: Option<u64> = None;
+    for RunRecord(first, list) in runs {
+        let end = first
+            .checked_add(list.len() as u64)
+            .filter(|&e| e <= VPN_LIMIT)
+            .ok_or(corrupt("page map run out of range"))?;
+        if list.is_empty() || previous_end.is_some_and(|p| *first <= p) {
+            return Err(corrupt("page map runs empty, overlapping, adjacent or out of order"));
+        }
+        previous_end = Some(end);
+        entries.extend((*first..end).zip(list.iter().copied()));
+    }
+    Ok(entries)
+}
+
+/// `delta` (sorted) applied to the page map `base` (sorted): an entry
+/// replaces `base`'s at its page (it must differ), a 0 removes `base`'s
+/// (there must be one), every other page of `base` stays (§5, 1.2).
+fn apply_delta(base: &[(u64, u32)], delta: &[(u64, u32)]) -> Result<Vec<(u64, u32)>, FileError> {
+    let mut out = Vec::with_capacity(base.len() + delta.len());
+    let mut b = base.iter().peekable();
+    for &(page, entry) in delta {
+        while let Some(&&kept) = b.peek().filter(|(p, _)| *p < page) {
+            out.push(kept);
+            b.next();
+        }
+        let under = b.next_if(|(p, _)| *p == page).map(|&(_, e)| e);
+        match (under, entry) {
+            (None, 0) => return Err(corrupt("page map removes a page its parent snapshot does not store")),
+            (Some(u), e) if u == e => return Err(corrupt("page map repeats its parent snapshot's entry")),
+            (_, 0) => {}
+            (_, e) => out.push((page, e)),
+        }
+    }
+    out.extend(b.copied());
+    Ok(out)
+}
+
+/// Resolves the snapshot records' page maps in file order: from 1.2 on, a
+/// record with a parent lists only what differs from its parent's map, so
+/// a parent's whole map is kept while a later record names it.
+struct MapResolver {
+    deltas: bool,
+    /// Later records naming each id as their parent.
+    pending: HashMap<u64, usize>,
+    kept: HashMap<u64, Vec<(u64, u32)>>,
+}
+
+impl MapResolver {
+    fn new(parsed: &Parsed) -> Self {
+        let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
+        let mut pending: HashMap<u64, usize> = HashMap::new();
+        if deltas {
+            for p in parsed.snapshots.iter().filter_map(|r| r.2) {
+                *pending.entry(p).or_default() += 1;
+            }
+        }
+        MapResolver { deltas, pending, kept: HashMap::new() }
+    }
+
+    /// The whole page map of the next record (`id`, `parent`, `runs`).
+    fn resolve(
+        &mut self,
+        id: u64,
+        parent: Option<u64>,
+        runs: &[RunRecord],
+    ) -> Result<Vec<(u64, u32)>, FileError> {
+        let listed = entries_of(runs)?;
+        let full = match parent.filter(|_| self.deltas) {
+            Some(p) => {
+                let base = self.kept.get(&p).ok_or(corrupt("snapshot parent is not an earlier snapshot"))?;
+                let full = apply_delta(base, &listed)?;
+                if let Some(left) = self.pending.get_mut(&p) {
+                    *left -= 1;
+                    if *left == 0 {
+                        self.kept.remove(&p);
+                    }
+                }
+                full
+            }
+            None => listed,
+        };
+        if self.pending.get(&id).is_some_and(|&n| n > 0) {
+            self.kept.insert(id, full.clone());
+        }
+        Ok(full)
+    }
+}
+
 /// The snapshots of a file whose page records are `stored` (loaded or lazy),
 /// checking §6.8–§6.9.
 fn build_snapshots(
@@ -1000,6 +1147,7 @@ fn build_snapshots(
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(snapshots.len());
+    let mut maps = MapResolver::new(parsed);
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in snapshots {
         if let Some(p) = parent
             && !ids.contains(p)
@@ -1019,17 +1167,8 @@ fn build_snapshots(
             return Err(corrupt("snapshot layout version differs from its state"));
         }
         let mut table = layout.table;
-        let mut previous_end: Option<u64> = None;
-        for RunRecord(first, list) in runs {
-            let end = first
-                .checked_add(list.len() as u64)
-                .filter(|&e| e <= VPN_LIMIT)
-                .ok_or(corrupt("page map run out of range"))?;
-            if list.is_empty() || previous_end.is_some_and(|p| *first <= p) {
-                return Err(corrupt("page map runs empty, overlapping, adjacent or out of order"));
-            }
-            previous_end = Some(end);
-            for (page, &index) in (*first..end).zip(list) {
+        {
+            for (page, index) in maps.resolve(*id, *parent, runs)? {
                 let m = table.get(page).meta;
                 if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 {
                     return Err(corrupt("page map names a page that is not committed"));

@@ -24,7 +24,7 @@
 use std::path::Path;
 
 use super::{
-    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, PageRecord, Parsed, Progress, RunRecord,
+    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, MapResolver, PageRecord, Parsed, Progress,
     SnapshotRecord, corrupt, parse_index, read_chain, split, timeline_of,
 };
 use crate::PAGE_SIZE;
@@ -163,7 +163,9 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo, FileError> {
 
 /// [`inspect_bytes`] from a checked header and index.
 fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> {
-    let Parsed { frames, pages, snapshots, parent, .. } = parse_index(index_bytes, header)?;
+    let parsed = parse_index(index_bytes, header)?;
+    let mut maps = MapResolver::new(&parsed);
+    let Parsed { frames, pages, snapshots, parent, .. } = parsed;
     let mut summaries = Vec::with_capacity(snapshots.len());
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
         let layout = crate::state::decode_layout(state)?;
@@ -174,13 +176,11 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
             }
         });
         let (mut stored, mut inherited) = (0u64, 0u64);
-        for RunRecord(_, list) in runs {
-            for &index in list {
-                if index == 0 {
-                    inherited += 1;
-                } else {
-                    stored += 1;
-                }
+        for (_, index) in maps.resolve(*id, *parent, runs)? {
+            if index == 0 {
+                inherited += 1;
+            } else {
+                stored += 1;
             }
         }
         summaries.push(SnapshotSummary {
