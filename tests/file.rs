@@ -546,6 +546,16 @@ fn one_flipped_bit_at_every_offset_is_an_error() {
             assert!(file::load_from_bytes(&bad).is_err(), "bit {bit} of byte {at}");
         }
     }
+    // A timeline with delta page maps, and every truncation of it, too.
+    let good = file::timeline_to_bytes(&branching_timeline()).unwrap();
+    for at in 0..good.len() {
+        assert!(file::timeline_from_bytes(&good[..at]).is_err(), "truncated to {at}");
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at] ^= 1 << bit;
+            assert!(file::timeline_from_bytes(&bad).is_err(), "timeline: bit {bit} of byte {at}");
+        }
+    }
 }
 
 #[test]
