@@ -53,6 +53,23 @@ fn check(status: NtStatus, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Commits the stack page at `page` as a guard page, as a thread's stack
+/// keeps one below its committed part (`NtAllocateVirtualMemory`).
+fn commit_guard_page(mm: &mut MemoryManager, page: u64, what: &str) -> Result<()> {
+    let (mut at, mut len) = (page, PAGE_SIZE);
+    check(
+        nt::nt_allocate_virtual_memory(
+            mm,
+            &mut at,
+            0,
+            &mut len,
+            nt::MEM_COMMIT,
+            nt::PAGE_READWRITE | nt::PAGE_GUARD,
+        ),
+        what,
+    )
+}
+
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
@@ -345,18 +362,7 @@ pub fn run(args: &DemoArgs, json: bool) -> Result<()> {
         "stack commit",
     )?;
     let guard = stack_top - (STACK_COMMIT_PAGES + 1) * PAGE_SIZE;
-    let (mut at, mut len) = (guard, PAGE_SIZE);
-    check(
-        nt::nt_allocate_virtual_memory(
-            &mut mm,
-            &mut at,
-            0,
-            &mut len,
-            nt::MEM_COMMIT,
-            nt::PAGE_READWRITE | nt::PAGE_GUARD,
-        ),
-        "stack guard page",
-    )?;
+    commit_guard_page(&mut mm, guard, "stack guard page")?;
     say(format!(
         "  stack    {stack:#x}..{stack_top:#x}: {} reserved, {} committed at the top, a guard page at {guard:#x}",
         size(STACK_RESERVE),
@@ -409,18 +415,7 @@ pub fn run(args: &DemoArgs, json: bool) -> Result<()> {
         Err(e) => nt::exception_code(e).map_or_else(|| e.to_string(), |s| s.name().unwrap_or("?").to_owned()),
     };
     let new_guard = guard - PAGE_SIZE;
-    let (mut at, mut len) = (new_guard, PAGE_SIZE);
-    check(
-        nt::nt_allocate_virtual_memory(
-            &mut mm,
-            &mut at,
-            0,
-            &mut len,
-            nt::MEM_COMMIT,
-            nt::PAGE_READWRITE | nt::PAGE_GUARD,
-        ),
-        "new guard page",
-    )?;
+    commit_guard_page(&mut mm, new_guard, "new guard page")?;
     say(format!(
         "  guard    first touch of {guard:#x}: {}; second: {}; the stack grew a page and a new guard page went in at {new_guard:#x}",
         outcome(&first),
