@@ -1,6 +1,6 @@
 //! Snapshot files: a [`Snapshot`] (or a whole [`Timeline`]) on disk.
 //!
-//! The byte-level contract is `snapshots-format/FORMAT.md` (format 1.1); the
+//! The byte-level contract is `snapshots-format/FORMAT.md` (format 1.2); the
 //! golden files in `snapshots-format/vectors/` are decoded and re-encoded to
 //! the same bytes by the tests. In short: a 64-byte header (magic, version,
 //! flags, offsets, checksums), then zstd frames of up to 16 pages each, then a
@@ -29,6 +29,12 @@
 //! differ from a parent file's snapshot (each XORed with the parent's page
 //! before compression) and inherit the rest; [`load`] and [`verify`] follow
 //! the parent chain, [`rebase`] merges a chain into one self-contained file.
+//!
+//! In a timeline file (1.2) each snapshot's page map is stored as a delta
+//! against its parent snapshot's. [`open_lazy`] opens any file reading only
+//! its header and index; pages are read, a frame at a time, on first touch
+//! ([`LazyFile`]). Frames are compressed and checked on every core
+//! ([`set_threads`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -1262,7 +1268,7 @@ fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
     Ok(timeline)
 }
 
-/// The bytes of an incremental file (format 1.1, exactly what
+/// The bytes of an incremental file (incremental since format 1.1; exactly what
 /// [`save_incremental`] writes) of `snapshot` against a parent file held in
 /// memory: `parent_file` is the parent's bytes (its identity is the BLAKE3 of
 /// its index) and `parent` the snapshot it loads to (the caller's promise;
@@ -1416,7 +1422,7 @@ fn read_chain(
 /// the saved snapshot did (MMIO regions excepted: they are left out). It
 /// starts a lineage of its own.
 ///
-/// An incremental file (format 1.1) is loaded with its parent chain: each
+/// An incremental file (since format 1.1) is loaded with its parent chain: each
 /// parent is found by its file-name hint relative to the child's directory
 /// ([`FileError::ParentMissing`]), must be the file the child was saved
 /// against ([`FileError::ParentMismatch`]), and is loaded the same way (at
@@ -1461,7 +1467,7 @@ fn relative_path(from: &Path, to: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// Saves `snapshot` as an incremental file (format 1.1) against the parent
+/// Saves `snapshot` as an incremental file (since format 1.1) against the parent
 /// file `parent` (itself full or incremental; its chain is loaded and
 /// checked): only pages that differ from the parent snapshot's page at the
 /// same page number are stored, a page the parent has there as its XOR with
@@ -1505,7 +1511,7 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
     write_atomic(path, &bytes)
 }
 
-/// Merges the chain ending at `path` into one self-contained (format 1.0)
+/// Merges the chain ending at `path` into one self-contained
 /// file at `out`: exactly the bytes [`save`] writes for the loaded snapshot.
 /// `out` may be `path` (the child is replaced atomically).
 pub fn rebase(path: &Path, out: &Path) -> Result<(), FileError> {
