@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::MemoryError;
-use crate::page_table::{FrozenPage, PAGE, PageBytes, VPN_LIMIT};
+use crate::page_table::{FrozenPage, PAGE, PageBytes, PageTable, VPN_LIMIT};
 use crate::protection::meta;
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::timeline::{SnapshotId, Timeline};
@@ -1153,7 +1153,16 @@ fn build_snapshots(
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
     let mut out = Vec::with_capacity(snapshots.len());
-    let mut maps = MapResolver::new(parsed);
+    // Delta page maps (1.2): each parent's table and layout-only table are
+    // kept while a later record names it.
+    let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
+    let mut pending: HashMap<u64, usize> = HashMap::new();
+    if deltas {
+        for p in snapshots.iter().filter_map(|r| r.2) {
+            *pending.entry(p).or_default() += 1;
+        }
+    }
+    let mut tables: HashMap<u64, (PageTable, PageTable)> = HashMap::new();
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in snapshots {
         if let Some(p) = parent
             && !ids.contains(p)
@@ -1172,9 +1181,59 @@ fn build_snapshots(
         if layout.layout_version != *layout_version {
             return Err(corrupt("snapshot layout version differs from its state"));
         }
-        let mut table = layout.table;
-        {
-            for (page, index) in maps.resolve(*id, *parent, runs)? {
+        let storable = |m: u8| m & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED;
+        let delta_parent = parent.filter(|_| deltas).map(|p| tables.get(&p).cloned());
+        let mut table;
+        if let Some(from) = delta_parent {
+            // A delta page map (1.2, §5.1): the parent's table, brought to
+            // this record's layout where the two layouts differ, with the
+            // delta applied — in the cost of the differences, not of the
+            // pages (the tables keep their lineage, so diffs between the
+            // file's snapshots stay cheap too).
+            let (parent_table, parent_layout) =
+                from.ok_or(corrupt("snapshot parent is not an earlier snapshot"))?;
+            table = parent_table;
+            // Inherited pages the new layout cannot hold: the delta must
+            // drop each of them.
+            let mut must_drop: HashSet<u64> = HashSet::new();
+            parent_layout.diff(&layout.table, |vpn, _, now| {
+                let page = table.get(vpn).page.cloned();
+                let keep = if storable(now.meta) { page } else { None };
+                if keep.is_none() && table.get(vpn).page.is_some() {
+                    must_drop.insert(vpn);
+                }
+                table.set_entry(vpn, now.meta, keep, now.fingerprint);
+            });
+            for (page, index) in entries_of(runs)? {
+                let here = table.get(page);
+                if index == 0 {
+                    if !must_drop.remove(&page) {
+                        if here.page.is_none() {
+                            return Err(corrupt(
+                                "page map removes a page its parent snapshot does not store",
+                            ));
+                        }
+                        table.set_page(page, None);
+                    }
+                    continue;
+                }
+                if !storable(here.meta) {
+                    return Err(corrupt("page map names a page that is not committed"));
+                }
+                let frozen =
+                    stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
+                if here.page.is_some_and(|p| Arc::ptr_eq(p, frozen)) {
+                    return Err(corrupt("page map repeats its parent snapshot's entry"));
+                }
+                referenced[index as usize - 1] = true;
+                table.set_page(page, Some(frozen.clone()));
+            }
+            if !must_drop.is_empty() {
+                return Err(corrupt("page map names a page that is not committed"));
+            }
+        } else {
+            table = layout.table.clone();
+            for (page, index) in entries_of(runs)? {
                 let m = table.get(page).meta;
                 if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 {
                     return Err(corrupt("page map names a page that is not committed"));
@@ -1204,6 +1263,17 @@ fn build_snapshots(
                 }
                 referenced[i] = true;
                 table.set_page(page, Some(frozen.clone()));
+            }
+        }
+        if pending.get(id).is_some_and(|&n| n > 0) {
+            tables.insert(*id, (table.clone(), layout.table));
+        }
+        if let Some(p) = parent.filter(|_| deltas)
+            && let Some(left) = pending.get_mut(&p)
+        {
+            *left -= 1;
+            if *left == 0 {
+                tables.remove(&p);
             }
         }
         let version = Version {

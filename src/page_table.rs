@@ -609,6 +609,52 @@ impl PageTable {
         set(&mut self.root, LEVELS - 1, vpn, page);
     }
 
+    /// Sets page `vpn`'s state byte and bytes at once: `view_offset` is the
+    /// aux word of a view page (`meta` with `VIEW`), ignored otherwise (the
+    /// aux word is then the page's fingerprint, or 0). `page` must be `None`
+    /// unless `meta` is committed and neither MMIO nor a view. For building a
+    /// version from its parent's table (delta page maps in files). Time:
+    /// O(levels) (path copy of at most 6 nodes).
+    pub(crate) fn set_entry(&mut self, vpn: u64, meta: u8, page: Option<Arc<FrozenPage>>, view_offset: u64) {
+        fn set(
+            slot: &mut Option<Arc<Node>>,
+            level: u32,
+            vpn: u64,
+            state: u8,
+            page: Option<Arc<FrozenPage>>,
+            view_offset: u64,
+        ) -> i64 {
+            match Arc::make_mut(slot.get_or_insert_with(|| Arc::new(Node::empty(level)))) {
+                Node::Inner(inner) => {
+                    let index = ((vpn >> (BITS * level)) & INDEX_MASK) as usize;
+                    inner.changed |= 1 << index;
+                    let delta = set(&mut inner.children[index], level - 1, vpn, state, page, view_offset);
+                    inner.stored = inner.stored.checked_add_signed(delta).expect("stored count stays >= 0");
+                    delta
+                }
+                Node::Leaf(leaf) => {
+                    let i = (vpn & INDEX_MASK) as usize;
+                    debug_assert!(
+                        page.is_none()
+                            || state & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED
+                    );
+                    let delta = i64::from(page.is_some()) - i64::from(leaf.entries[i].page.is_some());
+                    let aux = if state & meta::VIEW != 0 {
+                        view_offset
+                    } else {
+                        page.as_ref().map_or(0, |p| p.fingerprint)
+                    };
+                    leaf.meta[i] = state;
+                    leaf.entries[i] = Entry { page, aux };
+                    leaf.changed |= 1 << i;
+                    leaf.stored = leaf.stored.checked_add_signed(delta).expect("stored count stays >= 0");
+                    delta
+                }
+            }
+        }
+        set(&mut self.root, LEVELS - 1, vpn, meta, page, view_offset);
+    }
+
     /// True when both tables are the same version (same root). Time: O(1).
     pub(crate) fn ptr_eq(&self, other: &PageTable) -> bool {
         match (&self.root, &other.root) {

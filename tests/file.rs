@@ -843,6 +843,19 @@ proptest! {
             assert_same(&x.snapshot, &y.snapshot);
             assert_same(&x.snapshot, &z.snapshot);
         }
+        // Loaded snapshots are built from their parents' tables: diffs
+        // between them (which trust the tables' lineage) match the
+        // originals'.
+        let originals: Vec<_> = t.iter().collect();
+        let loaded_entries: Vec<_> = loaded.iter().collect();
+        for i in 1..originals.len() {
+            for j in [0, i - 1] {
+                let want: Vec<u64> = originals[j].snapshot.diff(&originals[i].snapshot).changed_pages().collect();
+                let got: Vec<u64> =
+                    loaded_entries[j].snapshot.diff(&loaded_entries[i].snapshot).changed_pages().collect();
+                prop_assert_eq!(got, want, "diff of snapshots {} and {}", j, i);
+            }
+        }
         prop_assert_eq!(file::timeline_to_bytes(&loaded).unwrap(), bytes);
     }
 }
