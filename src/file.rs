@@ -314,38 +314,6 @@ struct Body<'a> {
     base: Option<&'a FrozenPage>,
 }
 
-/// What `child` changes in `parent` (both sorted by page number): the
-/// entries of `child` that differ from `parent`'s at the same page, and a 0
-/// for every page `parent` stores and `child` does not.
-fn page_map_delta(parent: &[(u64, u32)], child: &[(u64, u32)]) -> Vec<(u64, u32)> {
-    let mut out = Vec::new();
-    let (mut a, mut b) = (parent.iter().peekable(), child.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(&&(pa, ra)), Some(&&(pb, rb))) if pa == pb => {
-                if ra != rb {
-                    out.push((pb, rb));
-                }
-                a.next();
-                b.next();
-            }
-            (Some(&&(pa, _)), Some(&&(pb, _))) if pa < pb => {
-                out.push((pa, 0));
-                a.next();
-            }
-            (Some(&&(pa, _)), None) => {
-                out.push((pa, 0));
-                a.next();
-            }
-            (_, Some(&&entry)) => {
-                out.push(entry);
-                b.next();
-            }
-            (None, None) => return out,
-        }
-    }
-}
-
 /// Sorted `(page, entry)` pairs as maximal runs of consecutive pages.
 fn runs_of(entries: &[(u64, u32)]) -> Vec<RunRecord> {
     let mut runs: Vec<RunRecord> = Vec::new();
@@ -375,9 +343,14 @@ fn encode(
     let parent_version = parent.map(|p| p.snapshot.version());
     // The first page (of a lazily opened snapshot) that cannot be read.
     let mut unavailable: Option<u64> = None;
-    // Each snapshot's whole page map, `(page, candidate + 1 or 0)`.
+    // Each snapshot's whole page map, `(page, candidate + 1 or 0)`; for a
+    // snapshot whose parent is an earlier one of the file, its changes
+    // instead, `(page, candidate + 1 or 0, the parent's)`, read off the
+    // page-table diff in the cost of the changes (§5.1).
     let mut maps: Vec<Vec<(u64, u32)>> = Vec::with_capacity(items.len());
-    for item in items {
+    let mut changes: Vec<Option<Vec<(u64, u32, u32)>>> = Vec::with_capacity(items.len());
+    let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
+    for (i, item) in items.iter().enumerate() {
         let v = item.snapshot.version();
         let mut state = Vec::new();
         crate::state::serialize_layout(
@@ -387,6 +360,49 @@ fn encode(
             v.layout_version,
             &mut state,
         );
+        if let Some(&j) = item.parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
+            let stored = |m: u8, page: Option<&Arc<FrozenPage>>| {
+                page.filter(|p| {
+                    m & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED && !p.is_zero()
+                })
+                .cloned()
+            };
+            let mut list = Vec::new();
+            items[j].snapshot.version().pages.diff(&v.pages, |page, before, after| {
+                let (before, after) = (stored(before.meta, before.page), stored(after.meta, after.page));
+                if let Some(f) = &after
+                    && f.try_bytes().is_none()
+                {
+                    unavailable.get_or_insert(page * PAGE as u64);
+                    return;
+                }
+                // The parent's stored pages got candidates when it was
+                // encoded.
+                let was =
+                    before.as_ref().map_or(0, |b| by_pointer.get(&Arc::as_ptr(b)).copied().unwrap_or(0));
+                let now = after.as_ref().map_or(0, |frozen| {
+                    *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
+                        candidates.push((frozen.clone(), None));
+                        candidates.len() as u32
+                    })
+                });
+                if was != now {
+                    list.push((page, now, was));
+                }
+            });
+            list.sort_unstable_by_key(|&(page, ..)| page);
+            maps.push(Vec::new());
+            changes.push(Some(list));
+            snapshots.push(SnapshotRecord(
+                item.id,
+                item.name.map(str::to_owned),
+                item.parent,
+                v.layout_version,
+                ByteBuf::from(state),
+                Vec::new(),
+            ));
+            continue;
+        }
         let mut full: Vec<(u64, u32)> = Vec::new();
         v.pages.for_each(|page, m, frozen| {
             let Some(frozen) = frozen else { return };
@@ -409,6 +425,7 @@ fn encode(
             full.push((page, index));
         });
         maps.push(full);
+        changes.push(None);
         snapshots.push(SnapshotRecord(
             item.id,
             item.name.map(str::to_owned),
@@ -451,15 +468,23 @@ fn encode(
         }
     }
     // Page maps: a snapshot whose parent is an earlier snapshot of the file
-    // lists only what differs from the parent's map (§5, 1.2); any other,
-    // its whole map.
-    let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
-    for (i, record) in snapshots.iter_mut().enumerate() {
-        let entries = match items[i].parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
-            Some(&j) => page_map_delta(&maps[j], &maps[i]),
-            None => maps[i].clone(),
+    // lists only what differs from the parent's map (§5.1, 1.2): the changed
+    // pages whose record differs once equal pages share one; any other, its
+    // whole map.
+    let record = |candidate: u32| if candidate == 0 { 0 } else { record_of[candidate as usize - 1] };
+    for ((entry, map), changed) in snapshots.iter_mut().zip(&maps).zip(&changes) {
+        entry.5 = match changed {
+            Some(list) => {
+                let delta: Vec<(u64, u32)> = list
+                    .iter()
+                    .map(|&(page, now, was)| (page, record(now), record(was)))
+                    .filter(|&(_, now, was)| now != was)
+                    .map(|(page, now, _)| (page, now))
+                    .collect();
+                runs_of(&delta)
+            }
+            None => runs_of(map),
         };
-        record.5 = runs_of(&entries);
     }
 
     // Frames: 16 bodies each, compressed on the worker threads in batches
