@@ -289,14 +289,29 @@ struct ParentFile<'a> {
     hint: &'a str,
 }
 
-/// The stored (non-zero, committed, neither MMIO nor view) page `page` of a
-/// snapshot: exactly the pages a file's page map lists.
+/// The bytes a page with state `m` and frozen page `page` stores in a file:
+/// the page, when its bytes are its own (`meta::holds_bytes`) and not zero.
+fn stored_bytes(m: u8, page: Option<&Arc<FrozenPage>>) -> Option<&Arc<FrozenPage>> {
+    page.filter(|p| meta::holds_bytes(m) && !p.is_zero())
+}
+
+/// The stored page `page` of a snapshot (see [`stored_bytes`]): exactly the
+/// pages a file's page map lists.
 fn stored_page(v: &Version, page: u64) -> Option<&Arc<FrozenPage>> {
     let e = v.pages.get(page);
-    if e.meta & meta::COMMITTED == 0 || e.meta & (meta::MMIO | meta::VIEW) != 0 {
-        return None;
-    }
-    e.page.filter(|p| !p.is_zero())
+    stored_bytes(e.meta, e.page)
+}
+
+/// A snapshot's page map while a file is encoded: candidate numbers (+ 1;
+/// 0 for a page inherited from the parent file) that pass 3 renumbers to
+/// page records.
+enum MapDraft {
+    /// The whole map, `(page, candidate)`.
+    Whole(Vec<(u64, u32)>),
+    /// For a snapshot whose parent is an earlier snapshot of the file, the
+    /// pages that changed, `(page, candidate or 0, the parent's)`, read off
+    /// the page-table diff in the cost of the changes (§5.1).
+    Changes(Vec<(u64, u32, u32)>),
 }
 
 fn xor_pages(a: &PageBytes, b: &PageBytes) -> Box<PageBytes> {
@@ -343,12 +358,7 @@ fn encode(
     let parent_version = parent.map(|p| p.snapshot.version());
     // The first page (of a lazily opened snapshot) that cannot be read.
     let mut unavailable: Option<u64> = None;
-    // Each snapshot's whole page map, `(page, candidate + 1 or 0)`; for a
-    // snapshot whose parent is an earlier one of the file, its changes
-    // instead, `(page, candidate + 1 or 0, the parent's)`, read off the
-    // page-table diff in the cost of the changes (§5.1).
-    let mut maps: Vec<Vec<(u64, u32)>> = Vec::with_capacity(items.len());
-    let mut changes: Vec<Option<Vec<(u64, u32, u32)>>> = Vec::with_capacity(items.len());
+    let mut maps: Vec<MapDraft> = Vec::with_capacity(items.len());
     let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
     for (i, item) in items.iter().enumerate() {
         let v = item.snapshot.version();
@@ -360,27 +370,27 @@ fn encode(
             v.layout_version,
             &mut state,
         );
+        snapshots.push(SnapshotRecord(
+            item.id,
+            item.name.map(str::to_owned),
+            item.parent,
+            v.layout_version,
+            ByteBuf::from(state),
+            Vec::new(),
+        ));
         if let Some(&j) = item.parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
-            let stored = |m: u8, page: Option<&Arc<FrozenPage>>| {
-                page.filter(|p| {
-                    m & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED && !p.is_zero()
-                })
-                .cloned()
-            };
             let mut list = Vec::new();
             items[j].snapshot.version().pages.diff(&v.pages, |page, before, after| {
-                let (before, after) = (stored(before.meta, before.page), stored(after.meta, after.page));
-                if let Some(f) = &after
-                    && f.try_bytes().is_none()
-                {
+                let (before, after) =
+                    (stored_bytes(before.meta, before.page), stored_bytes(after.meta, after.page));
+                if after.is_some_and(|f| f.try_bytes().is_none()) {
                     unavailable.get_or_insert(page * PAGE as u64);
                     return;
                 }
                 // The parent's stored pages got candidates when it was
                 // encoded.
-                let was =
-                    before.as_ref().map_or(0, |b| by_pointer.get(&Arc::as_ptr(b)).copied().unwrap_or(0));
-                let now = after.as_ref().map_or(0, |frozen| {
+                let was = before.map_or(0, |b| by_pointer.get(&Arc::as_ptr(b)).copied().unwrap_or(0));
+                let now = after.map_or(0, |frozen| {
                     *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
                         candidates.push((frozen.clone(), None));
                         candidates.len() as u32
@@ -391,24 +401,12 @@ fn encode(
                 }
             });
             list.sort_unstable_by_key(|&(page, ..)| page);
-            maps.push(Vec::new());
-            changes.push(Some(list));
-            snapshots.push(SnapshotRecord(
-                item.id,
-                item.name.map(str::to_owned),
-                item.parent,
-                v.layout_version,
-                ByteBuf::from(state),
-                Vec::new(),
-            ));
+            maps.push(MapDraft::Changes(list));
             continue;
         }
         let mut full: Vec<(u64, u32)> = Vec::new();
         v.pages.for_each(|page, m, frozen| {
-            let Some(frozen) = frozen else { return };
-            if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 || frozen.is_zero() {
-                return;
-            }
+            let Some(frozen) = stored_bytes(m, frozen) else { return };
             let base = parent_version.and_then(|pv| stored_page(pv, page));
             if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
                 unavailable.get_or_insert(page * PAGE as u64);
@@ -424,16 +422,7 @@ fn encode(
             };
             full.push((page, index));
         });
-        maps.push(full);
-        changes.push(None);
-        snapshots.push(SnapshotRecord(
-            item.id,
-            item.name.map(str::to_owned),
-            item.parent,
-            v.layout_version,
-            ByteBuf::from(state),
-            Vec::new(),
-        ));
+        maps.push(MapDraft::Whole(full));
     }
 
     if let Some(address) = unavailable {
@@ -462,29 +451,22 @@ fn encode(
             hashes.len() as u32
         }));
     }
-    for map in &mut maps {
-        for (_, index) in map.iter_mut().filter(|(_, i)| *i != 0) {
-            *index = record_of[*index as usize - 1];
-        }
-    }
-    // Page maps: a snapshot whose parent is an earlier snapshot of the file
-    // lists only what differs from the parent's map (§5.1, 1.2): the changed
-    // pages whose record differs once equal pages share one; any other, its
-    // whole map.
+    // Page maps, renumbered from candidates to records: a snapshot whose
+    // parent is an earlier snapshot of the file lists only what differs from
+    // the parent's map (§5.1, 1.2) — the changed pages whose record differs
+    // once equal pages share one; any other, its whole map.
     let record = |candidate: u32| if candidate == 0 { 0 } else { record_of[candidate as usize - 1] };
-    for ((entry, map), changed) in snapshots.iter_mut().zip(&maps).zip(&changes) {
-        entry.5 = match changed {
-            Some(list) => {
-                let delta: Vec<(u64, u32)> = list
-                    .iter()
-                    .map(|&(page, now, was)| (page, record(now), record(was)))
-                    .filter(|&(_, now, was)| now != was)
-                    .map(|(page, now, _)| (page, now))
-                    .collect();
-                runs_of(&delta)
-            }
-            None => runs_of(map),
+    for (entry, map) in snapshots.iter_mut().zip(&maps) {
+        let entries: Vec<(u64, u32)> = match map {
+            MapDraft::Whole(full) => full.iter().map(|&(page, c)| (page, record(c))).collect(),
+            MapDraft::Changes(list) => list
+                .iter()
+                .map(|&(page, now, was)| (page, record(now), record(was)))
+                .filter(|&(_, now, was)| now != was)
+                .map(|(page, now, _)| (page, now))
+                .collect(),
         };
+        entry.5 = runs_of(&entries);
     }
 
     // Frames: 16 bodies each, compressed on the worker threads in batches
@@ -1206,7 +1188,6 @@ fn build_snapshots(
         if layout.layout_version != *layout_version {
             return Err(corrupt("snapshot layout version differs from its state"));
         }
-        let storable = |m: u8| m & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED;
         let delta_parent = parent.filter(|_| deltas).map(|p| tables.get(&p).cloned());
         let mut table;
         if let Some(from) = delta_parent {
@@ -1223,7 +1204,7 @@ fn build_snapshots(
             let mut must_drop: HashSet<u64> = HashSet::new();
             parent_layout.diff(&layout.table, |vpn, _, now| {
                 let page = table.get(vpn).page.cloned();
-                let keep = if storable(now.meta) { page } else { None };
+                let keep = if meta::holds_bytes(now.meta) { page } else { None };
                 if keep.is_none() && table.get(vpn).page.is_some() {
                     must_drop.insert(vpn);
                 }
@@ -1242,7 +1223,7 @@ fn build_snapshots(
                     }
                     continue;
                 }
-                if !storable(here.meta) {
+                if !meta::holds_bytes(here.meta) {
                     return Err(corrupt("page map names a page that is not committed"));
                 }
                 let frozen =
@@ -1259,8 +1240,7 @@ fn build_snapshots(
         } else {
             table = layout.table.clone();
             for (page, index) in entries_of(runs)? {
-                let m = table.get(page).meta;
-                if m & meta::COMMITTED == 0 || m & (meta::MMIO | meta::VIEW) != 0 {
+                if !meta::holds_bytes(table.get(page).meta) {
                     return Err(corrupt("page map names a page that is not committed"));
                 }
                 let under = parent_version.and_then(|pv| stored_page(pv, page));

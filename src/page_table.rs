@@ -634,10 +634,7 @@ impl PageTable {
                 }
                 Node::Leaf(leaf) => {
                     let i = (vpn & INDEX_MASK) as usize;
-                    debug_assert!(
-                        page.is_none()
-                            || state & (meta::COMMITTED | meta::MMIO | meta::VIEW) == meta::COMMITTED
-                    );
+                    debug_assert!(page.is_none() || meta::holds_bytes(state));
                     let delta = i64::from(page.is_some()) - i64::from(leaf.entries[i].page.is_some());
                     let aux = if state & meta::VIEW != 0 {
                         view_offset

@@ -182,6 +182,14 @@ pub(crate) mod meta {
         super::Protection::from_bits_retain(meta & PROT)
     }
 
+    /// True for a page whose bytes are its own: committed, neither MMIO
+    /// (bytes from handlers) nor a view page (bytes of its section page).
+    /// Only such pages carry frozen bytes in files and page maps.
+    #[inline]
+    pub const fn holds_bytes(meta: u8) -> bool {
+        meta & (COMMITTED | MMIO | VIEW) == COMMITTED
+    }
+
     /// True for a meta byte the engine could have written.
     pub const fn is_valid(meta: u8) -> bool {
         if meta == 0 || meta == VIEW {

@@ -171,7 +171,7 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
         let layout = crate::state::decode_layout(state)?;
         let mut committed = 0u64;
         layout.table.for_each(|_, m, _| {
-            if m & meta::COMMITTED != 0 && m & (meta::MMIO | meta::VIEW) == 0 {
+            if meta::holds_bytes(m) {
                 committed += 1;
             }
         });
