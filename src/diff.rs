@@ -194,14 +194,21 @@ impl MemoryDiff {
 }
 
 /// The diff between two versions with the same layout, from the change log
-/// of pages written between them (`(page, fingerprint in one, fingerprint in
-/// the other)`, ascending). Time: O(logged pages); bytes are compared only
-/// when fingerprints match.
-pub(crate) fn diff_from_log(ta: &PageTable, tb: &PageTable, log: &[(u64, u64, u64)]) -> MemoryDiff {
+/// of pages written between them (ascending page numbers). Time: O(logged
+/// pages); bytes are compared only when the pages differ by identity and
+/// their fingerprints (computed once per page, then cached) match.
+pub(crate) fn diff_from_log(ta: &PageTable, tb: &PageTable, log: &[u64]) -> MemoryDiff {
     let pages = log
         .iter()
-        .filter(|&&(vpn, old, new)| old != new || ta.get(vpn).bytes() != tb.get(vpn).bytes())
-        .map(|&(vpn, _, _)| (vpn * PAGE_SIZE, PageChangeKind::Modified))
+        .filter(|&&vpn| {
+            let (x, y) = (ta.get(vpn), tb.get(vpn));
+            match (x.page, y.page) {
+                (None, None) => false,
+                (Some(p), Some(q)) => !p.same_bytes(q),
+                (Some(p), None) | (None, Some(p)) => !p.is_zero(),
+            }
+        })
+        .map(|&vpn| (vpn * PAGE_SIZE, PageChangeKind::Modified))
         .collect();
     MemoryDiff { regions: Vec::new(), pages, old: ta.clone(), new: tb.clone() }
 }

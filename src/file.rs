@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::MemoryError;
-use crate::page_table::{FrozenPage, PAGE, PageBytes, PageTable, VPN_LIMIT};
+use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
 use crate::protection::meta;
 use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
 use crate::timeline::{SnapshotId, Timeline};
@@ -291,13 +291,13 @@ struct ParentFile<'a> {
 
 /// The bytes a page with state `m` and frozen page `page` stores in a file:
 /// the page, when its bytes are its own (`meta::holds_bytes`) and not zero.
-fn stored_bytes(m: u8, page: Option<&Arc<FrozenPage>>) -> Option<&Arc<FrozenPage>> {
+fn stored_bytes(m: u8, page: Option<Page<'_>>) -> Option<Page<'_>> {
     page.filter(|p| meta::holds_bytes(m) && !p.is_zero())
 }
 
 /// The stored page `page` of a snapshot (see [`stored_bytes`]): exactly the
 /// pages a file's page map lists.
-fn stored_page(v: &Version, page: u64) -> Option<&Arc<FrozenPage>> {
+fn stored_page(v: &Version, page: u64) -> Option<Page<'_>> {
     let e = v.pages.get(page);
     stored_bytes(e.meta, e.page)
 }
@@ -325,8 +325,8 @@ fn xor_pages(a: &PageBytes, b: &PageBytes) -> Box<PageBytes> {
 /// A stored body: the page itself, or (with a base) its XOR with the
 /// parent's page at the same page number.
 struct Body<'a> {
-    page: &'a FrozenPage,
-    base: Option<&'a FrozenPage>,
+    page: Page<'a>,
+    base: Option<Page<'a>>,
 }
 
 /// Sorted `(page, entry)` pairs as maximal runs of consecutive pages.
@@ -342,18 +342,18 @@ fn runs_of(entries: &[(u64, u32)]) -> Vec<RunRecord> {
 }
 
 /// A page object to store and its xor base (page number, parent's page).
-type Candidate = (Arc<FrozenPage>, Option<(u64, Arc<FrozenPage>)>);
+type Candidate<'a> = (Page<'a>, Option<(u64, Page<'a>)>);
 
-fn encode(
-    items: &[Item<'_>],
-    parent: Option<&ParentFile<'_>>,
+fn encode<'a>(
+    items: &[Item<'a>],
+    parent: Option<&ParentFile<'a>>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<u8>, FileError> {
     // Pass 1: the distinct page objects to store, in order of first
     // appearance, each with its xor base (the parent's page at the same
     // page number, if any); page maps name them by candidate number + 1.
-    let mut by_pointer: HashMap<*const FrozenPage, u32> = HashMap::new();
-    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut by_pointer: HashMap<RecPtr, u32> = HashMap::new();
+    let mut candidates: Vec<Candidate<'a>> = Vec::new();
     let mut snapshots = Vec::with_capacity(items.len());
     let parent_version = parent.map(|p| p.snapshot.version());
     // The first page (of a lazily opened snapshot) that cannot be read.
@@ -389,10 +389,10 @@ fn encode(
                 }
                 // The parent's stored pages got candidates when it was
                 // encoded.
-                let was = before.map_or(0, |b| by_pointer.get(&Arc::as_ptr(b)).copied().unwrap_or(0));
+                let was = before.map_or(0, |b| by_pointer.get(&b.ptr()).copied().unwrap_or(0));
                 let now = after.map_or(0, |frozen| {
-                    *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
-                        candidates.push((frozen.clone(), None));
+                    *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
+                        candidates.push((frozen, None));
                         candidates.len() as u32
                     })
                 });
@@ -415,8 +415,8 @@ fn encode(
             let index = if base.is_some_and(|b| b.same_bytes(frozen)) {
                 0 // inherited from the parent
             } else {
-                *by_pointer.entry(Arc::as_ptr(frozen)).or_insert_with(|| {
-                    candidates.push((frozen.clone(), base.map(|b| (page, b.clone()))));
+                *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
+                    candidates.push((frozen, base.map(|b| (page, b))));
                     candidates.len() as u32
                 })
             };
@@ -446,7 +446,7 @@ fn encode(
     for ((frozen, base), hash) in candidates.iter().zip(&candidate_hashes) {
         record_of.push(*by_hash.entry(*hash).or_insert_with(|| {
             hashes.push(*hash);
-            bodies.push(Body { page: frozen, base: base.as_ref().map(|(_, b)| &**b) });
+            bodies.push(Body { page: *frozen, base: base.map(|(_, b)| b) });
             bases.push(base.as_ref().map(|(page, _)| *page));
             hashes.len() as u32
         }));
@@ -526,7 +526,9 @@ fn encode(
                 (i % PAGES_PER_FRAME) as u8,
                 if base.is_some() { KIND_XOR } else { KIND_PLAIN },
                 *base,
-                Some(bodies[i].page.fingerprint),
+                // Invariant: every stored page was read above (unreadable
+                // ones end the encode before this point).
+                Some(bodies[i].page.fingerprint().expect("a readable page has a fingerprint")),
             )
         })
         .collect();
@@ -1005,8 +1007,9 @@ fn decode(
         None => None,
     };
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
-    let stored = decode_frames(&parsed, area, parent_version, progress)?;
-    build_snapshots(&parsed, &stored, parent_version)
+    let store = file_store(parent_version);
+    let stored = decode_frames(&parsed, area, parent_version, &store, progress)?;
+    build_snapshots(&parsed, &stored, parent_version, &store, None)
 }
 
 /// Every frame: checksum, bounded decompression; then every page in it:
@@ -1018,10 +1021,11 @@ fn decode_frames(
     parsed: &Parsed,
     area: &[u8],
     parent: Option<&Version>,
+    store: &Arc<Store>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<Arc<FrozenPage>>, FileError> {
+) -> Result<Vec<PageRef>, FileError> {
     let Parsed { frames, pages, owner, .. } = parsed;
-    let mut stored: Vec<Option<Arc<FrozenPage>>> = vec![None; pages.len()];
+    let mut stored: Vec<Option<PageRef>> = (0..pages.len()).map(|_| None).collect();
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
     let frames_ref = Frames { frames, pages, owner, parent };
@@ -1034,7 +1038,7 @@ fn decode_frames(
                 let FrameRecord(offset, length, ..) = &frames[n];
                 let src = &area[*offset as usize..(*offset + u64::from(*length)) as usize];
                 frames_ref.decode_frame(n, src, &mut decoder, &mut |i, page, fingerprint| {
-                    out.push((i, FrozenPage::with_fingerprint(page, fingerprint)));
+                    out.push((i, PageRef::new_in(store, page, Some(fingerprint))));
                 })?;
             }
             Ok::<_, FileError>(out)
@@ -1145,12 +1149,20 @@ impl MapResolver {
     }
 }
 
-/// The snapshots of a file whose page records are `stored` (loaded or lazy),
-/// checking §6.8–§6.9.
+/// The store a file's pages go into: its parent's (an incremental file
+/// shares the pages it inherits), or a new one.
+fn file_store(parent: Option<&Version>) -> Arc<Store> {
+    parent.and_then(|v| v.pages.store_ref().cloned()).unwrap_or_else(Store::new)
+}
+
+/// The snapshots of a file whose page records are `stored` (loaded or lazy,
+/// in `store`), checking §6.8–§6.9.
 fn build_snapshots(
     parsed: &Parsed,
-    stored: &[Arc<FrozenPage>],
+    stored: &[PageRef],
     parent_version: Option<&Version>,
+    store: &Arc<Store>,
+    keep: Option<&Arc<dyn LazySource>>,
 ) -> Result<Vec<Decoded>, FileError> {
     let Parsed { pages, snapshots, .. } = parsed;
     let lineage = Lineage::default();
@@ -1184,7 +1196,7 @@ fn build_snapshots(
         {
             return Err(corrupt("two snapshots have the same name"));
         }
-        let layout = crate::state::decode_layout(state)?;
+        let layout = crate::state::decode_layout(state, store.clone())?;
         if layout.layout_version != *layout_version {
             return Err(corrupt("snapshot layout version differs from its state"));
         }
@@ -1203,12 +1215,12 @@ fn build_snapshots(
             // drop each of them.
             let mut must_drop: HashSet<u64> = HashSet::new();
             parent_layout.diff(&layout.table, |vpn, _, now| {
-                let page = table.get(vpn).page.cloned();
+                let page = table.get(vpn).page.map(|p| p.to_ref());
                 let keep = if meta::holds_bytes(now.meta) { page } else { None };
                 if keep.is_none() && table.get(vpn).page.is_some() {
                     must_drop.insert(vpn);
                 }
-                table.set_entry(vpn, now.meta, keep, now.fingerprint);
+                table.set_entry(vpn, now.meta, keep, now.view_offset);
             });
             for (page, index) in entries_of(runs)? {
                 let here = table.get(page);
@@ -1228,7 +1240,7 @@ fn build_snapshots(
                 }
                 let frozen =
                     stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
-                if here.page.is_some_and(|p| Arc::ptr_eq(p, frozen)) {
+                if here.page.is_some_and(|p| p.ptr() == frozen.page().ptr()) {
                     return Err(corrupt("page map repeats its parent snapshot's entry"));
                 }
                 referenced[index as usize - 1] = true;
@@ -1247,14 +1259,14 @@ fn build_snapshots(
                 if index == 0 {
                     // Inherited: the parent's page at the same page number.
                     let under = under.ok_or(corrupt("page map inherits a page the parent does not store"))?;
-                    table.set_page(page, Some(under.clone()));
+                    table.set_page(page, Some(under.to_ref()));
                     continue;
                 }
                 let frozen =
                     stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
                 // Fingerprints first: a lazily loaded page is read only when
                 // they match (never, in a canonical file).
-                if under.is_some_and(|u| u.same_bytes(frozen)) {
+                if under.is_some_and(|u| u.same_bytes(frozen.page())) {
                     return Err(corrupt("a page equal to the parent's is stored instead of inherited"));
                 }
                 let i = index as usize - 1;
@@ -1280,6 +1292,9 @@ fn build_snapshots(
             if *left == 0 {
                 tables.remove(&p);
             }
+        }
+        if let Some(source) = keep {
+            table.keep_source(source.clone());
         }
         let version = Version {
             id: crate::snapshot::next_version_id(),

@@ -700,7 +700,7 @@ impl MemoryManager {
         let (pages, log) = self.pages.freeze();
         let id = crate::snapshot::next_version_id();
         let delta = match self.base {
-            Some((parent, at)) if at == self.layout_version && log.iter().all(|p| p.0 < SECTION_KEY_BASE) => {
+            Some((parent, at)) if at == self.layout_version && log.iter().all(|&p| p < SECTION_KEY_BASE) => {
                 Some(crate::snapshot::Delta { parent, pages: log })
             }
             _ => None,

@@ -56,14 +56,14 @@ pub(crate) fn next_version_id() -> u64 {
 }
 
 /// How a version differs from the version it was taken after, when only
-/// page bytes changed in between (no layout change): the pages written, with
-/// their fingerprints before and after, ascending. A diff between the two
-/// reads this log instead of walking the page tables.
+/// page bytes changed in between (no layout change): the pages written,
+/// ascending. A diff between the two reads this log instead of walking the
+/// page tables.
 pub(crate) struct Delta {
     /// Id of the parent version.
     pub(crate) parent: u64,
-    /// `(page, old fingerprint, new fingerprint)`.
-    pub(crate) pages: Vec<(u64, u64, u64)>,
+    /// The page numbers.
+    pub(crate) pages: Vec<u64>,
 }
 
 /// Everything a version holds.

@@ -23,7 +23,7 @@ use crate::address::vpn;
 use crate::error::MemoryError;
 use crate::live::LivePages;
 use crate::manager::MemoryManager;
-use crate::page_table::{FrozenPage, PAGE, PageTable, RangeOp, VPN_LIMIT};
+use crate::page_table::{PAGE, PageRef, PageTable, RangeOp, Store, VPN_LIMIT};
 use crate::protection::{Protection, RegionKind, meta};
 use crate::region_map::{Allocation, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
 use crate::{MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
@@ -155,8 +155,10 @@ impl MemoryManager {
         if record.contents == is_snapshot {
             return Err(MemoryError::StateModeMismatch { buffer_has_contents: record.contents });
         }
-        let (regions, mut table, committed_pages) = build(&record)?;
-
+        // The new table lives in the live table's store, so the pages kept
+        // below are shared, not copied.
+        let store = self.pages.table().clone().store().clone();
+        let (regions, mut table, committed_pages) = build(&record, store)?;
         if is_snapshot {
             // Keep the current bytes of pages committed before and after.
             let (current, _) = self.pages.freeze();
@@ -164,7 +166,7 @@ impl MemoryManager {
                 if let Some(frozen) = frozen {
                     let new = table.get(page).meta;
                     if new & meta::COMMITTED != 0 && new & meta::MMIO == 0 {
-                        table.set_page(page, Some(frozen.clone()));
+                        table.set_page(page, Some(frozen.to_ref()));
                     }
                 }
             });
@@ -267,12 +269,15 @@ pub(crate) struct DecodedLayout {
 
 /// Decodes and validates a layout-mode buffer exactly as
 /// `deserialize_memory_state(buffer, true)` does (MMIO regions left out).
-pub(crate) fn decode_layout(buffer: &[u8]) -> Result<DecodedLayout, MemoryError> {
+pub(crate) fn decode_layout(
+    buffer: &[u8],
+    store: std::sync::Arc<Store>,
+) -> Result<DecodedLayout, MemoryError> {
     let record = decode_record(buffer)?;
     if record.contents {
         return Err(MemoryError::StateModeMismatch { buffer_has_contents: true });
     }
-    let (regions, table, committed_pages) = build(&record)?;
+    let (regions, table, committed_pages) = build(&record, store)?;
     Ok(DecodedLayout {
         regions,
         table,
@@ -283,7 +288,10 @@ pub(crate) fn decode_layout(buffer: &[u8]) -> Result<DecodedLayout, MemoryError>
 }
 
 /// Validates a decoded record and builds its region map and page table.
-fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryError> {
+fn build(
+    record: &StateRecord,
+    store: std::sync::Arc<Store>,
+) -> Result<(RegionMap, PageTable, u64), MemoryError> {
     let mut regions = RegionMap::default();
     let mut previous_key_end = SECTION_KEY_BASE;
     let (mut max_id, mut max_key) = (0, SECTION_KEY_BASE);
@@ -344,7 +352,7 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
         }
     }
 
-    let mut table = PageTable::default();
+    let mut table = PageTable::in_store(store.clone());
     let mut committed = 0u64;
     let mut previous_end = 0u64;
     let mut mmio_covered = vec![0u64; mmio.len()];
@@ -427,7 +435,7 @@ fn build(record: &StateRecord) -> Result<(RegionMap, PageTable, u64), MemoryErro
         }
         let bytes: &[u8; PAGE] =
             bytes.as_slice().try_into().map_err(|_| corrupt("page is not 4096 bytes"))?;
-        table.set_page(*page, Some(FrozenPage::new(bytes)));
+        table.set_page(*page, Some(PageRef::new_in(&store, bytes, None)));
     }
     debug_assert!(vpn(USER_SPACE_END) <= VPN_LIMIT);
     Ok((regions, table, committed))

@@ -168,7 +168,7 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
     let Parsed { frames, pages, snapshots, parent, .. } = parsed;
     let mut summaries = Vec::with_capacity(snapshots.len());
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
-        let layout = crate::state::decode_layout(state)?;
+        let layout = crate::state::decode_layout(state, crate::page_table::Store::new())?;
         let mut committed = 0u64;
         layout.table.for_each(|_, m, _| {
             if meta::holds_bytes(m) {

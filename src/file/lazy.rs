@@ -2,10 +2,9 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 
 use super::*;
-use crate::page_table::LazySource;
 
 /// A snapshot file opened lazily ([`open_lazy`]): its snapshots are ready,
 /// their pages are read on first touch.
@@ -64,6 +63,8 @@ pub struct LazyFile {
     decoded: Vec<Decoded>,
     /// `None` for a file read completely when opened (before 1.2).
     source: Option<Arc<Source>>,
+    /// The store holding the file's page records, and those records.
+    records: Option<(Arc<Store>, crate::page_table::LazyRecords)>,
     /// BLAKE3-256 of the index bytes: the file's identity as a parent.
     index_hash: [u8; 32],
     frames: u64,
@@ -110,9 +111,6 @@ struct Source {
     parsed: Parsed,
     /// The parent snapshot of an incremental file (its xor bases).
     parent: Option<Snapshot>,
-    /// Every page record's frozen page, weakly (set once, right after the
-    /// pages are made): a frame read fills those still alive.
-    pages: OnceLock<Vec<Weak<FrozenPage>>>,
     /// One decompression context and compressed-frame buffer; frame reads
     /// are serialized through it.
     decoder: Mutex<(Option<FrameDecoder>, Vec<u8>)>,
@@ -121,17 +119,18 @@ struct Source {
 }
 
 impl LazySource for Source {
-    fn load(&self, record: u32) {
+    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes)) {
         let frame = self.parsed.pages[record as usize].1 as usize;
-        if let Err(e) = self.load_frame(frame) {
+        if let Err(e) = self.load_frame(frame, fill) {
             *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
         }
     }
 }
 
 impl Source {
-    /// Reads, checks and decompresses frame `n` and fills its live pages.
-    fn load_frame(&self, n: usize) -> Result<(), FileError> {
+    /// Reads, checks and decompresses frame `n` and fills its pages
+    /// (`fill(record, bytes)`), all of them or none.
+    fn load_frame(&self, n: usize, fill: &mut dyn FnMut(u32, &PageBytes)) -> Result<(), FileError> {
         let mut guard = self.decoder.lock().unwrap_or_else(PoisonError::into_inner);
         let (decoder, buf) = &mut *guard;
         let decoder = match decoder {
@@ -147,12 +146,12 @@ impl Source {
             owner: &self.parsed.owner,
             parent: self.parent.as_ref().map(Snapshot::version),
         };
-        let slots = self.pages.get().map(Vec::as_slice).unwrap_or_default();
-        frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| {
-            if let Some(page) = slots.get(i).and_then(Weak::upgrade) {
-                page.fill(bytes);
-            }
-        })?;
+        // Checked whole before any page is filled.
+        let mut pages: Vec<(u32, Box<PageBytes>)> = Vec::with_capacity(PAGES_PER_FRAME);
+        frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| pages.push((i as u32, Box::new(*bytes))))?;
+        for (i, bytes) in &pages {
+            fill(*i, bytes);
+        }
         self.frames_read.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -214,15 +213,11 @@ impl LazyFile {
     /// access touches the file. Parents are loaded as far as these pages'
     /// xor bases need.
     pub fn load_all(&self) -> Result<(), FileError> {
-        let Some(source) = &self.source else { return Ok(()) };
-        let slots = source.pages.get().map(Vec::as_slice).unwrap_or_default();
+        let (Some(source), Some((store, records))) = (&self.source, &self.records) else { return Ok(()) };
         for (n, owners) in source.parsed.owner.iter().enumerate() {
-            let unread = owners
-                .iter()
-                .filter(|&&r| r != 0)
-                .any(|&r| slots.get(r as usize - 1).and_then(Weak::upgrade).is_some_and(|p| !p.is_loaded()));
+            let unread = owners.iter().filter(|&&r| r != 0).any(|&r| !records.is_loaded(store, r - 1));
             if unread {
-                source.load_frame(n)?;
+                source.load_frame(n, &mut |r, bytes| records.fill(store, r, bytes))?;
             }
         }
         Ok(())
@@ -250,7 +245,13 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     let index_hash = *blake3::hash(index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
         let decoded = decode(&bytes, &mut no_parent, &mut |_| {})?;
-        return Ok(LazyFile { decoded, source: None, index_hash, frames: parsed.frames.len() as u64 });
+        return Ok(LazyFile {
+            decoded,
+            source: None,
+            records: None,
+            index_hash,
+            frames: parsed.frames.len() as u64,
+        });
     }
     if let Some(p) = &parsed.parent {
         return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
@@ -290,7 +291,13 @@ fn open_parts(
         drop(file);
         let bytes = read(path)?;
         let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {})?;
-        return Ok(LazyFile { decoded, source: None, index_hash, frames: parsed.frames.len() as u64 });
+        return Ok(LazyFile {
+            decoded,
+            source: None,
+            records: None,
+            index_hash,
+            frames: parsed.frames.len() as u64,
+        });
     }
     let parent = match &parsed.parent {
         None => None,
@@ -327,29 +334,29 @@ fn finish(
     index_hash: [u8; 32],
 ) -> Result<LazyFile, FileError> {
     let frames = parsed.frames.len() as u64;
+    let fingerprints = parsed
+        .pages
+        .iter()
+        .map(|r| r.5.ok_or(corrupt("page fingerprint present exactly from format 1.2 on")))
+        .collect::<Result<Vec<u64>, FileError>>()?;
     let source = Arc::new(Source {
         reader,
         parsed,
         parent,
-        pages: OnceLock::new(),
         decoder: Mutex::new((None, Vec::new())),
         frames_read: AtomicU64::new(0),
         error: Mutex::new(None),
     });
     let as_source: Arc<dyn LazySource> = source.clone();
-    let stored = source
-        .parsed
-        .pages
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let fingerprint = r.5.ok_or(corrupt("page fingerprint present exactly from format 1.2 on"))?;
-            Ok(FrozenPage::lazy(fingerprint, as_source.clone(), i as u32))
-        })
-        .collect::<Result<Vec<_>, FileError>>()?;
-    let _ = source.pages.set(stored.iter().map(Arc::downgrade).collect());
-    let decoded = build_snapshots(&source.parsed, &stored, source.parent.as_ref().map(Snapshot::version))?;
-    Ok(LazyFile { decoded, source: Some(source), index_hash, frames })
+    // The pages are compact records of the file's store (the parent's, for
+    // an incremental file): a fingerprint and a place, no bytes yet.
+    let parent_version = source.parent.as_ref().map(Snapshot::version);
+    let store = file_store(parent_version);
+    let records = store.add_source(&as_source, &fingerprints);
+    let stored: Vec<PageRef> =
+        (0..fingerprints.len() as u32).map(|i| PageRef::retained(&store, records.get(i))).collect();
+    let decoded = build_snapshots(&source.parsed, &stored, parent_version, &store, Some(&as_source))?;
+    Ok(LazyFile { decoded, source: Some(source), records: Some((store, records)), index_hash, frames })
 }
 
 impl LazyFile {
