@@ -72,6 +72,9 @@ pub const FORMAT_MINOR_INCREMENTAL: u16 = 1;
 pub const FORMAT_MINOR_FINGERPRINTS: u16 = 2;
 /// Header flag bit 0: the file is incremental (names a parent file; 1.1).
 pub const FLAG_INCREMENTAL: u32 = 1;
+/// Longest parent file-name hint a reader accepts, in bytes (FORMAT.md §5):
+/// checked with the index, before the hint is joined to any path.
+pub const MAX_HINT_LENGTH: usize = 4096;
 /// Most files in one parent chain (the file itself and all its ancestors).
 pub const MAX_CHAIN_LENGTH: u64 = 64;
 /// Page kind: the stored body is the page's bytes.
@@ -771,7 +774,7 @@ fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
     let hint = Path::new(&p.1);
     let normal = hint.components().all(|c| matches!(c, Component::Normal(_) | Component::ParentDir));
     if p.1.is_empty()
-        || p.1.len() > 4096
+        || p.1.len() > MAX_HINT_LENGTH
         || !normal
         || !hint.components().any(|c| matches!(c, Component::Normal(_)))
     {
@@ -1571,6 +1574,7 @@ fn temporary_prefix(file_name: &std::ffi::OsStr) -> std::ffi::OsString {
 /// exists, whoever made it; a name taken is retried with another), with
 /// the mode of the file it will replace (`existing`; the default mode for a
 /// new file) from the start, and that file's owner where permitted.
+#[cfg_attr(not(unix), allow(unused_variables))]
 fn create_temporary(
     dir: &Path,
     prefix: &std::ffi::OsStr,
@@ -1795,7 +1799,11 @@ fn read_chain(
 /// against ([`FileError::ParentMismatch`]), and is loaded the same way (at
 /// most [`MAX_CHAIN_LENGTH`] files, [`FileError::SizeLimit`]; a file named
 /// twice is [`FileError::ParentCycle`]). A parent's own failure is
-/// [`FileError::InParent`]. Time: O(total size of the chain's files).
+/// [`FileError::InParent`]. Every file of the chain must be a regular file
+/// ([`FileError::NotAFile`]: a hint naming `/dev/zero` or a FIFO is refused
+/// at once, never read), and each is read header and index first, checked
+/// against its length and the limits, before its frames. Time: O(total size
+/// of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
     one_snapshot(read_chain(path, 1, &mut |_| {})?.1)
 }

@@ -233,7 +233,8 @@ impl LazyFile {
 /// index (and, for an incremental file, opens its parent chain the same way,
 /// with the checks of [`load`]: [`FileError::ParentMissing`],
 /// [`FileError::ParentMismatch`], [`FileError::ParentCycle`], chain length,
-/// [`FileError::InParent`]). Pages are read on first touch (module docs).
+/// [`FileError::InParent`], [`FileError::NotAFile`]; nothing but regular
+/// files is opened). Pages are read on first touch (module docs).
 /// Time: O(index size) per file of the chain.
 pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
     let head = read_head(path)?;
