@@ -72,6 +72,9 @@ pub const FORMAT_MINOR_INCREMENTAL: u16 = 1;
 pub const FORMAT_MINOR_FINGERPRINTS: u16 = 2;
 /// Header flag bit 0: the file is incremental (names a parent file; 1.1).
 pub const FLAG_INCREMENTAL: u32 = 1;
+/// Longest parent file-name hint a reader accepts, in bytes (FORMAT.md §5):
+/// checked with the index, before the hint is joined to any path.
+pub const MAX_HINT_LENGTH: usize = 4096;
 /// Most files in one parent chain (the file itself and all its ancestors).
 pub const MAX_CHAIN_LENGTH: u64 = 64;
 /// Page kind: the stored body is the page's bytes.
@@ -102,13 +105,30 @@ pub const ZSTD_LEVEL: i32 = 3;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileError {
-    /// An operating-system error on `path`.
-    #[error("I/O error on {path}: {source}")]
+    /// An operating-system error on `path` (for a failed save: the
+    /// destination, whichever step failed). The message names the path; the
+    /// operating system's reason is the [`source`](std::error::Error::source).
+    #[error("I/O error on {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// `path` exists but is not a regular file (a directory, a device such
+    /// as `/dev/zero` or `/dev/null`, a FIFO, a socket; for a save, also a
+    /// symbolic link, see [`write_atomic`]). Readers check before opening
+    /// and again on the opened file, and never block on it; writers refuse
+    /// such a target before writing anything. For an incremental file's
+    /// parent, `path` is where the file-name hint points.
+    #[error("{path} is {kind}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a character device", "a
+        /// block device", "a FIFO", "a socket", "a symbolic link", "a
+        /// special file").
+        kind: &'static str,
     },
     /// The file does not start with [`MAGIC`] (not a snapshot file, or
     /// mangled by a text-mode transfer).
@@ -178,8 +198,9 @@ pub enum FileError {
         /// Page record index (1-based).
         page: u32,
     },
-    /// A snapshot's layout record does not decode or validate.
-    #[error("invalid snapshot layout: {0}")]
+    /// A snapshot's layout record does not decode or validate (the reason
+    /// is the source).
+    #[error("invalid snapshot layout")]
     InvalidState(#[from] MemoryError),
     /// An incremental file's parent file does not exist (`path` is where
     /// the child's file-name hint points; for the in-memory forms, the hint
@@ -203,8 +224,10 @@ pub enum FileError {
         /// The file named twice.
         path: PathBuf,
     },
-    /// A parent file (at any depth) failed to load; `source` says why.
-    #[error("in parent file {path}: {source}")]
+    /// A parent file (at any depth) failed to load; `source` says why (it
+    /// is the [`source`](std::error::Error::source), not repeated in the
+    /// message).
+    #[error("in parent file {path}")]
     InParent {
         /// The parent file.
         path: PathBuf,
@@ -753,7 +776,7 @@ fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
     let hint = Path::new(&p.1);
     let normal = hint.components().all(|c| matches!(c, Component::Normal(_) | Component::ParentDir));
     if p.1.is_empty()
-        || p.1.len() > 4096
+        || p.1.len() > MAX_HINT_LENGTH
         || !normal
         || !hint.components().any(|c| matches!(c, Component::Normal(_)))
     {
@@ -1403,55 +1426,342 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |source| FileError::Io { path: path.to_owned(), source }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, FileError> {
-    fs::read(path).map_err(io(path))
+/// What a file that is not a regular file is, for [`FileError::NotAFile`].
+fn kind_of(t: &fs::FileType) -> &'static str {
+    if t.is_dir() {
+        return "a directory";
+    }
+    if t.is_symlink() {
+        return "a symbolic link";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    "a special file"
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, `fsync`, rename over `path`, `fsync` of the directory. On
-/// failure the temporary file is removed and `path` is untouched.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+fn not_a_file(path: &Path, t: &fs::FileType) -> FileError {
+    FileError::NotAFile { path: path.to_owned(), kind: kind_of(t) }
+}
+
+/// Opens `path` for reading if it is a regular file (symbolic links
+/// followed), with its length. Checked before opening (so a device or a
+/// FIFO is never opened) and again on the opened file (so one swapped in
+/// between is caught); on Unix the open is non-blocking, so even a FIFO
+/// swapped in between cannot make it wait for a writer.
+fn open_regular(path: &Path) -> Result<(fs::File, u64), FileError> {
+    let before = fs::metadata(path).map_err(io(path))?;
+    if !before.is_file() {
+        return Err(not_a_file(path, &before.file_type()));
+    }
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // No effect on the reads of a regular file.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(io(path))?;
+    let opened = file.metadata().map_err(io(path))?;
+    if !opened.is_file() {
+        return Err(not_a_file(path, &opened.file_type()));
+    }
+    Ok((file, opened.len()))
+}
+
+/// A file opened for reading whose header and index were read and checked
+/// (§6.1): nothing else of it has been read.
+struct Head {
+    file: fs::File,
+    header: Header,
+    /// The 64 header bytes.
+    raw: [u8; HEADER_LENGTH],
+    index: Vec<u8>,
+}
+
+/// Opens `path` (a regular file, [`open_regular`]) and reads its header and
+/// index, checked: see [`head_of`].
+fn read_head(path: &Path) -> Result<Head, FileError> {
+    let (file, length) = open_regular(path)?;
+    head_of(path, file, length)
+}
+
+/// Reads the header of `file` (`length` bytes long), checks it and the
+/// file's length against it and the limits, then reads the index it
+/// locates (at most [`MAX_INDEX_LENGTH`]) and checks its checksum. Reads
+/// at most 64 bytes before the checks, and no frame.
+fn head_of(path: &Path, mut file: fs::File, length: u64) -> Result<Head, FileError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut raw = [0u8; HEADER_LENGTH];
+    let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
+    file.read_exact(head).map_err(io(path))?;
+    let header = check_header(head, length)?;
+    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `check_header`).
+    let mut index = vec![0u8; header.index_length as usize];
+    file.seek(SeekFrom::Start(header.index_offset))
+        .and_then(|_| file.read_exact(&mut index))
+        .map_err(io(path))?;
+    check_index(&header, &index)?;
+    Ok(Head { file, header, raw, index })
+}
+
+/// The whole file of a checked [`Head`]: its frame area is read only now,
+/// after the header and the index have passed their checks against the
+/// file's length and the limits.
+fn read_whole(path: &Path, head: Head) -> Result<Vec<u8>, FileError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Head { mut file, header, raw, index } = head;
+    let total = header.index_offset + header.index_length; // ≤ 2^40 + 2^30: checked
+    let total = usize::try_from(total).map_err(|_| FileError::SizeLimit {
+        what: "file length",
+        value: total,
+        limit: usize::MAX as u64,
+    })?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(total).map_err(|_| FileError::Io {
+        path: path.to_owned(),
+        source: std::io::ErrorKind::OutOfMemory.into(),
+    })?;
+    bytes.extend_from_slice(&raw);
+    file.seek(SeekFrom::Start(HEADER_LENGTH as u64))
+        .and_then(|_| (&mut file).take(header.frames_length).read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    if bytes.len() as u64 != header.index_offset {
+        // The file shrank since its length was checked.
+        return Err(FileError::Truncated { expected: total as u64, actual: bytes.len() as u64 });
+    }
+    bytes.extend_from_slice(&index);
+    Ok(bytes)
+}
+
+/// Reads a whole snapshot file, header and index first ([`read_head`]).
+fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    read_whole(path, read_head(path)?)
+}
+
+/// How old a leftover temporary file of a save (one interrupted by a crash
+/// or a kill) must be before a later successful save of the same target
+/// removes it: 10 minutes, far longer than the gaps between the writes of
+/// a save in progress.
+pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Attempts at a fresh random temporary name before giving up.
+const TEMPORARY_ATTEMPTS: u32 = 64;
+
+/// 64 random bits: std's per-process random hash keys over a counter, the
+/// time and the process id (no crate needed; names are also created
+/// exclusively, so a collision is only a retry).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.finish()
+}
+
+/// `.NAME.tmp-`: how every temporary file of a save of `NAME` starts.
+fn temporary_prefix(file_name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".tmp-");
+    prefix
+}
+
+/// Creates a new temporary file `PREFIXxxxxxxxxxxxxxxxx` (16 random hex
+/// digits) in `dir`, exclusively (`create_new`: never a file that already
+/// exists, whoever made it; a name taken is retried with another), with
+/// the mode of the file it will replace (`existing`; the default mode for a
+/// new file) from the start, and that file's owner where permitted.
+#[cfg_attr(not(unix), allow(unused_variables))]
+fn create_temporary(
+    dir: &Path,
+    prefix: &std::ffi::OsStr,
+    existing: Option<&fs::Metadata>,
+) -> std::io::Result<(PathBuf, fs::File)> {
+    for _ in 0..TEMPORARY_ATTEMPTS {
+        let mut name = prefix.to_owned();
+        name.push(format!("{:016x}", random_u64()));
+        let temp = dir.join(name);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            // Never more open than the final mode, even before the chmod.
+            options.mode(existing.map_or(0o666, |m| m.permissions().mode() & 0o777));
+        }
+        let file = match options.open(&temp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        #[cfg(unix)]
+        if let Some(m) = existing {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let set = (|| {
+                let mine = file.metadata()?;
+                if (mine.uid(), mine.gid()) != (m.uid(), m.gid()) {
+                    // The owner where permitted (root), else the group
+                    // where permitted (a group of ours), else ours.
+                    if std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())).is_err() {
+                        let _ = std::os::unix::fs::fchown(&file, None, Some(m.gid()));
+                    }
+                }
+                // After the chown (which may clear set-id bits); exact,
+                // whatever the umask.
+                file.set_permissions(fs::Permissions::from_mode(m.permissions().mode() & 0o7777))
+            })();
+            if let Err(e) = set {
+                drop(file);
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        }
+        return Ok((temp, file));
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary file name"))
+}
+
+/// Removes the temporary files of saves of the same target (`prefix`, then
+/// only hex digits and `-`: this crate's names and the earlier
+/// `PID-N` ones) that are regular files untouched for
+/// [`STALE_TEMPORARY_AGE`]. Best effort: errors are ignored.
+fn sweep_stale_temporaries(dir: &Path, prefix: &std::ffi::OsStr) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_encoded_bytes().strip_prefix(prefix) else { continue };
+        if rest.is_empty() || !rest.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-') {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|modified| modified.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY_AGE));
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically; what [`save`] and the other savers
+/// use, public for other files that must be written the same way (the
+/// command line's SVG maps).
+///
+/// - `path` must be absent or a regular file: a directory, a device (as
+///   `/dev/null`), a FIFO, a socket or a **symbolic link** is refused with
+///   [`FileError::NotAFile`] before anything is written (a link is not
+///   followed: a save never writes through a link planted in its
+///   directory; give the link's target instead).
+/// - The bytes go to a new temporary file in the same directory, named
+///   `.NAME.tmp-` and 16 random hex digits and created exclusively (never
+///   a file someone else made), with the mode of the file it replaces
+///   from the start (a new file gets the default mode, under the umask)
+///   and, where permitted, its owner; then `fsync`, rename over `path`,
+///   `fsync` of the directory (Unix). After a crash `path` holds the old
+///   file or the complete new one.
+/// - On failure only the temporary file this call created is removed;
+///   `path` is untouched; the error names `path`.
+/// - After a successful write, leftover temporary files of earlier saves
+///   of the same `path` older than [`STALE_TEMPORARY_AGE`] are removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let dir = directory_of(path);
     let file_name = path.file_name().ok_or_else(|| FileError::Io {
         path: path.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
     })?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let temp = dir.join(temp_name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&temp).map_err(io(&temp))?;
-        f.write_all(bytes).map_err(io(&temp))?;
-        f.sync_all().map_err(io(&temp))?;
-        drop(f);
-        fs::rename(&temp, path).map_err(io(path))
-    })();
-    if result.is_err() {
+    let existing = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Some(m),
+        Ok(m) => return Err(not_a_file(path, &m.file_type())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(FileError::Io { path: path.to_owned(), source }),
+    };
+    let prefix = temporary_prefix(file_name);
+    let (temp, mut file) = create_temporary(&dir, &prefix, existing.as_ref()).map_err(io(path))?;
+    let written = file.write_all(bytes).and_then(|_| file.sync_all());
+    drop(file);
+    if let Err(e) = written.and_then(|_| fs::rename(&temp, path)) {
         let _ = fs::remove_file(&temp);
-        return result;
+        return Err(FileError::Io { path: path.to_owned(), source: e });
     }
     #[cfg(unix)]
-    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
+    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(path))?;
+    sweep_stale_temporaries(&dir, &prefix);
     Ok(())
 }
 
-/// Saves `snapshot` to `path`, atomically replacing any file there (after a
-/// crash `path` holds the old file or the complete new one). Time: as
-/// [`to_bytes`] plus the write.
+/// Saves `snapshot` to `path`, atomically replacing any regular file there
+/// (after a crash `path` holds the old file or the complete new one; see
+/// [`write_atomic`]: a `path` that is not a regular file, a symbolic link
+/// included, is [`FileError::NotAFile`]; a replaced file's mode and owner
+/// are kept). Time: as [`to_bytes`] plus the write.
 pub fn save(snapshot: &Snapshot, path: &Path) -> Result<(), FileError> {
     write_atomic(path, &to_bytes(snapshot)?)
+}
+
+/// Opens the parent that the incremental file number `depth` of a chain
+/// (in directory `dir`; the chain's files so far are `chain`) names with
+/// `p`, with the checks of FORMAT.md §6.6 up to its identity, in this
+/// order: chain length ([`FileError::SizeLimit`]); a regular file at the
+/// hint ([`FileError::ParentMissing`], [`FileError::NotAFile`], I/O);
+/// not already in the chain ([`FileError::ParentCycle`], before anything
+/// is read); its header and index ([`FileError::InParent`]); the BLAKE3 of
+/// its index ([`FileError::ParentMismatch`]). Its frames are not read.
+/// Returns its path, canonical path and head.
+fn open_parent(
+    dir: &Path,
+    p: &ParentRecord,
+    depth: u64,
+    chain: &[PathBuf],
+) -> Result<(PathBuf, PathBuf, Head), FileError> {
+    let parent_path = dir.join(&p.1);
+    limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
+    let (file, length) = match open_regular(&parent_path) {
+        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FileError::ParentMissing { path: parent_path });
+        }
+        opened => opened?,
+    };
+    let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
+    if chain.contains(&canonical) {
+        return Err(FileError::ParentCycle { path: parent_path });
+    }
+    let head = head_of(&parent_path, file, length).map_err(in_parent(&parent_path))?;
+    if blake3::hash(&head.index).as_bytes()[..] != p.0[..] {
+        return Err(FileError::ParentMismatch { path: parent_path });
+    }
+    Ok((parent_path, canonical, head))
+}
+
+fn in_parent(path: &Path) -> impl Fn(FileError) -> FileError + '_ {
+    move |e| FileError::InParent { path: path.to_owned(), source: Box::new(e) }
 }
 
 /// Decodes the file `bytes` read from `path`, which is file number `depth`
 /// (1-based) of a parent chain whose files so far are `chain` (canonical
 /// paths, `path` included): an incremental file's parent is found by its
 /// hint relative to `path`'s directory, identified by the BLAKE3 of its
-/// index, and loaded the same way.
+/// index ([`open_parent`]), and loaded the same way.
 fn decode_chain(
     path: &Path,
     bytes: &[u8],
@@ -1461,28 +1771,13 @@ fn decode_chain(
 ) -> Result<Vec<Decoded>, FileError> {
     let dir = directory_of(path);
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
-        let parent_path = dir.join(&p.1);
-        limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
-        let parent_bytes = match fs::read(&parent_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(FileError::ParentMissing { path: parent_path });
-            }
-            Err(source) => return Err(FileError::Io { path: parent_path, source }),
-        };
-        let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
-        if chain.contains(&canonical) {
-            return Err(FileError::ParentCycle { path: parent_path });
-        }
-        let in_parent = |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
-        if index_hash(&parent_bytes).map_err(in_parent)?[..] != p.0[..] {
-            return Err(FileError::ParentMismatch { path: parent_path });
-        }
+        let (parent_path, canonical, head) = open_parent(&dir, p, depth, chain)?;
+        let in_parent = in_parent(&parent_path);
+        let parent_bytes = read_whole(&parent_path, head).map_err(&in_parent)?;
         chain.push(canonical);
-        let decoded =
-            decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {}).map_err(in_parent)?;
+        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {});
         chain.pop();
-        one_snapshot(decoded).map_err(in_parent)
+        one_snapshot(decoded.map_err(&in_parent)?).map_err(&in_parent)
     };
     decode(bytes, &mut resolve, progress)
 }
@@ -1495,7 +1790,8 @@ fn directory_of(path: &Path) -> PathBuf {
 }
 
 /// Reads and decodes the file at `path` with its whole parent chain; `depth`
-/// is its place in the chain (1 for the file asked for).
+/// is its place in the chain (1 for the file asked for). Each file's header
+/// and index are read and checked before its frames.
 fn read_chain(
     path: &Path,
     depth: u64,
@@ -1518,7 +1814,11 @@ fn read_chain(
 /// against ([`FileError::ParentMismatch`]), and is loaded the same way (at
 /// most [`MAX_CHAIN_LENGTH`] files, [`FileError::SizeLimit`]; a file named
 /// twice is [`FileError::ParentCycle`]). A parent's own failure is
-/// [`FileError::InParent`]. Time: O(total size of the chain's files).
+/// [`FileError::InParent`]. Every file of the chain must be a regular file
+/// ([`FileError::NotAFile`]: a hint naming `/dev/zero` or a FIFO is refused
+/// at once, never read), and each is read header and index first, checked
+/// against its length and the limits, before its frames. Time: O(total size
+/// of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
     one_snapshot(read_chain(path, 1, &mut |_| {})?.1)
 }
@@ -1569,13 +1869,18 @@ fn relative_path(from: &Path, to: &Path) -> Option<String> {
 /// [`MAX_CHAIN_LENGTH`] files ([`FileError::SizeLimit`]), `path` naming the
 /// parent itself ([`FileError::ParentCycle`]), I/O.
 pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Result<(), FileError> {
-    let parent_bytes = match fs::read(parent) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    // The parent is read as any file: a regular file, header and index
+    // checked before its frames are read.
+    let (parent_file, parent_length) = match open_regular(parent) {
+        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(FileError::ParentMissing { path: parent.to_owned() });
         }
-        Err(source) => return Err(FileError::Io { path: parent.to_owned(), source }),
+        opened => opened?,
     };
+    let in_parent = in_parent(parent);
+    let parent_bytes = head_of(parent, parent_file, parent_length)
+        .and_then(|head| read_whole(parent, head))
+        .map_err(&in_parent)?;
     let parent_canonical = fs::canonicalize(parent).map_err(io(parent))?;
     let dir = directory_of(path);
     let dir_canonical = fs::canonicalize(&dir).map_err(io(&dir))?;
@@ -1586,10 +1891,9 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
     if dir_canonical.join(file_name) == parent_canonical {
         return Err(FileError::ParentCycle { path: path.to_owned() });
     }
-    let in_parent = |e: FileError| FileError::InParent { path: parent.to_owned(), source: Box::new(e) };
     let mut chain = vec![parent_canonical.clone()];
-    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}).map_err(in_parent)?;
-    let parent_snapshot = one_snapshot(decoded).map_err(in_parent)?;
+    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}).map_err(&in_parent)?;
+    let parent_snapshot = one_snapshot(decoded).map_err(&in_parent)?;
     let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
         path: parent.to_owned(),
         source: std::io::Error::new(

@@ -146,8 +146,8 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// header and index. Time: O(index + layouts); no frame is read.
 pub fn inspect(path: &Path) -> Result<FileInfo, FileError> {
     // Only the header and the index are read.
-    let (_, header, index) = super::lazy::read_head(path)?;
-    describe(&header, &index)
+    let head = super::read_head(path)?;
+    describe(&head.header, &head.index)
 }
 
 /// Describes a file held in memory: header fields, counts and sizes, every

@@ -228,12 +228,13 @@ impl LazyFile {
 /// index (and, for an incremental file, opens its parent chain the same way,
 /// with the checks of [`load`]: [`FileError::ParentMissing`],
 /// [`FileError::ParentMismatch`], [`FileError::ParentCycle`], chain length,
-/// [`FileError::InParent`]). Pages are read on first touch (module docs).
+/// [`FileError::InParent`], [`FileError::NotAFile`]; nothing but regular
+/// files is opened). Pages are read on first touch (module docs).
 /// Time: O(index size) per file of the chain.
 pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
+    let head = read_head(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    let (file, header, index) = read_head(path)?;
-    open_parts(path, file, header, index, 1, &mut chain)
+    open_parts(path, head, 1, &mut chain)
 }
 
 /// [`open_lazy`] for a file held in memory (self-contained files; an
@@ -259,37 +260,13 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     finish(Reader::Bytes(bytes), parsed, None, index_hash)
 }
 
-/// Opens `path` and reads its header and index, checked (§6.1).
-pub(super) fn read_head(path: &Path) -> Result<(fs::File, Header, Vec<u8>), FileError> {
-    let mut file = fs::File::open(path).map_err(io(path))?;
-    let length = file.metadata().map_err(io(path))?.len();
-    let mut head = vec![0u8; length.min(HEADER_LENGTH as u64) as usize];
-    file.read_exact(&mut head).map_err(io(path))?;
-    let header = check_header(&head, length)?;
-    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `check_header`).
-    let mut index = vec![0u8; header.index_length as usize];
-    file.seek(SeekFrom::Start(header.index_offset))
-        .and_then(|_| file.read_exact(&mut index))
-        .map_err(io(path))?;
-    check_index(&header, &index)?;
-    Ok((file, header, index))
-}
-
 /// The rest of [`open_lazy`] for file number `depth` of a chain.
-fn open_parts(
-    path: &Path,
-    file: fs::File,
-    header: Header,
-    index: Vec<u8>,
-    depth: u64,
-    chain: &mut Vec<PathBuf>,
-) -> Result<LazyFile, FileError> {
-    let parsed = parse_index(&index, &header)?;
-    let index_hash = *blake3::hash(&index).as_bytes();
-    if header.minor < FORMAT_MINOR_FINGERPRINTS {
+fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> Result<LazyFile, FileError> {
+    let parsed = parse_index(&head.index, &head.header)?;
+    let index_hash = *blake3::hash(&head.index).as_bytes();
+    if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
-        drop(file);
-        let bytes = read(path)?;
+        let bytes = read_whole(path, head)?;
         let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {})?;
         return Ok(LazyFile {
             decoded,
@@ -302,28 +279,14 @@ fn open_parts(
     let parent = match &parsed.parent {
         None => None,
         Some(p) => {
-            let parent_path = directory_of(path).join(&p.1);
-            limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
-            if !parent_path.exists() {
-                return Err(FileError::ParentMissing { path: parent_path });
-            }
-            let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
-            if chain.contains(&canonical) {
-                return Err(FileError::ParentCycle { path: parent_path });
-            }
-            let in_parent =
-                |e: FileError| FileError::InParent { path: parent_path.clone(), source: Box::new(e) };
-            let (parent_file, parent_header, parent_index) = read_head(&parent_path).map_err(in_parent)?;
-            if blake3::hash(&parent_index).as_bytes()[..] != p.0[..] {
-                return Err(FileError::ParentMismatch { path: parent_path });
-            }
+            let (parent_path, canonical, parent_head) = open_parent(&directory_of(path), p, depth, chain)?;
             chain.push(canonical);
-            let opened = open_parts(&parent_path, parent_file, parent_header, parent_index, depth + 1, chain);
+            let opened = open_parts(&parent_path, parent_head, depth + 1, chain);
             chain.pop();
-            Some(opened.and_then(|f| f.snapshot()).map_err(in_parent)?)
+            Some(opened.and_then(|f| f.snapshot()).map_err(in_parent(&parent_path))?)
         }
     };
-    finish(Reader::File { file: Mutex::new(file), path: path.to_owned() }, parsed, parent, index_hash)
+    finish(Reader::File { file: Mutex::new(head.file), path: path.to_owned() }, parsed, parent, index_hash)
 }
 
 /// Makes a lazy page per page record and builds the snapshots.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -17,7 +18,7 @@ use crate::open::{Opened, file_kind, label};
 use crate::progress::Bar;
 
 fn print_json(value: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -142,28 +143,24 @@ pub fn info(args: &InfoArgs, json: bool) -> Result<()> {
     }
     let zero: u64 = info.snapshots.iter().map(|s| s.zero_pages).sum();
     let inherited: u64 = info.snapshots.iter().map(|s| s.inherited_pages).sum();
-    println!(
+    outln!(
         "{}: vmsnap {} (format {}.{})",
         args.file.display(),
         file_kind(&info),
         info.format_major,
         info.format_minor
     );
-    println!(
+    outln!(
         "  file {} = header 64 B + frames {} + index {}",
         size(info.file_length),
         size(info.frames_length),
         size(info.index_length)
     );
-    println!("  flags {:#x}{}", info.flags, if info.is_incremental() { " (incremental)" } else { "" });
+    outln!("  flags {:#x}{}", info.flags, if info.is_incremental() { " (incremental)" } else { "" });
     if let Some(p) = &info.parent {
-        println!(
-            "  parent {} (index BLAKE3 {}…)",
-            p.file_name_hint,
-            hex(&p.index_hash[..8]).replace(' ', "")
-        );
+        outln!("  parent {} (index BLAKE3 {}…)", p.file_name_hint, hex(&p.index_hash[..8]).replace(' ', ""));
     }
-    println!(
+    outln!(
         "  {} snapshots, {} page references, {} unique pages in {} frames ({} xor), {} zero pages stored as nothing{}",
         info.snapshots.len(),
         info.page_references(),
@@ -173,7 +170,7 @@ pub fn info(args: &InfoArgs, json: bool) -> Result<()> {
         zero,
         if inherited > 0 { format!(", {inherited} pages inherited from the parent") } else { String::new() }
     );
-    println!(
+    outln!(
         "  raw {} → unique {} → stored {}: dedup {:.2}x, compression {:.2}x, overall {:.2}x",
         size(info.raw_bytes()),
         size(info.unique_bytes()),
@@ -182,20 +179,27 @@ pub fn info(args: &InfoArgs, json: bool) -> Result<()> {
         info.compression_ratio(),
         info.overall_ratio()
     );
-    println!(
+    outln!(
         "\n  {:>6}  {:<16} {:>6} {:>8} {:>6} {:>10} {:>8} {:>8}",
-        "id", "name", "parent", "layout", "allocs", "committed", "stored", "zero"
+        "id",
+        "name",
+        "parent",
+        "layout",
+        "allocs",
+        "committed",
+        "stored",
+        "zero"
     );
     let shown = 12;
     let n = info.snapshots.len();
     for (i, s) in info.snapshots.iter().enumerate() {
         if n > 2 * shown && i == shown {
-            println!("  {:>6}  ... {} more ...", "", n - 2 * shown);
+            outln!("  {:>6}  ... {} more ...", "", n - 2 * shown);
         }
         if n > 2 * shown && i >= shown && i < n - shown {
             continue;
         }
-        println!(
+        outln!(
             "  {:>6}  {:<16} {:>6} {:>8} {:>6} {:>10} {:>8} {:>8}",
             format!("#{}", s.id),
             s.name.as_deref().unwrap_or("-"),
@@ -208,8 +212,8 @@ pub fn info(args: &InfoArgs, json: bool) -> Result<()> {
         );
     }
     if n > 1 {
-        println!("\ntimeline:");
-        print!("{}", timeline_tree(&info));
+        outln!("\ntimeline:");
+        out!("{}", timeline_tree(&info));
     }
     Ok(())
 }
@@ -243,13 +247,19 @@ pub fn regions(args: &RegionsArgs, json: bool) -> Result<()> {
             "regions": rows,
         }));
     }
-    println!("{} {}", args.file.display(), label(summary));
-    println!(
+    outln!("{} {}", args.file.display(), label(summary));
+    outln!(
         "{:>17}  {:>17}  {:>17}  {:<11} {:<26} {:<11} {:<12}",
-        "BaseAddress", "EndAddress+1", "RegionSize", "State", "Protect", "Type", "Kind"
+        "BaseAddress",
+        "EndAddress+1",
+        "RegionSize",
+        "State",
+        "Protect",
+        "Type",
+        "Kind"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:>17}  {:>17}  {:>17}  {:<11} {:<26} {:<11} {:<12}",
             windbg(r.base),
             windbg(r.end),
@@ -261,7 +271,7 @@ pub fn regions(args: &RegionsArgs, json: bool) -> Result<()> {
         );
     }
     let busy = rows.iter().filter(|r| r.state != "MEM_FREE").count();
-    println!("{} regions ({} in allocations)", rows.len(), busy);
+    outln!("{} regions ({} in allocations)", rows.len(), busy);
     Ok(())
 }
 
@@ -336,7 +346,7 @@ pub fn dump(args: &DumpArgs, json: bool) -> Result<()> {
         }));
     }
     let readable = |a: u64| !unreadable.iter().any(|r| r.0 <= a && a < r.1);
-    print!("{}", format::hexdump(args.address, &bytes, &readable));
+    out!("{}", format::hexdump(args.address, &bytes, &readable));
     Ok(())
 }
 
@@ -469,27 +479,27 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
         }));
     }
     let b_path = args.b.as_ref().unwrap_or(&args.a);
-    println!("diff {} {old_label} → {} {new_label}", args.a.display(), b_path.display());
-    println!(
+    outln!("diff {} {old_label} → {} {new_label}", args.a.display(), b_path.display());
+    outln!(
         "{} region changes, {} pages changed ({} to compute)",
         d.region_changes().len(),
         changes.len(),
         format::duration(elapsed)
     );
     if !d.region_changes().is_empty() {
-        println!("\nregions:");
+        outln!("\nregions:");
         for c in d.region_changes() {
-            println!("  {}", region_change_text(c));
+            outln!("  {}", region_change_text(c));
         }
     }
     if !changes.is_empty() {
-        println!("\npages:");
+        outln!("\npages:");
     }
     for (c, ranges) in changes.iter().zip(&ranges).take(args.max_pages) {
         let changed: usize = ranges.iter().map(|r| r.len()).sum();
         let list: Vec<String> =
             ranges.iter().take(8).map(|r| format!("{:#x}..{:#x}", r.start, r.end)).collect();
-        println!(
+        outln!(
             "  {} {:<11} {} bytes in {} ranges: {}{}",
             windbg(c.address()),
             kind_word(c.kind()),
@@ -499,25 +509,25 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
             if ranges.len() > 8 { " ..." } else { "" }
         );
         if ranges.is_empty() {
-            println!("      (reads zeros in both versions)");
+            outln!("      (reads zeros in both versions)");
         }
         let mut lines = 0;
         for r in ranges {
             let mut at = r.start;
             while at < r.end && lines < 8 {
                 let end = (at + 16).min(r.end);
-                println!("      +{at:03x}  - {}", hex(&c.old_bytes()[at..end]));
-                println!("      +{at:03x}  + {}", hex(&c.new_bytes()[at..end]));
+                outln!("      +{at:03x}  - {}", hex(&c.old_bytes()[at..end]));
+                outln!("      +{at:03x}  + {}", hex(&c.new_bytes()[at..end]));
                 lines += 1;
                 at = end;
             }
         }
         if lines >= 8 {
-            println!("      ...");
+            outln!("      ...");
         }
     }
     if changes.len() > args.max_pages {
-        println!("  ... and {} more pages (--max-pages, or --json for all)", changes.len() - args.max_pages);
+        outln!("  ... and {} more pages (--max-pages, or --json for all)", changes.len() - args.max_pages);
     }
     Ok(())
 }
@@ -550,39 +560,62 @@ fn chain(path: &Path) -> Vec<(PathBuf, FileInfo)> {
     out
 }
 
-/// `vmsnap verify`.
-pub fn verify(args: &VerifyArgs, json: bool) -> Result<()> {
+/// What `vmsnap verify` checked.
+struct Verified {
+    /// The file and its parents, the file first.
+    files: Vec<PathBuf>,
+    snapshots: usize,
+    pages: u64,
+    frames: u64,
+    /// Seconds since `started`: the whole command, not only the check.
+    seconds: f64,
+}
+
+/// Checks `args.file` and its chain; the time is measured from `started`
+/// (the start of the command) to the end of the last step, so that it is
+/// what the user waited for.
+fn verified(args: &VerifyArgs, started: Instant) -> Result<Verified> {
     let info = vmsnap::file::inspect(&args.file).with_context(|| args.file.display().to_string())?;
     let mut bar = Bar::new("verifying", info.unique_bytes(), true);
-    let started = std::time::Instant::now();
     vmsnap::file::verify_with_progress(&args.file, &mut bar.hook())
         .with_context(|| args.file.display().to_string())?;
     drop(bar);
-    let elapsed = started.elapsed().as_secs_f64();
     let files = chain(&args.file);
     let pages: u64 = files.iter().map(|(_, i)| i.stored_pages).sum();
     let frames: u64 = files.iter().map(|(_, i)| i.frame_count).sum();
+    Ok(Verified {
+        files: files.into_iter().map(|(p, _)| p).collect(),
+        snapshots: info.snapshots.len(),
+        pages,
+        frames,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `vmsnap verify`; `started` is when the command started.
+pub fn verify(args: &VerifyArgs, json: bool, started: Instant) -> Result<()> {
+    let v = verified(args, started)?;
     if json {
         return print_json(&json!({
             "ok": true,
             "file": args.file.display().to_string(),
-            "files": files.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
-            "snapshots": info.snapshots.len(),
-            "pages_checked": pages,
-            "frames_checked": frames,
-            "seconds": elapsed,
+            "files": v.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "snapshots": v.snapshots,
+            "pages_checked": v.pages,
+            "frames_checked": v.frames,
+            "seconds": v.seconds,
         }));
     }
-    println!(
+    outln!(
         "OK {}: header and index checksums, {} frames, {} page hashes (BLAKE3), {} snapshot layouts checked in {}",
         args.file.display(),
-        frames,
-        pages,
-        info.snapshots.len(),
-        format::duration(elapsed)
+        v.frames,
+        v.pages,
+        v.snapshots,
+        format::duration(v.seconds)
     );
-    for (p, _) in files.iter().skip(1) {
-        println!("   parent {} OK", p.display());
+    for p in v.files.iter().skip(1) {
+        outln!("   parent {} OK", p.display());
     }
     Ok(())
 }
@@ -636,25 +669,25 @@ pub fn stats(args: &StatsArgs, json: bool) -> Result<()> {
             "versions": memory.iter().map(|m| json!({"private_bytes": m.private_bytes, "shared_bytes": m.shared_bytes})).collect::<Vec<_>>(),
         }));
     }
-    println!("{} {}", args.file.display(), label(summary));
-    println!(
+    outln!("{} {}", args.file.display(), label(summary));
+    outln!(
         "  reserved {}, committed {}, {} allocations",
         size(stats.reserved_memory),
         size(stats.committed_memory),
         stats.allocation_count
     );
-    println!(
+    outln!(
         "  stored pages: {} private to this version, {} shared with the file's other {} versions",
         size(stats.private_memory),
         size(stats.shared_memory),
         opened.timeline.len().saturating_sub(1)
     );
-    println!("\n  {:<14} {:>7} {:>12} {:>12}", "kind", "allocs", "reserved", "committed");
+    outln!("\n  {:<14} {:>7} {:>12} {:>12}", "kind", "allocs", "reserved", "committed");
     for (k, (reserved, committed, count)) in &by_kind {
-        println!("  {k:<14} {count:>7} {:>12} {:>12}", size(*reserved), size(*committed));
+        outln!("  {k:<14} {count:>7} {:>12} {:>12}", size(*reserved), size(*committed));
     }
     if opened.timeline.len() > 1 {
-        println!(
+        outln!(
             "\n  {} versions in the file; pages held by a single version (what removing it would free): {}",
             opened.timeline.len(),
             size(total_private)
@@ -707,7 +740,7 @@ pub fn rebase(args: &RebaseArgs, json: bool) -> Result<()> {
         return print_json(&json!({"file": args.file.display().to_string(), "out": out(),
             "bytes": written, "input_bytes": info.file_length}));
     }
-    println!(
+    outln!(
         "wrote {} (self-contained): {} ({} → {})",
         args.out.display(),
         what,
@@ -739,17 +772,39 @@ pub fn map(args: &MapArgs, json: bool) -> Result<()> {
     let rows = format::regions(snapshot);
     let title = format!("{} {}", args.file.display(), label(summary));
     let svg = crate::svg::render(&title, &rows);
-    std::fs::write(&args.svg, svg).with_context(|| args.svg.display().to_string())?;
+    // Atomically, as snapshot files are: a full disk leaves the old picture,
+    // not a truncated one; a target that is not a regular file is refused.
+    vmsnap::file::write_atomic(&args.svg, svg.as_bytes()).with_context(|| args.svg.display().to_string())?;
     let busy = rows.iter().filter(|r| r.state != "MEM_FREE").count();
     if json {
         return print_json(&json!({"svg": args.svg.display().to_string(), "regions": busy,
             "free_regions": rows.len() - busy}));
     }
-    println!(
+    outln!(
         "wrote {}: {} regions, {} free gaps (open it in a browser; hover a region for details)",
         args.svg.display(),
         busy,
         rows.len() - busy
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `verify` reports the time of the whole command: from the start it is
+    /// given (here ten seconds ago), not from the start of the check.
+    #[test]
+    fn verify_times_the_whole_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.vmsnap");
+        vmsnap::file::save(&vmsnap::MemoryManager::new().snapshot(), &file).unwrap();
+        let Some(started) = Instant::now().checked_sub(std::time::Duration::from_secs(10)) else {
+            return; // a monotonic clock younger than ten seconds: nothing to compare
+        };
+        let v = verified(&VerifyArgs { file }, started).unwrap();
+        assert!(v.seconds >= 10.0, "{}", v.seconds);
+        assert_eq!((v.files.len(), v.snapshots), (1, 1));
+    }
 }

@@ -295,7 +295,7 @@ pub fn run(args: &DemoArgs, json: bool) -> Result<()> {
     let branch_path = sibling(&out, "branch");
     let say = |line: String| {
         if !json {
-            println!("{line}");
+            outln!("{line}");
         }
     };
     say(format!(
@@ -750,21 +750,21 @@ pub fn run(args: &DemoArgs, json: bool) -> Result<()> {
             snapshot_mean_seconds: snapshot_mean,
             timings,
         };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let f = out.display();
-    println!(
+    outln!(
         "\nnext, on the saved files (from the repository: cargo run --release -p vmsnap-cli -- <command>):"
     );
-    println!("  vmsnap info {f}");
-    println!("  vmsnap regions {f} --snapshot step-{rewind_step}");
-    println!("  vmsnap dump {f} {:#x} 64 --snapshot branch-{branch_steps}", process.view_a);
-    println!("  vmsnap diff {f} --from step-{} --to branch-{branch_steps}", args.steps - 1);
-    println!("  vmsnap diff {} {}", base_path.display(), branch_path.display());
-    println!("  vmsnap verify {}", branch_path.display());
-    println!("  vmsnap stats {f}");
-    println!("  vmsnap rebase {} merged.vmsnap", branch_path.display());
-    println!("  vmsnap map {f} --svg map.svg      (then open map.svg in a browser)");
+    outln!("  vmsnap info {f}");
+    outln!("  vmsnap regions {f} --snapshot step-{rewind_step}");
+    outln!("  vmsnap dump {f} {:#x} 64 --snapshot branch-{branch_steps}", process.view_a);
+    outln!("  vmsnap diff {f} --from step-{} --to branch-{branch_steps}", args.steps - 1);
+    outln!("  vmsnap diff {} {}", base_path.display(), branch_path.display());
+    outln!("  vmsnap verify {}", branch_path.display());
+    outln!("  vmsnap stats {f}");
+    outln!("  vmsnap rebase {} merged.vmsnap", branch_path.display());
+    outln!("  vmsnap map {f} --svg map.svg      (then open map.svg in a browser)");
     Ok(())
 }

@@ -99,13 +99,18 @@ pub fn run(args: &FuzzArgs, json: bool) -> Result<()> {
     let base = mm.snapshot();
 
     if !json {
-        println!(
+        outln!(
             "fuzz reset loop: {} of target memory, random dirty pages, 8 bytes written in each",
             size(memory)
         );
-        println!(
+        outln!(
             "{:>6} {:>14} {:>14} {:>14} {:>9} {:>9}",
-            "dirty", "vmsnap/s", "dirty-list/s", "full-copy/s", "vs list", "vs full"
+            "dirty",
+            "vmsnap/s",
+            "dirty-list/s",
+            "full-copy/s",
+            "vs list",
+            "vs full"
         );
     }
     let mut rows = Vec::new();
@@ -163,22 +168,27 @@ pub fn run(args: &FuzzArgs, json: bool) -> Result<()> {
             vs_full_copy: vmsnap_rate / full_rate,
         };
         if !json {
-            println!(
+            outln!(
                 "{:>6} {:>14.0} {:>14.0} {:>14.0} {:>8.2}x {:>8.1}x",
-                k, vmsnap_rate, list_rate, full_rate, row.vs_dirty_list, row.vs_full_copy
+                k,
+                vmsnap_rate,
+                list_rate,
+                full_rate,
+                row.vs_dirty_list,
+                row.vs_full_copy
             );
         }
         rows.push(row);
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"memory_bytes": memory, "rows": rows}))?
         );
     } else {
-        println!("(\"vs\" columns: vmsnap resets per second divided by the baseline's; above 1 is faster)");
+        outln!("(\"vs\" columns: vmsnap resets per second divided by the baseline's; above 1 is faster)");
         if cfg!(debug_assertions) {
-            println!("(a debug build: run with --release for real figures)");
+            outln!("(a debug build: run with --release for real figures)");
         }
     }
     Ok(())

@@ -5,10 +5,14 @@
 //! answer as text or JSON. `vmsnap demo` is the main job: a rewindable
 //! process-like session, saved to a file every other command can read.
 
+use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod out;
 mod commands;
 mod demo;
 mod format;
@@ -70,41 +74,87 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // `vmsnap info big.vmsnap | head`: a closed stdout ends the output
-    // quietly, as it does for other command-line tools, not with a panic.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(0);
-        }
-        default_hook(info);
-    }));
+    // The whole command is timed (`verify` reports it), parsing included.
+    let started = Instant::now();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(a) => commands::info(&a, cli.json),
         Command::Regions(a) => commands::regions(&a, cli.json),
         Command::Dump(a) => commands::dump(&a, cli.json),
         Command::Diff(a) => commands::diff(&a, cli.json),
-        Command::Verify(a) => commands::verify(&a, cli.json),
+        Command::Verify(a) => commands::verify(&a, cli.json, started),
         Command::Stats(a) => commands::stats(&a, cli.json),
         Command::Rebase(a) => commands::rebase(&a, cli.json),
         Command::Map(a) => commands::map(&a, cli.json),
         Command::Demo(a) => demo::run(&a, cli.json),
         Command::FuzzDemo(a) => fuzz::run(&a, cli.json),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line: the context chain joined by ": ".
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {line}");
-            ExitCode::FAILURE
+    let printed = out::finish();
+    let line = match (result, printed) {
+        (Err(e), _) => error_line(&e),
+        // `vmsnap info big.vmsnap | head`: a closed pipe ends the output
+        // quietly, as it does for other command-line tools.
+        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+        (Ok(()), Err(e)) => error_line(&anyhow::Error::new(e).context("writing to standard output")),
+        (Ok(()), Ok(())) => return ExitCode::SUCCESS,
+    };
+    // A failing standard error cannot be reported anywhere: the exit code
+    // still says it.
+    let _ = writeln!(std::io::stderr(), "error: {line}");
+    ExitCode::FAILURE
+}
+
+/// The error and its causes on one line, joined by ": ", each said once: a
+/// message the next one already names (a path given as context, then the
+/// library's "I/O error on PATH") is left out, and so is a cause the
+/// message before it already ends with (an error that prints its source).
+fn error_line(e: &anyhow::Error) -> String {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string().replace('\n', " ")).collect();
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let named_next = parts.get(i + 1).is_some_and(|next| names(next, part));
+        let said_before = kept.last().is_some_and(|prev| prev.ends_with(part.as_str()));
+        if !part.is_empty() && !named_next && !said_before {
+            kept.push(part);
         }
+    }
+    kept.join(": ")
+}
+
+/// True when `text` contains `word` as a whole: after the start or a space,
+/// before the end, a space, `:` or `,`.
+fn names(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        matches!(before, None | Some(' ')) && matches!(after, None | Some(' ' | ':' | ','))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(vmsnap::file::FileError::Io { path: "/d/x.vmsnap".into(), source: io })
+            .context("/d/x.vmsnap");
+        assert_eq!(error_line(&e), "I/O error on /d/x.vmsnap: No such file");
+        // A foreign error that prints its source too.
+        #[derive(Debug)]
+        struct Loud(std::io::Error);
+        impl std::fmt::Display for Loud {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "loud: {}", self.0)
+            }
+        }
+        impl std::error::Error for Loud {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Loud(std::io::Error::other("cause"))).context("a");
+        assert_eq!(error_line(&e), "a: loud: cause");
     }
 }
