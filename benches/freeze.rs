@@ -101,7 +101,7 @@ fn freeze(c: &mut Criterion) {
     let mut prepared: Option<(u64, MemoryManager, Snapshot, Vec<u8>)> = None;
     for (label, bytes, k, clustered) in cases {
         if prepared.as_ref().is_none_or(|p| p.0 != bytes) {
-            prepared = None;
+            drop(prepared.take());
             let (mm, base) = filled(bytes);
             let memory = vec![0x5Au8; bytes as usize];
             prepared = Some((bytes, mm, base, memory));
