@@ -41,9 +41,31 @@ fn setup() -> (MemoryManager, Vec<u8>) {
         chunk.copy_from_slice(&page);
         mm.write_memory(BASE + i as u64 * PAGE_SIZE, &page).unwrap();
     }
+    // A pointer chase over the first 256 MiB: one 8-byte slot in every page,
+    // the pages in a random cyclic order, each slot holding the next's offset.
+    let chain = chase_order();
+    for (i, &at) in chain.iter().enumerate() {
+        let next = chain[(i + 1) % chain.len()].to_le_bytes();
+        flat[at as usize..at as usize + 8].copy_from_slice(&next);
+        mm.write_memory(BASE + at, &next).unwrap();
+    }
     mm.snapshot(); // freeze: the 1 GiB now lives in the persistent page table
     (mm, flat)
 }
+
+/// The offsets of the pointer chase: every page of 256 MiB once, shuffled,
+/// at a random 8-byte slot past the page's first 16 bytes.
+fn chase_order() -> Vec<u64> {
+    let pages = (CHASE_BYTES / PAGE_SIZE) as usize;
+    let mut s = 0x0DDB_1A5E_5BAD_5EEDu64;
+    let mut order: Vec<u64> = (0..pages as u64).collect();
+    for i in (1..pages).rev() {
+        order.swap(i, (xorshift(&mut s) % (i as u64 + 1)) as usize);
+    }
+    order.iter().map(|&p| p * PAGE_SIZE + 16 + (xorshift(&mut s) % 510) * 8).collect()
+}
+
+const CHASE_BYTES: u64 = 256 << 20;
 
 fn bench_access(c: &mut Criterion) {
     let (mut mm, mut flat) = setup();
@@ -97,6 +119,52 @@ fn bench_access(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    // Random 8-byte reads inside one megabyte (a working set the TLB holds).
+    let mut group = c.benchmark_group("read_8_in_1MiB");
+    let window: Vec<u64> = random_offsets(8).iter().map(|o| o % (1 << 20)).collect();
+    let mut buf = [0u8; 8];
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("vec", "random"), |b| {
+        b.iter(|| {
+            i = (i + 1) % window.len();
+            let at = window[i] as usize;
+            buf.copy_from_slice(&flat[at..at + 8]);
+            black_box(&buf);
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("vmsnap", "random"), |b| {
+        b.iter(|| {
+            i = (i + 1) % window.len();
+            mm.read_memory(BASE + window[i], &mut buf).unwrap();
+            black_box(&buf);
+        })
+    });
+    group.finish();
+
+    // Dependent 8-byte reads over 256 MiB: each read's value is the next
+    // read's offset, so nothing overlaps (a pointer chase through a heap).
+    let mut group = c.benchmark_group("dependent_read_256MiB");
+    let start = chase_order()[0];
+    let mut at = start;
+    group.bench_function(BenchmarkId::new("vec", "chase"), |b| {
+        b.iter(|| {
+            let a = at as usize;
+            at = u64::from_le_bytes(flat[a..a + 8].try_into().unwrap());
+        })
+    });
+    black_box(at);
+    let mut at = start;
+    group.bench_function(BenchmarkId::new("vmsnap", "chase"), |b| {
+        b.iter(|| {
+            let mut v = [0u8; 8];
+            mm.read_memory(BASE + at, &mut v).unwrap();
+            at = u64::from_le_bytes(v);
+        })
+    });
+    black_box(at);
+    group.finish();
 
     // Random page lookup: is the page committed, and with what protection?
     // The flat baseline reads one byte of the page (the cheapest "lookup" a

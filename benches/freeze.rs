@@ -173,7 +173,9 @@ fn recording(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("recording");
     group.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
-    for (label, k, clustered) in [("random", 10usize, false), ("random", 100, false), ("clustered", 100, true)] {
+    for (label, k, clustered) in
+        [("random", 10usize, false), ("random", 100, false), ("clustered", 100, true)]
+    {
         let sets = page_sets(pages, k, clustered, 256, 0x9E37_79B9_7F4A_7C15 ^ k as u64);
         let id = format!("{label}/{k}");
         group.throughput(Throughput::Elements(k as u64));

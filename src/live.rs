@@ -317,7 +317,8 @@ impl LivePages {
         } else {
             (vpn, entry)
         };
-        let (bytes, dirty) = match self.overlay.get(target) {
+        let in_overlay = if self.overlay.len == 0 { None } else { self.overlay.get(target) };
+        let (bytes, dirty) = match in_overlay {
             Some(slot) => (self.overlay.page(slot), true),
             None => match source.try_bytes() {
                 Some(bytes) => (bytes, false),

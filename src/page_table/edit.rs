@@ -99,7 +99,7 @@ fn apply(g: &mut Guard<'_>, op: Op, leaf: &mut LeafBody, i: usize) -> i64 {
     let mut drop_bytes = |leaf: &mut LeafBody| {
         if let Some(rec) = leaf.rec(i) {
             g.release_page(rec);
-            leaf.slots[i] = 0;
+            leaf.set_slot(i, 0);
         }
     };
     let new = match op {
@@ -126,30 +126,32 @@ fn apply(g: &mut Guard<'_>, op: Op, leaf: &mut LeafBody, i: usize) -> i64 {
         }
         Op::Range(RangeOp::Clear) => {
             drop_bytes(leaf);
-            leaf.slots[i] = 0;
+            leaf.set_slot(i, 0);
             0
         }
         Op::Range(RangeOp::Set(m)) => {
             debug_assert!(m & meta::VIEW == 0);
             drop_bytes(leaf);
-            leaf.slots[i] = 0;
+            leaf.set_slot(i, 0);
             m
         }
         Op::Range(RangeOp::View { meta: m, key_offset }) => {
             drop_bytes(leaf);
-            leaf.slots[i] = key_offset;
+            leaf.meta[i] = m;
+            leaf.set_slot(i, key_offset);
             m
         }
         Op::Page(page) => {
             debug_assert!(meta::holds_bytes(old) || page.is_none());
             drop_bytes(leaf);
-            leaf.slots[i] = page.map_or(0, RecPtr::to_word);
+            leaf.set_slot(i, page.map_or(0, RecPtr::to_word));
             old
         }
         Op::Put { meta: m, page, view_offset } => {
             debug_assert!(page.is_none() || meta::holds_bytes(m));
             drop_bytes(leaf);
-            leaf.slots[i] = if m & meta::VIEW != 0 { view_offset } else { page.map_or(0, RecPtr::to_word) };
+            leaf.meta[i] = m;
+            leaf.set_slot(i, if m & meta::VIEW != 0 { view_offset } else { page.map_or(0, RecPtr::to_word) });
             m
         }
     };
@@ -160,7 +162,7 @@ fn apply(g: &mut Guard<'_>, op: Op, leaf: &mut LeafBody, i: usize) -> i64 {
 /// The state and slot word a page with state `m`, word `aux` and no bytes
 /// gets: the same for every page of a uniform subtree.
 fn apply_uniform(g: &mut Guard<'_>, op: Op, m: u8, aux: u64) -> (u8, u64) {
-    let mut leaf = LeafBody { meta: [0; FANOUT], slots: [0; FANOUT] };
+    let mut leaf = LeafBody { meta: [0; FANOUT], slots: [0; FANOUT], bytes: [0; FANOUT] };
     leaf.meta[0] = m;
     leaf.slots[0] = aux;
     apply(g, op, &mut leaf, 0);

@@ -92,6 +92,8 @@ pub(crate) use store::is_zero_page;
 pub(crate) struct Page<'a> {
     store: &'a Arc<Store>,
     ptr: RecPtr,
+    /// The bytes' address as the leaf knew it (0: ask the record).
+    direct: usize,
 }
 
 impl std::fmt::Debug for Page<'_> {
@@ -103,7 +105,13 @@ impl std::fmt::Debug for Page<'_> {
 impl<'a> Page<'a> {
     #[inline]
     fn new(store: &'a Arc<Store>, ptr: RecPtr) -> Page<'a> {
-        Page { store, ptr }
+        Page { store, ptr, direct: 0 }
+    }
+
+    /// Entry `i` of `leaf`, which has a record.
+    #[inline]
+    pub(super) fn of_leaf(store: &'a Arc<Store>, leaf: &'a node::LeafBody, i: usize) -> Option<Page<'a>> {
+        leaf.rec(i).map(|ptr| Page { store, ptr, direct: leaf.bytes[i] })
     }
 
     #[inline]
@@ -127,6 +135,13 @@ impl<'a> Page<'a> {
     /// page reads and decompresses its frame.
     #[inline]
     pub(crate) fn try_bytes(&self) -> Option<&'a PageBytes> {
+        if self.direct != 0 {
+            // SAFETY: the leaf this page was read from took the address from
+            // its record, whose bytes never change or move while the record
+            // is referenced — by that leaf, for at least `'a`.
+            #[allow(unsafe_code)]
+            return Some(unsafe { &*(self.direct as *const PageBytes) });
+        }
         match self.rec().loaded() {
             Some(b) => Some(b),
             None => self.store.bytes(self.rec()),
@@ -385,7 +400,7 @@ impl PageTable {
                     let i = (vpn & INDEX_MASK) as usize;
                     return PageEntry {
                         meta: leaf.meta[i],
-                        page: leaf.rec(i).map(|r| Page::new(store, r)),
+                        page: Page::of_leaf(store, leaf, i),
                         aux: leaf.view_offset(i),
                     };
                 }

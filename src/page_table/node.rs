@@ -43,6 +43,11 @@ pub(crate) struct LeafBody {
     pub(crate) meta: [u8; FANOUT],
     /// Slot words (see the module docs).
     pub(crate) slots: [u64; FANOUT],
+    /// For a page with a record: its bytes' address when the record had
+    /// them as the entry was set (0 otherwise: a lazily loaded page not yet
+    /// read is reached through its record). A read then costs no hop
+    /// through the record.
+    pub(crate) bytes: [usize; FANOUT],
 }
 
 impl LeafBody {
@@ -50,6 +55,20 @@ impl LeafBody {
     #[inline]
     pub(crate) fn rec(&self, i: usize) -> Option<RecPtr> {
         (self.meta[i] & meta::VIEW == 0 && self.slots[i] != 0).then(|| RecPtr::from_word(self.slots[i]))
+    }
+
+    /// Sets entry `i`'s slot word (its state byte already set), and the
+    /// direct bytes address that goes with it.
+    #[inline]
+    pub(crate) fn set_slot(&mut self, i: usize, word: u64) {
+        self.slots[i] = word;
+        self.bytes[i] = match self.rec(i) {
+            // SAFETY (in `RecPtr::get`'s terms): the entry references the
+            // record from now on.
+            #[allow(unsafe_code)]
+            Some(r) => unsafe { r.get() }.loaded().map_or(0, |b| b as *const _ as usize),
+            None => 0,
+        };
     }
 
     /// The view offset of entry `i` (0 for a page that is not a view page).
@@ -126,7 +145,10 @@ impl Node {
 
     /// A new leaf (one reference, held by the caller).
     pub(crate) fn leaf(meta: [u8; FANOUT], slots: [u64; FANOUT], stored: u64) -> NodePtr {
-        Node::alloc(Body::Leaf(LeafBody { meta, slots }), stored, 0)
+        debug_assert!(
+            stored == 0 && (0..FANOUT).all(|i| meta[i] & crate::protection::meta::VIEW != 0 || slots[i] == 0)
+        );
+        Node::alloc(Body::Leaf(LeafBody { meta, slots, bytes: [0; FANOUT] }), stored, 0)
     }
 
     /// A new inner node (one reference); `children` already hold theirs.

@@ -53,11 +53,7 @@ pub(crate) struct Visit<'a> {
 impl<'a> Visit<'a> {
     #[inline]
     pub(super) fn of(store: &'a std::sync::Arc<Store>, leaf: &'a LeafBody, i: usize) -> Visit<'a> {
-        Visit {
-            meta: leaf.meta[i],
-            page: leaf.rec(i).map(|r| Page::new(store, r)),
-            view_offset: leaf.view_offset(i),
-        }
+        Visit { meta: leaf.meta[i], page: Page::of_leaf(store, leaf, i), view_offset: leaf.view_offset(i) }
     }
 
     pub(super) const ABSENT: Visit<'static> = Visit { meta: 0, page: None, view_offset: 0 };
