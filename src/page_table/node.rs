@@ -78,7 +78,10 @@ impl LeafBody {
     }
 }
 
-/// A node's contents.
+/// A node's contents. Inner nodes are 1/64 of the nodes, so padding them
+/// to a leaf's size costs little, while boxing leaves would add a pointer
+/// hop to every lookup.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Body {
     Inner([Option<NodePtr>; FANOUT]),
     Leaf(LeafBody),
