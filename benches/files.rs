@@ -27,6 +27,32 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
+/// Counts the heap bytes alive, for the lazy-open memory figure.
+struct Counting;
+
+static LIVE_HEAP: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, counting sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_HEAP.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_HEAP.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's pointer and layout, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_heap() -> isize {
+    LIVE_HEAP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 const BASE: u64 = 0x1_0000_0000;
 const PAGE: usize = PAGE_SIZE as usize;
 
@@ -211,6 +237,27 @@ fn files(c: &mut Criterion) {
             })
         });
         group.finish();
+
+        // Memory: the heap a lazily opened file adds per stored page (its
+        // snapshot held, nothing read), and the first read of one page.
+        {
+            let before = live_heap();
+            let lazy = vmsnap::file::open_lazy(&file).unwrap();
+            let s = lazy.snapshot().unwrap();
+            let stats = s.compute_memory_stats();
+            let stored = (stats.private_memory + stats.shared_memory) / PAGE_SIZE;
+            let added = live_heap() - before;
+            let t = std::time::Instant::now();
+            let mut buf = [0u8; 8];
+            s.read_memory(BASE + (stored / 2) * PAGE as u64, &mut buf).unwrap();
+            let first = t.elapsed();
+            eprintln!(
+                "lazy open {label}: {stored} stored pages, heap added {added} bytes = {:.1} bytes per stored page; first read of a page {:.1} us",
+                added as f64 / stored.max(1) as f64,
+                first.as_secs_f64() * 1e6
+            );
+            black_box((lazy, s, buf));
+        }
 
         // Lazy opening: the header and the index, then one page (one frame),
         // against the eager load of everything.

@@ -81,33 +81,43 @@
 //!   ┌────────────────────────────┐             ┌──────────────────────────┐
 //!   │ regions: imbl::OrdMap      │──clone O(1)─►│ regions                  │
 //!   │ pages:  LivePages          │             │ pages: PageTable         │
-//!   │   TLB (64 entries)         │             └────────────┬─────────────┘
+//!   │   TLB (512 entries)        │             └────────────┬─────────────┘
 //!   │   overlay: page → buffer   │  freeze: O(dirty)        │ shares nodes
 //!   │   table: PageTable ────────┼──────────────────────────┘ and pages
 //!   └────────────────────────────┘
 //! ```
 //!
-//! * The **page table** (`page_table.rs`) is a persistent 64-way radix trie
-//!   over the page number (6 levels): each leaf holds 64 one-byte page states
-//!   and 64 `Arc` pointers to frozen 4 KiB pages. Cloning it is one `Arc`
-//!   bump; versions share every untouched node and page.
+//! * The **page table** (`page_table/`) is a persistent 64-way radix trie
+//!   over the page number (6 levels): each leaf holds 64 one-byte page states,
+//!   64 pointers to page records and the pages' byte addresses. Cloning it is
+//!   one atomic increment; versions share every untouched node and page.
+//!   Every table of a lineage shares one *store*: dense 32-byte page records
+//!   (bytes, cached fingerprint, reference count), with every node's and
+//!   page's reference count a plain integer changed only under the store's
+//!   lock, once per batch. So copying a node costs a memcpy and non-atomic
+//!   increments in a few dense lines, not 64 atomic operations in scattered
+//!   cold lines; readers never lock.
 //! * The live version's **written pages** sit in a flat mutable overlay
 //!   (`live.rs`): the first write to a page after a snapshot or restore copies
-//!   it into a pooled buffer, and every later write goes straight there, with
-//!   no path copy and no allocation. `snapshot()` moves the overlay into the
-//!   trie; `restore()` drops it. Both cost O(pages written), which is what a
-//!   fuzzer's dirty-page reset costs too.
+//!   it into a heap buffer, and every later write goes straight there, with
+//!   no path copy. `snapshot()` freezes the overlay in one batch: pages
+//!   sorted, each touched node copied once, each buffer handed to the table
+//!   as its frozen page (no copy, no hashing: fingerprints are computed when
+//!   first needed). `restore()` drops the overlay, keeping its buffers for
+//!   the next cycle. Both cost O(pages written), which is what a fuzzer's
+//!   dirty-page reset costs too.
 //! * A small **software TLB** maps recently used page numbers to their bytes,
 //!   so a hot 8-byte read is a compare and a copy.
 //! * The **region map** (`region_map.rs`) is an `imbl::OrdMap` of allocations.
 //! * **Snapshot files** ([`file`](mod@file)) store distinct pages once, in 16-page zstd
 //!   frames with an index. A lazily opened file ([`file::open_lazy`]) gives
-//!   snapshots whose frozen pages start without their bytes (a `OnceLock`
-//!   each, filled from its frame on the first read); a page whose frame
-//!   cannot be read is [`MemoryError::PageUnavailable`] on every access.
+//!   snapshots whose pages are 32-byte records without bytes, filled from
+//!   their frame on the first read (one read per frame, also under
+//!   concurrency); a page whose frame cannot be read is
+//!   [`MemoryError::PageUnavailable`] on every access.
 //!
 //! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
-//! `page_table`, `region_map` → `live` → `query` (shared by live and frozen
+//! `page_table` (`store`, `node`, `edit`, `walk`), `region_map` → `live` → `query` (shared by live and frozen
 //! versions) → `manager`, `section`, `snapshot`, `diff`, `timeline`, `state`
 //! (serialization) → [`file`](mod@file) (snapshot files), [`image`] (PE mapping),
 //! [`nt`] (the Windows system-call face).

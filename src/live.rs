@@ -6,7 +6,7 @@
 //!            read / write (page number)
 //!                     │
 //!              ┌──────▼──────┐ hit: state byte + where the bytes are
-//!              │  TLB (64)   │───────────────────────────────┐
+//!              │  TLB (512)  │───────────────────────────────┐
 //!              └──────┬──────┘                               │
 //!                miss │                                      │
 //!      ┌──────────────▼───────────┐   ┌────────────────────┐ │
@@ -18,25 +18,28 @@
 //! * The page table is authoritative for every page's state byte; the overlay
 //!   only ever holds the *bytes* of committed pages.
 //! * The first write to a page copies its bytes (frozen or zero) into an overlay
-//!   slot; later writes go straight to the slot. No path copy, no allocation
-//!   once the slot pool is warm.
-//! * [`LivePages::freeze`] moves the overlay into the page table (one path copy
-//!   per written page) and returns the frozen table; [`LivePages::reset_to`]
-//!   drops the overlay and adopts another table. Both cost O(overlay).
+//!   buffer; later writes go straight to it. No path copy, no allocation once
+//!   the buffer pool is warm (a restore keeps the buffers).
+//! * [`LivePages::freeze`] hands the overlay's buffers to the page table in
+//!   one batch (they become the frozen pages) and returns the frozen table;
+//!   [`LivePages::reset_to`] drops the overlay and adopts another table. Both
+//!   cost O(overlay).
 //!
-//! # The `unsafe` in the crate
+//! # The `unsafe` here
 //!
-//! Two small pieces, both here. [`prefetch`] issues a cache prefetch hint
-//! (the diff walk uses it to overlap cache misses): it only names an address
-//! and never faults. The TLB is the other:
+//! [`prefetch`] issues a cache prefetch hint (the diff walk uses it to
+//! overlap cache misses): it only names an address and never faults. The
+//! TLB is the other piece (the page table's own is in `page_table::store`
+//! and `page_table::node`):
 //!
-//! A TLB entry for a page that is not in the overlay keeps a raw pointer to the
-//! page's bytes (a page record's buffer referenced by the page table, or the
-//! static zero page), so a hot read is one compare and one copy. The pointer is
-//! valid while the table is unchanged: every path that can change or replace
-//! the table (`table_mut`, `reset_to`, `freeze`) flushes the TLB first, and the
-//! table is a private field of this module, so no other path exists. Frozen
-//! pages are never mutated (no `get_mut` on them anywhere), so reading through
+//! A TLB entry keeps a raw pointer to the page's bytes: an overlay buffer
+//! owned by `self` (a *dirty* entry, writable in place), a page record's
+//! bytes referenced by the page table, or the static zero page. So a hot
+//! read is one compare and one copy. The pointer is valid while the table
+//! and the overlay are unchanged: every path that can change or replace
+//! either (`update`, `reset_to`, `freeze`, a view page's first write)
+//! flushes the TLB first, and both are private fields of this module, so no
+//! other path exists. Frozen pages are never mutated, so reading through
 //! the pointer never races a write.
 
 #![allow(unsafe_code)]
@@ -452,7 +455,11 @@ impl LivePages {
                         let page = if is_zero_page(buf.as_deref().expect("occupied")) {
                             None
                         } else {
-                            Some(g.new_page(buf.take().expect("occupied"), None))
+                            let page = g.new_page(buf.take().expect("occupied"), None);
+                            // A buffer freed by an older version, for the
+                            // next first write (no allocator call then).
+                            *buf = g.take_spare_page();
+                            Some(page)
                         };
                         Edit { lo: vpn, hi: vpn + 1, op: Op::Page(page) }
                     })

@@ -28,10 +28,10 @@ use super::*;
 /// calls it equal to another page). [`LazyFile::load_all`] reads everything
 /// up front, with the error.
 ///
-/// Each page of the file is allocated (not filled) when it is opened: the
-/// I/O, decompression and hashing are deferred, the 4 KiB of memory per
-/// stored page is not (the engine keeps page bytes inline, so that a read
-/// needs no extra pointer hop).
+/// Opening costs memory for the index only: each stored page is a 32-byte
+/// record of the file's page store (its fingerprint and record number), and
+/// its 4 KiB buffer is allocated when its frame is first read. Many threads
+/// touching pages of one frame at once read it once.
 ///
 /// The open file handle is kept (as long as any of its pages lives), so a
 /// file replaced by a later atomic save under the same name keeps serving

@@ -2,7 +2,7 @@
 //! single entries, a snapshot's batch of frozen pages) is a sorted list of
 //! edits applied in one walk, so each touched node is copied once.
 
-use super::node::{Body, LeafBody, Node, NodePtr};
+use super::node::{Body, LeafBody, NodePtr};
 use super::store::{Guard, RecPtr};
 use super::{BITS, FANOUT, span};
 use crate::protection::meta;
@@ -191,7 +191,7 @@ pub(crate) fn edit(
         if edits.iter().all(|e| matches!(e.op.on_absent(), Absent::Skip)) {
             return 0;
         }
-        *slot = Some(empty(level));
+        *slot = Some(empty(g, level));
     }
     let ptr = slot.as_mut().expect("filled above");
     let node = g.make_mut(ptr);
@@ -270,20 +270,20 @@ fn whole(g: &mut Guard<'_>, slot: &mut Option<NodePtr>, level: u32, op: Op) -> O
 }
 
 /// An empty node for `level`.
-fn empty(level: u32) -> NodePtr {
-    if level == 0 { Node::leaf([0; FANOUT], [0; FANOUT], 0) } else { Node::inner([None; FANOUT], 0) }
+fn empty(g: &mut Guard<'_>, level: u32) -> NodePtr {
+    if level == 0 { g.new_leaf([0; FANOUT], [0; FANOUT]) } else { g.new_inner([None; FANOUT], 0) }
 }
 
 /// A subtree at `level` whose every page has state `m`, slot word `aux`
 /// and no bytes. Its nodes are shared: 64 pointers to one child at each
 /// level. Time: O(levels).
 pub(crate) fn uniform(g: &mut Guard<'_>, level: u32, m: u8, aux: u64) -> NodePtr {
-    let mut node = Node::leaf([m; FANOUT], [aux; FANOUT], 0);
+    let mut node = g.new_leaf([m; FANOUT], [aux; FANOUT]);
     for _ in 0..level {
         for _ in 1..FANOUT {
             g.retain_node(node);
         }
-        node = Node::inner([Some(node); FANOUT], 0);
+        node = g.new_inner([Some(node); FANOUT], 0);
     }
     node
 }

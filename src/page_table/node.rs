@@ -139,26 +139,34 @@ impl NodePtr {
     }
 }
 
-impl Node {
-    fn alloc(body: Body, stored: u64, origin: u64) -> NodePtr {
-        let node =
-            Box::new(Node { refs: UnsafeCell::new(1), id: next_id(), origin, changed: 0, stored, body });
-        NodePtr(NonNull::from(Box::leak(node)))
+impl Guard<'_> {
+    /// A new node (one reference, the caller's), in a spare allocation when
+    /// there is one.
+    fn alloc(&mut self, body: Body, stored: u64, origin: u64) -> NodePtr {
+        let node = Node { refs: UnsafeCell::new(1), id: next_id(), origin, changed: 0, stored, body };
+        let boxed = match self.pool.spare_nodes.pop() {
+            Some(mut spare) => {
+                *spare = node;
+                spare
+            }
+            None => Box::new(node),
+        };
+        NodePtr(NonNull::from(Box::leak(boxed)))
     }
 
-    /// A new leaf (one reference, held by the caller).
-    pub(crate) fn leaf(meta: [u8; FANOUT], slots: [u64; FANOUT], stored: u64) -> NodePtr {
-        debug_assert!(
-            stored == 0 && (0..FANOUT).all(|i| meta[i] & crate::protection::meta::VIEW != 0 || slots[i] == 0)
-        );
-        Node::alloc(Body::Leaf(LeafBody { meta, slots, bytes: [0; FANOUT] }), stored, 0)
+    /// A new leaf without page records (one reference, held by the caller).
+    pub(crate) fn new_leaf(&mut self, meta: [u8; FANOUT], slots: [u64; FANOUT]) -> NodePtr {
+        debug_assert!((0..FANOUT).all(|i| meta[i] & crate::protection::meta::VIEW != 0 || slots[i] == 0));
+        self.alloc(Body::Leaf(LeafBody { meta, slots, bytes: [0; FANOUT] }), 0, 0)
     }
 
     /// A new inner node (one reference); `children` already hold theirs.
-    pub(crate) fn inner(children: [Option<NodePtr>; FANOUT], stored: u64) -> NodePtr {
-        Node::alloc(Body::Inner(children), stored, 0)
+    pub(crate) fn new_inner(&mut self, children: [Option<NodePtr>; FANOUT], stored: u64) -> NodePtr {
+        self.alloc(Body::Inner(children), stored, 0)
     }
+}
 
+impl Node {
     /// The leaf's contents (`None` for an inner node).
     #[inline]
     pub(crate) fn as_leaf(&self) -> Option<&LeafBody> {
@@ -228,6 +236,9 @@ impl Guard<'_> {
                 }
             }
         }
+        if self.pool.spare_nodes.len() < super::store::SPARE_NODES {
+            self.pool.spare_nodes.push(owned);
+        }
     }
 
     /// A copy of `node` (one reference, the caller's) with a reference to
@@ -251,7 +262,7 @@ impl Guard<'_> {
                 Body::Leaf(leaf.clone())
             }
         };
-        let copy = Node::alloc(body, n.stored, n.id);
+        let copy = self.alloc(body, n.stored, n.id);
         self.release_node(node);
         copy
     }

@@ -158,11 +158,20 @@ unsafe impl Send for Source {}
 // SAFETY: as above.
 unsafe impl Sync for Source {}
 
-/// What the lock guards: the free records and every record chunk.
-struct Pool {
+/// What the lock guards: the free records, every record chunk, and spare
+/// page buffers and nodes for reuse (a recorder frees as many pages and
+/// nodes per step as it makes: reusing them skips the allocator).
+pub(super) struct Pool {
     free: Vec<NonNull<PageRec>>,
     chunks: Vec<Box<[PageRec]>>,
+    spare_pages: Vec<Box<PageBytes>>,
+    pub(super) spare_nodes: Vec<Box<super::node::Node>>,
 }
+
+/// Spare page buffers kept for reuse (4 MiB).
+const SPARE_PAGES: usize = 1024;
+/// Spare nodes kept for reuse (about 1.2 MiB).
+pub(super) const SPARE_NODES: usize = 1024;
 
 /// See the module docs.
 pub(crate) struct Store {
@@ -191,7 +200,12 @@ pub fn frozen_pages_alive() -> u64 {
 impl Store {
     pub(crate) fn new() -> Arc<Store> {
         Arc::new(Store {
-            lock: Mutex::new(Pool { free: Vec::new(), chunks: Vec::new() }),
+            lock: Mutex::new(Pool {
+                free: Vec::new(),
+                chunks: Vec::new(),
+                spare_pages: Vec::new(),
+                spare_nodes: Vec::new(),
+            }),
             sources: Mutex::new(Vec::new()),
         })
     }
@@ -366,7 +380,7 @@ impl RecPtr {
 /// Proof that a store's lock is held: reference counts change only
 /// through it.
 pub(crate) struct Guard<'s> {
-    pool: MutexGuard<'s, Pool>,
+    pub(super) pool: MutexGuard<'s, Pool>,
 }
 
 impl Guard<'_> {
@@ -430,12 +444,20 @@ impl Guard<'_> {
             if !bytes.is_null() {
                 // SAFETY: the last reference is gone: no table, and so no
                 // reader, can reach the record or its bytes.
-                drop(unsafe { Box::from_raw(bytes) });
+                let bytes = unsafe { Box::from_raw(bytes) };
+                if self.pool.spare_pages.len() < SPARE_PAGES {
+                    self.pool.spare_pages.push(bytes);
+                }
             }
             if r.source == 0 {
                 self.pool.free.push(rec.0);
             }
         }
+    }
+
+    /// A spare page buffer (contents stale), if one was freed lately.
+    pub(crate) fn take_spare_page(&mut self) -> Option<Box<PageBytes>> {
+        self.pool.spare_pages.pop()
     }
 
     /// References to `rec` (for sharing statistics).
