@@ -165,6 +165,8 @@ pub(super) struct Pool {
     free: Vec<NonNull<PageRec>>,
     chunks: Vec<Box<[PageRec]>>,
     spare_pages: Vec<Box<PageBytes>>,
+    // Boxes on purpose: a spare is an allocation to reuse, not a value.
+    #[allow(clippy::vec_box)]
     pub(super) spare_nodes: Vec<Box<super::node::Node>>,
 }
 
