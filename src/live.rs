@@ -27,12 +27,8 @@
 //!
 //! # The `unsafe` here
 //!
-//! [`prefetch`] issues a cache prefetch hint (the diff walk uses it to
-//! overlap cache misses): it only names an address and never faults. The
-//! TLB is the other piece (the page table's own is in `page_table::store`
-//! and `page_table::node`):
-//!
-//! A TLB entry keeps a raw pointer to the page's bytes: an overlay buffer
+//! The TLB (the page table's own `unsafe` is in `page_table::store` and
+//! `page_table::node`): a TLB entry keeps a raw pointer to the page's bytes: an overlay buffer
 //! owned by `self` (a *dirty* entry, writable in place), a page record's
 //! bytes referenced by the page table, or the static zero page. So a hot
 //! read is one compare and one copy. The pointer is valid while the table
@@ -207,23 +203,6 @@ impl Overlay {
         self.dirty.clear();
         self.len = 0;
     }
-}
-
-/// Hints the CPU to start loading `value`'s cache line. No effect on
-/// anything but timing; a no-op off x86-64.
-#[inline(always)]
-pub(crate) fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is part of the x86-64 baseline, and a prefetch never
-    // faults or reads into the program: it only names an address (here a
-    // valid reference).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (value as *const T).cast::<i8>(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 /// The live page store. See the module docs.

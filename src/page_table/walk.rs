@@ -1,10 +1,9 @@
 //! Walks over a table: searching state bytes, visiting pages, and the diff
 //! of two tables, which skips every subtree they share by pointer.
 
-use super::node::{Body, LeafBody, NodePtr};
+use super::node::{Body, LeafBody, NodePtr, prefetch};
 use super::store::Store;
 use super::{FANOUT, Page, span};
-use crate::live::prefetch;
 
 /// The first page in `[lo, hi)` under `node` whose state byte satisfies
 /// `pred`. Uniform subtrees are answered whole. Time: O(nodes scanned).
