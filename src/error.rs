@@ -117,6 +117,15 @@ pub enum MemoryError {
         /// The section id.
         id: u64,
     },
+    /// A [`SectionId`](crate::SectionId) handed out by another
+    /// [`MemoryManager`](crate::MemoryManager): ids belong to their manager
+    /// (as NT handles to their process), even when this one has a section
+    /// with the same number. Nothing was changed.
+    #[error("section {id} belongs to another memory manager")]
+    ForeignSection {
+        /// The section number the id carries.
+        id: u64,
+    },
     /// The address is not inside a view of a section.
     #[error("{address:#x} is not inside a section view")]
     NotAView {

@@ -36,7 +36,13 @@ pub struct MemoryManager {
     /// The highest section id this manager has handed out: ids never repeat,
     /// even across restores, so a stale handle never names a newer section.
     pub(crate) section_ids: u64,
+    /// This manager's process-unique tag: the [`SectionId`](crate::SectionId)s
+    /// it hands out carry it, and it refuses ids with another tag.
+    pub(crate) tag: u64,
 }
+
+/// Source of manager tags (0 is never handed out).
+static NEXT_MANAGER_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Default for MemoryManager {
     fn default() -> Self {
@@ -76,6 +82,7 @@ impl MemoryManager {
             lineage: Lineage::default(),
             base: None,
             section_ids: 0,
+            tag: NEXT_MANAGER_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -45,7 +45,7 @@ pub(super) fn status_of(error: &MemoryError) -> NtStatus {
         MemoryError::PageUnavailable { .. } => NtStatus::IN_PAGE_ERROR,
         MemoryError::SectionView { .. } => NtStatus::UNABLE_TO_DELETE_SECTION,
         MemoryError::ProtectionExceedsMaximum { .. } => NtStatus::SECTION_PROTECTION,
-        MemoryError::UnknownSection { .. } => NtStatus::INVALID_HANDLE,
+        MemoryError::UnknownSection { .. } | MemoryError::ForeignSection { .. } => NtStatus::INVALID_HANDLE,
         MemoryError::NotAView { .. } => NtStatus::NOT_MAPPED_VIEW,
         MemoryError::ViewOutsideSection { .. } => NtStatus::INVALID_VIEW_SIZE,
         _ => NtStatus::INVALID_PARAMETER,
