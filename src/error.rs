@@ -157,6 +157,20 @@ pub enum MemoryError {
         /// The most allowed.
         maximum: Protection,
     },
+    /// The operation would commit more than the manager's commit limit
+    /// ([`MemoryManager::set_commit_limit`](crate::MemoryManager::set_commit_limit)).
+    /// Nothing was committed.
+    #[error(
+        "committing {requested:#x} more bytes (committed: {committed:#x}) exceeds the commit limit {limit:#x}"
+    )]
+    CommitLimitExceeded {
+        /// Bytes the operation would newly commit.
+        requested: u64,
+        /// Bytes committed before it.
+        committed: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// No free range of this size exists at or above the start address.
     #[error("no free range of {size:#x} bytes at or above {start:#x}")]
     NoFreeSpace {

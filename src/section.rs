@@ -170,6 +170,10 @@ impl MemoryManager {
             });
         }
         let key = s.key + offset / PAGE_SIZE;
+        // The view's pages are new: those whose section page is committed
+        // are committed by the mapping.
+        let pages = length / PAGE_SIZE;
+        self.charge(pages, |mm| mm.committed_in(key, key + pages))?;
         self.regions.insert(Allocation {
             base,
             length,
@@ -219,22 +223,30 @@ impl MemoryManager {
         }
         let key_lo = v.key + (lo - view.base) / PAGE_SIZE;
         let key_hi = key_lo + (hi - lo) / PAGE_SIZE;
+        // Every view showing a page of `[key_lo, key_hi)`, with the range of
+        // its own pages that show them.
+        let views: Vec<(Allocation, u64, u64)> = self
+            .regions
+            .views_of(v.section)
+            .filter_map(|other| {
+                let o = other.view.expect("a view");
+                let (o_lo, o_hi) = (o.key, o.key + other.length / PAGE_SIZE);
+                let (from, to) = (key_lo.max(o_lo), key_hi.min(o_hi));
+                let page = |k: u64| vpn(other.base) + (k - o_lo);
+                (from < to).then(|| (other.clone(), page(from), page(to)))
+            })
+            .collect();
+        // The commit charge: the pages of those ranges not committed yet.
+        let at_most = views.iter().map(|(_, a, b)| b - a).sum();
+        self.charge(at_most, |mm| views.iter().map(|(_, a, b)| b - a - mm.committed_in(*a, *b)).sum())?;
         self.pages.update(key_lo, key_hi, RangeOp::CommitReserved(SECTION_PAGE));
-        let views: Vec<Allocation> = self.regions.views_of(v.section).cloned().collect();
-        for other in views {
-            let o = other.view.expect("a view");
-            let (o_lo, o_hi) = (o.key, o.key + other.length / PAGE_SIZE);
-            let (from, to) = (key_lo.max(o_lo), key_hi.min(o_hi));
-            if from >= to {
-                continue;
-            }
-            let page = |k: u64| vpn(other.base) + (k - o_lo);
+        for (other, from, to) in views {
             let op = if other.base == view.base {
                 RangeOp::Commit(protection.bits())
             } else {
                 RangeOp::CommitReserved(other.initial.bits())
             };
-            self.apply_pages(page(from), page(to), op);
+            self.apply_pages(from, to, op);
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub(super) fn status_of(error: &MemoryError) -> NtStatus {
         MemoryError::NotAllocated { .. } => NtStatus::MEMORY_NOT_ALLOCATED,
         MemoryError::NotAllocationBase { .. } => NtStatus::FREE_VM_NOT_AT_BASE,
         MemoryError::NoFreeSpace { .. } => NtStatus::NO_MEMORY,
+        MemoryError::CommitLimitExceeded { .. } => NtStatus::COMMITMENT_LIMIT,
         MemoryError::InvalidProtection(_) => NtStatus::INVALID_PAGE_PROTECTION,
         MemoryError::Misaligned { .. } => NtStatus::INVALID_PARAMETER_2,
         MemoryError::ZeroSize { .. }
