@@ -117,6 +117,15 @@ pub enum MemoryError {
         /// The section id.
         id: u64,
     },
+    /// A [`SectionId`](crate::SectionId) handed out by another
+    /// [`MemoryManager`](crate::MemoryManager): ids belong to their manager
+    /// (as NT handles to their process), even when this one has a section
+    /// with the same number. Nothing was changed.
+    #[error("section {id} belongs to another memory manager")]
+    ForeignSection {
+        /// The section number the id carries.
+        id: u64,
+    },
     /// The address is not inside a view of a section.
     #[error("{address:#x} is not inside a section view")]
     NotAView {
@@ -147,6 +156,20 @@ pub enum MemoryError {
         requested: Protection,
         /// The most allowed.
         maximum: Protection,
+    },
+    /// The operation would commit more than the manager's commit limit
+    /// ([`MemoryManager::set_commit_limit`](crate::MemoryManager::set_commit_limit)).
+    /// Nothing was committed.
+    #[error(
+        "committing {requested:#x} more bytes (committed: {committed:#x}) exceeds the commit limit {limit:#x}"
+    )]
+    CommitLimitExceeded {
+        /// Bytes the operation would newly commit.
+        requested: u64,
+        /// Bytes committed before it.
+        committed: u64,
+        /// The limit, in bytes.
+        limit: u64,
     },
     /// No free range of this size exists at or above the start address.
     #[error("no free range of {size:#x} bytes at or above {start:#x}")]

@@ -1219,6 +1219,9 @@ fn build_snapshots(
         {
             return Err(corrupt("two snapshots have the same name"));
         }
+        if name.as_deref().is_some_and(crate::timeline::reserved_name) {
+            return Err(corrupt("a snapshot name starts with '#' (reserved for ids)"));
+        }
         let layout = crate::state::decode_layout(state, store.clone())?;
         if layout.layout_version != *layout_version {
             return Err(corrupt("snapshot layout version differs from its state"));

@@ -153,7 +153,7 @@ mod timeline;
 pub use address::{granule_down, granule_up, page_down, page_up};
 pub use diff::{MemoryDiff, PageChange, PageChangeKind, RegionChange};
 pub use error::MemoryError;
-pub use manager::MemoryManager;
+pub use manager::{DEFAULT_COMMIT_LIMIT, MemoryManager};
 pub use page_table::frozen_pages_alive;
 pub use protection::{Access, Protection, RegionKind};
 pub use query::{AddressSpace, MemoryStats, RegionInfo, ReservedRegion};

@@ -36,7 +36,21 @@ pub struct MemoryManager {
     /// The highest section id this manager has handed out: ids never repeat,
     /// even across restores, so a stale handle never names a newer section.
     pub(crate) section_ids: u64,
+    /// The most bytes that may be committed (`None`: no limit). A setting of
+    /// the manager, not of its versions.
+    pub(crate) commit_limit: Option<u64>,
+    /// This manager's process-unique tag: the [`SectionId`](crate::SectionId)s
+    /// it hands out carry it, and it refuses ids with another tag.
+    pub(crate) tag: u64,
 }
+
+/// The commit limit of a new [`MemoryManager`]: 64 GiB, on every machine, so
+/// that an emulation commits (and fails to commit) the same way everywhere.
+/// See [`MemoryManager::set_commit_limit`].
+pub const DEFAULT_COMMIT_LIMIT: u64 = 64 << 30;
+
+/// Source of manager tags (0 is never handed out).
+static NEXT_MANAGER_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Default for MemoryManager {
     fn default() -> Self {
@@ -76,6 +90,8 @@ impl MemoryManager {
             lineage: Lineage::default(),
             base: None,
             section_ids: 0,
+            commit_limit: Some(DEFAULT_COMMIT_LIMIT),
+            tag: NEXT_MANAGER_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -299,6 +315,11 @@ impl MemoryManager {
             return Err(MemoryError::Misaligned { address, alignment: ALLOCATION_GRANULARITY });
         }
         let end = self.new_range(address, size)?;
+        if !reserve_only {
+            // The range is free: every page of it is newly committed.
+            let pages = (end - address) / PAGE_SIZE;
+            self.charge(pages, |_| pages)?;
+        }
         self.regions.insert(Allocation {
             base: address,
             length: end - address,
@@ -400,6 +421,8 @@ impl MemoryManager {
             self.bump_layout();
             return Ok(());
         }
+        let (first, last) = (vpn(lo), vpn(hi));
+        self.charge(last - first, |mm| last - first - mm.committed_in(first, last))?;
         self.apply(lo, hi, RangeOp::Commit(bits));
         self.bump_layout();
         Ok(())
@@ -550,6 +573,8 @@ impl MemoryManager {
             return Err(MemoryError::Misaligned { address, alignment: PAGE_SIZE });
         }
         let end = self.new_range(address, size)?;
+        let pages = (end - address) / PAGE_SIZE;
+        self.charge(pages, |_| pages)?;
         self.regions.insert(Allocation {
             base: address,
             length: end - address,
@@ -655,6 +680,91 @@ impl MemoryManager {
     /// Sets the default allocation address (not a layout change). Time: O(1).
     pub fn set_default_allocation_address(&mut self, address: u64) {
         self.default_allocation_address = address;
+    }
+
+    /// The commit limit: the most bytes this manager lets be committed
+    /// (what [`compute_memory_stats`](Self::compute_memory_stats) reports as
+    /// `committed_memory`), or `None` when there is none. A new manager's is
+    /// [`DEFAULT_COMMIT_LIMIT`]. Time: O(1).
+    pub fn commit_limit(&self) -> Option<u64> {
+        self.commit_limit
+    }
+
+    /// Sets the commit limit, as Windows' commit limit (RAM + page files)
+    /// bounds the commit charge; `None` removes it. An operation that would
+    /// take `committed_memory` past the limit fails with
+    /// [`MemoryError::CommitLimitExceeded`] (`STATUS_COMMITMENT_LIMIT` from
+    /// the [`nt`](crate::nt) face) and changes nothing.
+    ///
+    /// What counts is `committed_memory`: committed pages of user space —
+    /// private and image pages, MMIO regions (they report committed), and
+    /// the committed pages of each section view (a section's pages count in
+    /// every view that shows them, when the view is mapped or the pages are
+    /// committed through a view, not when the section is created). The
+    /// operations that commit are checked: `allocate_memory_at` /
+    /// `allocate_memory` without `reserve_only`, `commit_memory` (pages
+    /// already committed are not counted again), `allocate_mmio`,
+    /// `map_view_of_section`, and the `nt` and `image` calls made of them.
+    ///
+    /// The limit is a setting of the manager, like a machine's memory, not
+    /// part of its state: snapshots, `restore`, serialization and snapshot
+    /// files neither store nor change it. A restored or deserialized state,
+    /// or a lower limit set now, may leave more committed than the limit:
+    /// nothing is decommitted, and commits fail until enough is released.
+    /// Time: O(1).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryError, MemoryManager, Protection, RegionKind, PAGE_SIZE};
+    /// let mut mm = MemoryManager::new();
+    /// mm.set_commit_limit(Some(4 * PAGE_SIZE));
+    /// let base = mm.allocate_memory(0x10000, Protection::READ_WRITE, true, 0, RegionKind::Private)?;
+    /// mm.commit_memory(base, 3 * PAGE_SIZE, Protection::READ_WRITE)?;
+    /// assert_eq!(
+    ///     mm.commit_memory(base, 5 * PAGE_SIZE, Protection::READ_WRITE),
+    ///     Err(MemoryError::CommitLimitExceeded { requested: 2 * PAGE_SIZE, committed: 3 * PAGE_SIZE, limit: 4 * PAGE_SIZE })
+    /// );
+    /// mm.set_commit_limit(None); // unlimited
+    /// mm.commit_memory(base, 5 * PAGE_SIZE, Protection::READ_WRITE)?;
+    /// # Ok::<(), MemoryError>(())
+    /// ```
+    pub fn set_commit_limit(&mut self, limit: Option<u64>) {
+        self.commit_limit = limit;
+    }
+
+    /// Checks that committing `at_most` more pages, of which `exact(self)`
+    /// are newly committed (computed only when `at_most` would not fit),
+    /// stays within the commit limit. O(1) when it fits; otherwise the cost
+    /// of `exact`.
+    pub(crate) fn charge(&self, at_most: u64, exact: impl FnOnce(&Self) -> u64) -> Result<(), MemoryError> {
+        let Some(limit) = self.commit_limit else { return Ok(()) };
+        let fits =
+            |pages: u64| self.committed_pages.checked_add(pages).is_some_and(|n| n <= limit / PAGE_SIZE);
+        if fits(at_most) {
+            return Ok(());
+        }
+        let pages = exact(self);
+        if fits(pages) {
+            return Ok(());
+        }
+        Err(MemoryError::CommitLimitExceeded {
+            requested: pages.saturating_mul(PAGE_SIZE),
+            committed: self.committed_pages * PAGE_SIZE,
+            limit,
+        })
+    }
+
+    /// The number of committed pages among the page numbers `[lo, hi)`.
+    /// Time: O(leaves scanned), one pair of searches per committed run.
+    pub(crate) fn committed_in(&self, lo: u64, hi: u64) -> u64 {
+        let table = self.pages.table();
+        let mut count = 0;
+        let mut at = lo;
+        while let Some(start) = table.find_first(at, hi, |m| m & meta::COMMITTED != 0) {
+            let end = table.find_first(start, hi, |m| m & meta::COMMITTED == 0).unwrap_or(hi);
+            count += end - start;
+            at = end;
+        }
+        count
     }
 
     /// A number that grows on every successful layout change (allocate,

@@ -25,14 +25,33 @@ use crate::protection::{Protection, RegionKind, meta};
 use crate::region_map::{Allocation, Section, ViewOf};
 use crate::{ALLOCATION_GRANULARITY, PAGE_SIZE};
 
-/// Identifies a section of a [`MemoryManager`] (its handle, in NT terms).
+/// Identifies a section of one [`MemoryManager`] (its handle, in NT terms).
+///
+/// An id belongs to the manager that handed it out, as an NT handle belongs
+/// to its process: it carries that manager's process-unique tag next to the
+/// section's number, and every other manager refuses it
+/// ([`MemoryError::ForeignSection`], `STATUS_INVALID_HANDLE` from the
+/// [`nt`](crate::nt) face; [`MemoryManager::section_info`] answers `None`),
+/// even when it holds a section with the same number. Only the number is
+/// part of the manager's state (snapshots, serialization and snapshot files
+/// store numbers, never tags): a manager that restores or deserializes
+/// another manager's state gets its sections, and hands out its own ids for
+/// them through [`MemoryManager::sections`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SectionId(pub(crate) u64);
+pub struct SectionId {
+    /// The tag of the manager that handed the id out.
+    pub(crate) manager: u64,
+    /// The section's number in that manager's state.
+    pub(crate) number: u64,
+}
 
 impl SectionId {
-    /// The id as a number (stable for the life of the section).
+    /// The section's number in its manager's state (stable for the life of
+    /// the section; numbers are not reused by the manager that made them).
+    /// Two managers may each have a section with the same number: the id,
+    /// not the number, names a section. Time: O(1).
     pub fn get(self) -> u64 {
-        self.0
+        self.number
     }
 }
 
@@ -91,7 +110,7 @@ impl MemoryManager {
             self.pages.update(section.key, section.key + pages, RangeOp::Commit(SECTION_PAGE));
         }
         self.layout_version += 1;
-        Ok(SectionId(id))
+        Ok(self.section_id(id))
     }
 
     /// Maps a view of `section` at `address` (64 KiB aligned; 0 picks the
@@ -151,6 +170,10 @@ impl MemoryManager {
             });
         }
         let key = s.key + offset / PAGE_SIZE;
+        // The view's pages are new: those whose section page is committed
+        // are committed by the mapping.
+        let pages = length / PAGE_SIZE;
+        self.charge(pages, |mm| mm.committed_in(key, key + pages))?;
         self.regions.insert(Allocation {
             base,
             length,
@@ -158,7 +181,7 @@ impl MemoryManager {
             kind: RegionKind::PagefileView,
             attributes: 0,
             mmio: None,
-            view: Some(ViewOf { section: section.0, key }),
+            view: Some(ViewOf { section: section.number, key }),
         });
         let (lo, hi) = (vpn(base), vpn(end));
         self.pages.update(lo, hi, RangeOp::View { meta: meta::VIEW, key_offset: key - lo });
@@ -200,22 +223,30 @@ impl MemoryManager {
         }
         let key_lo = v.key + (lo - view.base) / PAGE_SIZE;
         let key_hi = key_lo + (hi - lo) / PAGE_SIZE;
+        // Every view showing a page of `[key_lo, key_hi)`, with the range of
+        // its own pages that show them.
+        let views: Vec<(Allocation, u64, u64)> = self
+            .regions
+            .views_of(v.section)
+            .filter_map(|other| {
+                let o = other.view.expect("a view");
+                let (o_lo, o_hi) = (o.key, o.key + other.length / PAGE_SIZE);
+                let (from, to) = (key_lo.max(o_lo), key_hi.min(o_hi));
+                let page = |k: u64| vpn(other.base) + (k - o_lo);
+                (from < to).then(|| (other.clone(), page(from), page(to)))
+            })
+            .collect();
+        // The commit charge: the pages of those ranges not committed yet.
+        let at_most = views.iter().map(|(_, a, b)| b - a).sum();
+        self.charge(at_most, |mm| views.iter().map(|(_, a, b)| b - a - mm.committed_in(*a, *b)).sum())?;
         self.pages.update(key_lo, key_hi, RangeOp::CommitReserved(SECTION_PAGE));
-        let views: Vec<Allocation> = self.regions.views_of(v.section).cloned().collect();
-        for other in views {
-            let o = other.view.expect("a view");
-            let (o_lo, o_hi) = (o.key, o.key + other.length / PAGE_SIZE);
-            let (from, to) = (key_lo.max(o_lo), key_hi.min(o_hi));
-            if from >= to {
-                continue;
-            }
-            let page = |k: u64| vpn(other.base) + (k - o_lo);
+        for (other, from, to) in views {
             let op = if other.base == view.base {
                 RangeOp::Commit(protection.bits())
             } else {
                 RangeOp::CommitReserved(other.initial.bits())
             };
-            self.apply_pages(page(from), page(to), op);
+            self.apply_pages(from, to, op);
         }
         Ok(())
     }
@@ -242,29 +273,55 @@ impl MemoryManager {
     /// with no views its pages are freed. A layout change. Time: O(n).
     pub fn close_section(&mut self, section: SectionId) -> Result<(), MemoryError> {
         let s = *self.open_section(section)?;
-        self.regions.set_section(section.0, Some(Section { open: false, ..s }));
-        self.free_section_if_unused(section.0);
+        self.regions.set_section(section.number, Some(Section { open: false, ..s }));
+        self.free_section_if_unused(section.number);
         self.layout_version += 1;
         Ok(())
     }
 
     /// Size, maximum protection, handle state and view count of a section
-    /// (open, or closed with views). Time: O(n).
+    /// (open, or closed with views). `None` for an unknown section and for an
+    /// id another manager handed out. Time: O(n).
     pub fn section_info(&self, section: SectionId) -> Option<SectionInfo> {
-        let s = self.regions.section(section.0)?;
-        Some(SectionInfo {
+        if section.manager != self.tag {
+            return None;
+        }
+        let s = self.regions.section(section.number)?;
+        Some(self.info_of(section.number, s))
+    }
+
+    /// Every section of the current state (open, or closed with views), by
+    /// number, with this manager's id for it: how a manager that restored or
+    /// deserialized another manager's state names the sections it got.
+    /// Time: O(sections · allocations) (each section's views are counted).
+    pub fn sections(&self) -> impl Iterator<Item = (SectionId, SectionInfo)> + '_ {
+        self.regions.sections().map(|(number, s)| (self.section_id(number), self.info_of(number, s)))
+    }
+
+    fn info_of(&self, number: u64, s: &Section) -> SectionInfo {
+        SectionInfo {
             size: s.pages * PAGE_SIZE,
             max_protection: s.max_protection,
             open: s.open,
-            views: self.regions.views_of(section.0).count() as u64,
-        })
+            views: self.regions.views_of(number).count() as u64,
+        }
     }
 
+    /// This manager's id for section `number`.
+    fn section_id(&self, number: u64) -> SectionId {
+        SectionId { manager: self.tag, number }
+    }
+
+    /// The open section `section` names: `ForeignSection` for another
+    /// manager's id, `UnknownSection` when it is not open here.
     fn open_section(&self, section: SectionId) -> Result<&Section, MemoryError> {
+        if section.manager != self.tag {
+            return Err(MemoryError::ForeignSection { id: section.number });
+        }
         self.regions
-            .section(section.0)
+            .section(section.number)
             .filter(|s| s.open)
-            .ok_or(MemoryError::UnknownSection { id: section.0 })
+            .ok_or(MemoryError::UnknownSection { id: section.number })
     }
 
     fn free_section_if_unused(&mut self, id: u64) {

@@ -35,6 +35,15 @@ pub enum TimelineError {
     /// Another snapshot already has this name.
     #[error("a snapshot named {0:?} already exists")]
     DuplicateName(String),
+    /// A name that starts with `#`: `#N` always means the id N (as
+    /// [`SnapshotId`] displays it), so no name may look like one.
+    #[error("snapshot name {0:?} starts with '#', which is reserved for ids (#N)")]
+    ReservedName(String),
+}
+
+/// True for a name [`Timeline`] refuses: one that starts with `#`.
+pub(crate) fn reserved_name(name: &str) -> bool {
+    name.starts_with('#')
 }
 
 /// One snapshot of a timeline.
@@ -84,6 +93,22 @@ impl Timeline {
     /// Snapshots `mm` (see [`MemoryManager::snapshot`]) as a child of the head
     /// and makes it the head. Time: O(pages written since the manager's last
     /// snapshot or restore + log n).
+    ///
+    /// A `name` must be unique in the timeline ([`TimelineError::DuplicateName`])
+    /// and must not start with `#` ([`TimelineError::ReservedName`]): `#N`
+    /// always names the id N, so a name can never shadow an id. Any other
+    /// string is a valid name, digits included. A refused name takes no
+    /// snapshot.
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, Timeline, TimelineError};
+    /// let (mut mm, mut t) = (MemoryManager::new(), Timeline::new());
+    /// assert_eq!(t.take(&mut mm, Some("#1")), Err(TimelineError::ReservedName("#1".into())));
+    /// assert!(t.is_empty());
+    /// let id = t.take(&mut mm, Some("step-1"))?;
+    /// assert_eq!(id.to_string(), "#1");
+    /// # Ok::<(), TimelineError>(())
+    /// ```
     pub fn take(&mut self, mm: &mut MemoryManager, name: Option<&str>) -> Result<SnapshotId, TimelineError> {
         self.check_name(name)?;
         let parent = self.head;
@@ -91,7 +116,8 @@ impl Timeline {
     }
 
     /// Adds an existing snapshot with the given parent (for example one loaded
-    /// from a file) and makes it the head. Time: O(log n).
+    /// from a file) and makes it the head. `name` follows the rules of
+    /// [`take`](Self::take). Time: O(log n).
     pub fn insert(
         &mut self,
         snapshot: Snapshot,
@@ -107,6 +133,7 @@ impl Timeline {
 
     fn check_name(&self, name: Option<&str>) -> Result<(), TimelineError> {
         match name {
+            Some(n) if reserved_name(n) => Err(TimelineError::ReservedName(n.to_owned())),
             Some(n) if self.names.contains_key(n) => Err(TimelineError::DuplicateName(n.to_owned())),
             _ => Ok(()),
         }

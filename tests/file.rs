@@ -658,6 +658,24 @@ fn corrupt_index_and_invalid_state() {
     assert!(matches!(file::load_from_bytes(&reseal(&head, &idx)), Err(FileError::CorruptIndex(_))));
 }
 
+#[test]
+fn a_file_naming_a_snapshot_with_a_leading_hash_is_refused() {
+    // #12 item 9: `#N` always means an id; files cannot bring back the names
+    // `Timeline` refuses.
+    let mut mm = MemoryManager::new();
+    let mut t = Timeline::new();
+    t.take(&mut mm, Some("one")).unwrap();
+    let good = file::timeline_to_bytes(&t).unwrap();
+    let (head, index) = split(&good);
+    assert_eq!(index.2[0].1.as_deref(), Some("one"));
+    let mut idx = index;
+    idx.2[0].1 = Some("#1".into());
+    let bad = reseal(&head, &idx);
+    for result in [file::timeline_from_bytes(&bad).map(drop), file::verify_bytes(&bad).map(drop)] {
+        assert!(matches!(result, Err(FileError::CorruptIndex(m)) if m.contains("'#'")), "{result:?}");
+    }
+}
+
 // ------------------------------------------------------------- proptest ----
 
 proptest! {

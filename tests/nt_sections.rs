@@ -1285,3 +1285,21 @@ fn failed_section_calls_leave_the_layout_version_unchanged() {
     let _ = free(&mut mm, A, 0, MEM_RELEASE);
     assert_eq!(mm.layout_version(), v);
 }
+
+// ------------------------------------------- identity across managers (#12 item 9)
+
+#[test]
+fn identity_across_managers_a_foreign_handle_is_invalid_handle() {
+    let mut a = MemoryManager::new();
+    let mut b = MemoryManager::new();
+    let from_a = create(&mut a, 0x10000, PAGE_READWRITE, SEC_COMMIT);
+    let in_b = create(&mut b, 0x10000, PAGE_READWRITE, SEC_COMMIT);
+    assert_eq!(from_a.id().get(), in_b.id().get(), "both are section 1 of their manager");
+    fails_unchanged(&mut b, NtStatus::INVALID_HANDLE, |mm| {
+        let (mut base, mut size) = (0, 0);
+        nt_map_view_of_section(mm, from_a, &mut base, 0, &mut size, PAGE_READWRITE)
+    });
+    fails_unchanged(&mut b, NtStatus::INVALID_HANDLE, |mm| nt_close_section(mm, from_a));
+    assert!(b.section_info(in_b.id()).unwrap().open);
+    assert_eq!(nt_close_section(&mut b, in_b), NtStatus::SUCCESS);
+}

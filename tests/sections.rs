@@ -202,7 +202,11 @@ fn serialization_round_trips_sections_and_views() {
     copy.write_memory(a + 0x10, b"SHARED").unwrap();
     assert_eq!(read(&copy, b + 0x10, 6), b"SHARED", "views stay coherent after a round trip");
     assert_eq!(copy.region_info(a).permissions, Protection::READ);
-    assert_eq!(copy.section_info(s).unwrap().views, 2);
+    // The copy names the section with its own id (ids belong to a manager).
+    assert_eq!(copy.section_info(s), None);
+    let (own, info) = copy.sections().next().unwrap();
+    assert_eq!((own.get(), info.views), (s.get(), 2));
+    assert_eq!(copy.section_info(own), Some(info));
     assert_eq!(PAGE_SIZE, 0x1000);
 }
 
@@ -226,4 +230,68 @@ fn a_huge_reserved_view_costs_a_few_shared_nodes() {
     mm.unmap_view_of_section(b).unwrap();
     mm.restore(&snap);
     assert_eq!(read(&mm, b + middle + 5, 3), b"far");
+}
+
+// ------------------------------------------- identity across managers (#12 item 9)
+
+/// What a failed call must leave alone: layout version, allocations,
+/// committed bytes, sections (with their handle states and view counts).
+fn state_of(mm: &MemoryManager) -> (u64, Vec<vmsnap::ReservedRegion>, u64, Vec<(u64, vmsnap::SectionInfo)>) {
+    (
+        mm.layout_version(),
+        mm.reserved_regions().collect(),
+        mm.compute_memory_stats().committed_memory,
+        mm.sections().map(|(id, info)| (id.get(), info)).collect(),
+    )
+}
+
+#[test]
+fn identity_across_managers_a_foreign_section_id_is_refused_and_changes_nothing() {
+    // Both managers have a section number 1: A's id must not name B's.
+    let mut a = MemoryManager::new();
+    let mut b = MemoryManager::new();
+    let from_a = a.create_section(0x10000, RW, true).unwrap();
+    let in_b = b.create_section(0x10000, RW, true).unwrap();
+    assert_eq!((from_a.get(), in_b.get()), (1, 1));
+    assert_ne!(from_a, in_b);
+    let before = state_of(&b);
+
+    assert_eq!(b.map_view_of_section(from_a, 0, 0, 0, RW), Err(MemoryError::ForeignSection { id: 1 }));
+    assert_eq!(
+        b.map_view_of_section(from_a, 0x2000_0000, 0, 0x1000, RW),
+        Err(MemoryError::ForeignSection { id: 1 })
+    );
+    assert_eq!(b.close_section(from_a), Err(MemoryError::ForeignSection { id: 1 }));
+    assert_eq!(b.section_info(from_a), None);
+    assert_eq!(state_of(&b), before, "a refused foreign id changed the manager");
+    assert!(b.section_info(in_b).unwrap().open, "B's own section is still open");
+
+    // Each manager still takes its own id.
+    b.map_view_of_section(in_b, 0, 0, 0, RW).unwrap();
+    a.map_view_of_section(from_a, 0, 0, 0, RW).unwrap();
+    assert_eq!(a.section_info(in_b), None);
+}
+
+#[test]
+fn identity_across_managers_a_restored_state_gives_its_sections_new_ids() {
+    // B takes A's state: it has A's section, named by B's own id; A's id
+    // stays A's.
+    let mut a = MemoryManager::new();
+    let s = a.create_section(0x10000, RW, true).unwrap();
+    let view = a.map_view_of_section(s, 0, 0, 0, RW).unwrap();
+    a.write_memory(view, b"shared").unwrap();
+    let snap = a.snapshot();
+
+    let mut b = MemoryManager::new();
+    b.restore(&snap);
+    assert_eq!(b.close_section(s), Err(MemoryError::ForeignSection { id: s.get() }));
+    let ids: Vec<(SectionId, vmsnap::SectionInfo)> = b.sections().collect();
+    assert_eq!(ids.len(), 1);
+    let (mine, info) = ids[0];
+    assert_eq!((mine.get(), info.views, info.open), (s.get(), 1, true));
+    assert_ne!(mine, s);
+    let second = b.map_view_of_section(mine, 0, 0, 0, RW).unwrap();
+    assert_eq!(read(&b, second, 6), b"shared");
+    // A's own ids keep working in A.
+    assert_eq!(a.sections().next().map(|(id, _)| id), Some(s));
 }

@@ -184,6 +184,39 @@ fn take_restore_branch_find_ancestors_children() {
 }
 
 #[test]
+fn snapshot_names_cannot_start_with_hash_so_hash_n_is_always_an_id() {
+    // #12 item 9: a snapshot named "#1" shadowed id 1 in the CLI.
+    let _guard = serial();
+    let mut mm = manager();
+    let mut t = Timeline::new();
+    let first = t.take(&mut mm, None).unwrap();
+    stamp(&mut mm, 5);
+    let (layout, dirty) = (mm.layout_version(), mm.compute_memory_stats().dirty_pages);
+    for name in ["#1", "#", "#step", "##2"] {
+        assert_eq!(t.take(&mut mm, Some(name)), Err(TimelineError::ReservedName(name.to_owned())));
+        let other = mm.snapshot();
+        assert_eq!(
+            t.insert(other, Some(first), Some(name)),
+            Err(TimelineError::ReservedName(name.to_owned()))
+        );
+    }
+    // Nothing changed: no entry, no id used, the head and the manager's dirty page kept.
+    assert_eq!((t.len(), t.head()), (1, Some(first)));
+    assert_eq!(t.find("#1"), None);
+    assert_eq!(mm.layout_version(), layout);
+    assert_eq!(dirty, 1);
+    // Names that only contain '#' later, or digits, are names.
+    let digits = t.take(&mut mm, Some("2")).unwrap();
+    let inner = t.take(&mut mm, Some("step#1")).unwrap();
+    assert_eq!((digits, inner), (SnapshotId(2), SnapshotId(3)));
+    assert_eq!((t.find("2"), t.find("step#1")), (Some(digits), Some(inner)));
+    assert_eq!(
+        TimelineError::ReservedName("#1".into()).to_string(),
+        "snapshot name \"#1\" starts with '#', which is reserved for ids (#N)"
+    );
+}
+
+#[test]
 fn remove_relinks_children_moves_the_head_and_never_reuses_ids() {
     let _serial = serial();
     let mut mm = manager();

@@ -40,7 +40,10 @@ type NtResult<T> = Result<T, NtStatus>;
 /// [`nt_close_section`] the handle is dead: every call given it answers
 /// `STATUS_INVALID_HANDLE`, while the section's views stay mapped.
 /// Handles are values of the manager's state: `restore()` to a version
-/// before the section existed makes the handle unknown there.
+/// before the section existed makes the handle unknown there. A handle
+/// belongs to the manager that made it, as an NT handle to its process:
+/// given to another manager, every call answers `STATUS_INVALID_HANDLE`
+/// and changes nothing (see [`SectionId`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SectionHandle(SectionId);
 
@@ -183,7 +186,8 @@ fn section_protection(page_protection: u32) -> NtResult<Protection> {
 /// 2. `*base` past [`MAX_ALLOCATION_ADDRESS`], or `*view_size` that does not
 ///    fit between `*base` and [`USER_SPACE_END`] → `STATUS_INVALID_PARAMETER_3`
 ///    \[R\].
-/// 3. A closed or unknown `section` → `STATUS_INVALID_HANDLE`.
+/// 3. A closed or unknown `section`, or another manager's →
+///    `STATUS_INVALID_HANDLE`.
 /// 4. `*base` (when not 0) or `offset` not 64 KiB aligned →
 ///    `STATUS_MAPPED_ALIGNMENT` \[W\].
 /// 5. `protect` asks for more than the section's `page_protection` allows →
@@ -360,7 +364,7 @@ fn unmap(mm: &mut MemoryManager, address: u64) -> NtResult<()> {
 /// Its views stay mapped and keep showing (and sharing) its bytes \[W\]; the
 /// section's pages are freed when its last view is unmapped, or now when it
 /// has no view. Closing a handle twice, or a handle this manager does not
-/// know → `STATUS_INVALID_HANDLE`.
+/// know (another manager's included) → `STATUS_INVALID_HANDLE`.
 ///
 /// A layout change. Time: O(allocations) (the views are counted).
 ///

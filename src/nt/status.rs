@@ -119,6 +119,9 @@ statuses! {
     INVALID_PARAMETER_11 = 0xC000_00F9;
     /// `STATUS_INVALID_PARAMETER_12`.
     INVALID_PARAMETER_12 = 0xC000_00FA;
+    /// `STATUS_COMMITMENT_LIMIT`: a commit past the manager's commit limit
+    /// ([`MemoryManager::set_commit_limit`](crate::MemoryManager::set_commit_limit)).
+    COMMITMENT_LIMIT = 0xC000_012D;
     /// `STATUS_INVALID_ADDRESS`: a region query at a free address (§8).
     INVALID_ADDRESS = 0xC000_0141;
     /// `STATUS_MAPPED_ALIGNMENT`: a view base or offset that is not 64 KiB aligned (§11).
@@ -203,6 +206,7 @@ pub const ERROR_COMMITMENT_LIMIT: u32 = 1455;
 /// | ACCESS_VIOLATION | `ERROR_NOACCESS` (998) |
 /// | IN_PAGE_ERROR | `ERROR_SWAPERROR` (999) |
 /// | NO_MEMORY | `ERROR_NOT_ENOUGH_MEMORY` (8) |
+/// | COMMITMENT_LIMIT | `ERROR_COMMITMENT_LIMIT` (1455) |
 /// | INFO_LENGTH_MISMATCH | `ERROR_BAD_LENGTH` (24) |
 /// | INVALID_HANDLE | `ERROR_INVALID_HANDLE` (6) |
 /// | PRIVILEGE_NOT_HELD | `ERROR_PRIVILEGE_NOT_HELD` (1314) |
@@ -243,6 +247,7 @@ pub fn nt_status_to_dos_error(status: NtStatus) -> u32 {
         NtStatus::ACCESS_VIOLATION => ERROR_NOACCESS,
         NtStatus::IN_PAGE_ERROR => ERROR_SWAPERROR,
         NtStatus::NO_MEMORY => ERROR_NOT_ENOUGH_MEMORY,
+        NtStatus::COMMITMENT_LIMIT => ERROR_COMMITMENT_LIMIT,
         NtStatus::INFO_LENGTH_MISMATCH => ERROR_BAD_LENGTH,
         NtStatus::INVALID_HANDLE => ERROR_INVALID_HANDLE,
         NtStatus::PRIVILEGE_NOT_HELD => ERROR_PRIVILEGE_NOT_HELD,

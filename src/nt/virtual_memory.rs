@@ -35,6 +35,7 @@ pub(super) fn status_of(error: &MemoryError) -> NtStatus {
         MemoryError::NotAllocated { .. } => NtStatus::MEMORY_NOT_ALLOCATED,
         MemoryError::NotAllocationBase { .. } => NtStatus::FREE_VM_NOT_AT_BASE,
         MemoryError::NoFreeSpace { .. } => NtStatus::NO_MEMORY,
+        MemoryError::CommitLimitExceeded { .. } => NtStatus::COMMITMENT_LIMIT,
         MemoryError::InvalidProtection(_) => NtStatus::INVALID_PAGE_PROTECTION,
         MemoryError::Misaligned { .. } => NtStatus::INVALID_PARAMETER_2,
         MemoryError::ZeroSize { .. }
@@ -45,7 +46,7 @@ pub(super) fn status_of(error: &MemoryError) -> NtStatus {
         MemoryError::PageUnavailable { .. } => NtStatus::IN_PAGE_ERROR,
         MemoryError::SectionView { .. } => NtStatus::UNABLE_TO_DELETE_SECTION,
         MemoryError::ProtectionExceedsMaximum { .. } => NtStatus::SECTION_PROTECTION,
-        MemoryError::UnknownSection { .. } => NtStatus::INVALID_HANDLE,
+        MemoryError::UnknownSection { .. } | MemoryError::ForeignSection { .. } => NtStatus::INVALID_HANDLE,
         MemoryError::NotAView { .. } => NtStatus::NOT_MAPPED_VIEW,
         MemoryError::ViewOutsideSection { .. } => NtStatus::INVALID_VIEW_SIZE,
         _ => NtStatus::INVALID_PARAMETER,

@@ -225,7 +225,8 @@ pub fn info(args: &InfoArgs, json: bool) -> Result<()> {
 pub struct RegionsArgs {
     /// The snapshot file.
     pub file: PathBuf,
-    /// The snapshot: a file id (`3`, `#3`) or a name; default: the last one.
+    /// The snapshot: `#3` is always the id 3; a bare `3` is the id 3 when the file has one, else the
+    /// snapshot named "3"; anything else is a name. Default: the last one.
     #[arg(long, short)]
     pub snapshot: Option<String>,
     /// Leave free regions out.
@@ -288,7 +289,7 @@ pub struct DumpArgs {
     /// Bytes to show (at most 16 MiB).
     #[arg(value_parser = parse_u64)]
     pub length: u64,
-    /// The snapshot: a file id or a name; default: the last one.
+    /// The snapshot: `#N` (an id), `N` (the id N, else the name N) or a name; default: the last one.
     #[arg(long, short)]
     pub snapshot: Option<String>,
 }
@@ -627,7 +628,7 @@ pub fn verify(args: &VerifyArgs, json: bool, started: Instant) -> Result<()> {
 pub struct StatsArgs {
     /// The snapshot file.
     pub file: PathBuf,
-    /// The snapshot: a file id or a name; default: the last one.
+    /// The snapshot: `#N` (an id), `N` (the id N, else the name N) or a name; default: the last one.
     #[arg(long, short)]
     pub snapshot: Option<String>,
 }
@@ -760,7 +761,7 @@ pub struct MapArgs {
     /// Where to write the SVG picture.
     #[arg(long)]
     pub svg: PathBuf,
-    /// The snapshot: a file id or a name; default: the last one.
+    /// The snapshot: `#N` (an id), `N` (the id N, else the name N) or a name; default: the last one.
     #[arg(long, short)]
     pub snapshot: Option<String>,
 }

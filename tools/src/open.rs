@@ -55,25 +55,21 @@ impl Opened {
         }
     }
 
-    /// The position (in file order) of the snapshot `selector` names: a file
-    /// id (`3` or `#3`) or a name; `None` is the last one (the head).
+    /// The position (in file order) of the snapshot `selector` names, by the
+    /// rule of [`select_position`]; `None` is the last one (the head).
     pub fn position(&self, selector: Option<&str>) -> Result<usize> {
         let count = self.info.snapshots.len();
         if count == 0 {
             bail!("{}: the file holds no snapshot", self.path.display());
         }
         let Some(sel) = selector else { return Ok(count - 1) };
-        if let Some(i) = self.info.snapshots.iter().position(|s| s.name.as_deref() == Some(sel)) {
-            return Ok(i);
-        }
-        if let Ok(id) = sel.trim_start_matches('#').parse::<u64>()
-            && let Some(i) = self.info.snapshots.iter().position(|s| s.id == id)
-        {
+        if let Some(i) = select_position(&self.info.snapshots, sel) {
             return Ok(i);
         }
         let names: Vec<String> = self.info.snapshots.iter().take(6).map(label).collect();
+        let what = if sel.starts_with('#') { "an id is #N with N a number" } else { "no such id or name" };
         bail!(
-            "{}: no snapshot {sel:?} (the file has {count}: {}{})",
+            "{}: no snapshot {sel:?} ({what}; the file has {count}: {}{})",
             self.path.display(),
             names.join(", "),
             if count > 6 { ", ..." } else { "" }
@@ -91,6 +87,31 @@ impl Opened {
         let i = self.position(selector)?;
         Ok((&self.info.snapshots[i], self.snapshot(i)))
     }
+}
+
+/// The position (in file order) of the snapshot `selector` names, by one rule:
+///
+/// * `#N` is always the id N (the file's id, as `info` prints it), never a
+///   name: names cannot start with `#` (`Timeline` refuses them, and files
+///   holding one do not load);
+/// * a bare number `N` (ASCII digits only) is the id N too when the file has
+///   one; only when it has none is it the snapshot *named* `N`, so a name
+///   never shadows an id;
+/// * anything else is a name, matched exactly.
+pub fn select_position(snapshots: &[SnapshotSummary], selector: &str) -> Option<usize> {
+    let by_id = |id: u64| snapshots.iter().position(|s| s.id == id);
+    let by_name = || snapshots.iter().position(|s| s.name.as_deref() == Some(selector));
+    if let Some(digits) = selector.strip_prefix('#') {
+        return digits
+            .parse::<u64>()
+            .ok()
+            .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(by_id);
+    }
+    if !selector.is_empty() && selector.bytes().all(|b| b.is_ascii_digit()) {
+        return selector.parse::<u64>().ok().and_then(by_id).or_else(by_name);
+    }
+    by_name()
 }
 
 /// `#id name` (or `#id`).

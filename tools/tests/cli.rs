@@ -398,3 +398,35 @@ fn fuzz_demo_compares_resets_with_both_baselines() {
     assert!(text.contains("dirty-list/s") && text.contains("full-copy/s"), "{text}");
     fails(&["fuzz-demo", "--memory-mib", "1", "--dirty", "100000"]);
 }
+
+#[test]
+fn snapshot_selector_hash_n_is_always_an_id_and_a_name_never_shadows_one() {
+    // #12 item 9: `--snapshot 2` picked the snapshot *named* "2" over id #2.
+    // Timeline: #1 (no name), #2 named "3", #3 named "x", #4 named "9".
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("names.vmsnap");
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x1000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    let mut t = vmsnap::Timeline::new();
+    t.take(&mut mm, None).unwrap();
+    t.take(&mut mm, Some("3")).unwrap();
+    t.take(&mut mm, Some("x")).unwrap();
+    t.take(&mut mm, Some("9")).unwrap();
+    assert_eq!(
+        t.take(&mut mm, Some("#1")),
+        Err(vmsnap::TimelineError::ReservedName("#1".into())),
+        "names cannot start with '#'"
+    );
+    vmsnap::file::save_timeline(&t, &path).unwrap();
+    let file = s(&path);
+    let pick = |sel: &str| json(&["regions", file, "--snapshot", sel])["snapshot"].as_u64().unwrap();
+    assert_eq!(pick("3"), 3, "a bare number is the id when the file has it, not the snapshot named \"3\"");
+    assert_eq!(pick("#3"), 3);
+    assert_eq!(pick("#2"), 2);
+    assert_eq!(pick("x"), 3);
+    assert_eq!(pick("9"), 4, "a bare number with no such id is the name");
+    let err = fails(&["regions", file, "--snapshot", "#9"]);
+    assert!(err.contains("no snapshot \"#9\""), "#N never falls back to a name: {err}");
+    let err = fails(&["regions", file, "--snapshot", "#x"]);
+    assert!(err.contains("an id is #N"), "{err}");
+}
