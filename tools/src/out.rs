@@ -2,7 +2,7 @@
 //!
 //! `println!` panics when standard output fails (`vmsnap info f >
 //! /dev/full`: "failed printing to stdout", exit 101). Every command prints
-//! through [`outln!`] and [`out!`] instead: the first failure is kept, later
+//! through the `outln!` and `out!` macros instead: the first failure is kept, later
 //! output is dropped, and `main` reports it with [`finish`] as a one-line
 //! error and exit code 1 (a closed pipe, `vmsnap info f | head`, ends the
 //! output quietly instead). What a command writes to files is not affected:
