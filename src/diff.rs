@@ -141,17 +141,62 @@ pub(crate) fn changed_ranges(a: &[u8], b: &[u8]) -> Vec<Range<usize>> {
 #[derive(Clone, Default)]
 pub struct MemoryDiff {
     regions: Vec<RegionChange>,
-    pages: Vec<(u64, PageChangeKind)>,
+    /// Runs of changed pages, ascending and disjoint: (first page's
+    /// address, pages, kind). Committing all of user space is one run.
+    pages: Vec<(u64, u64, PageChangeKind)>,
+    /// Pages in `pages`.
+    page_count: usize,
     old: PageTable,
     new: PageTable,
 }
 
+/// Appends a run of `count` pages from `address` to `runs` (ascending),
+/// extending the last run when this one continues it.
+fn push_run(runs: &mut Vec<(u64, u64, PageChangeKind)>, address: u64, count: u64, kind: PageChangeKind) {
+    match runs.last_mut() {
+        Some((a, n, k)) if *k == kind && *a + *n * PAGE_SIZE == address => *n += count,
+        _ => runs.push((address, count, kind)),
+    }
+}
+
+/// The pages of a list of runs, in order, each with its run's kind.
+struct RunPages<'a> {
+    runs: std::slice::Iter<'a, (u64, u64, PageChangeKind)>,
+    /// The next page of the current run, the pages left in it, its kind.
+    current: (u64, u64, PageChangeKind),
+    /// Pages left in all.
+    left: usize,
+}
+
+impl<'a> RunPages<'a> {
+    fn new(diff: &'a MemoryDiff) -> Self {
+        RunPages { runs: diff.pages.iter(), current: (0, 0, PageChangeKind::Modified), left: diff.page_count }
+    }
+}
+
+impl Iterator for RunPages<'_> {
+    type Item = (u64, PageChangeKind);
+
+    fn next(&mut self) -> Option<(u64, PageChangeKind)> {
+        while self.current.1 == 0 {
+            self.current = *self.runs.next()?;
+        }
+        let (address, left, kind) = self.current;
+        self.current = (address + PAGE_SIZE, left - 1, kind);
+        self.left -= 1;
+        Some((address, kind))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for RunPages<'_> {}
+
 impl std::fmt::Debug for MemoryDiff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDiff")
-            .field("regions", &self.regions)
-            .field("pages", &self.pages.len())
-            .finish()
+        f.debug_struct("MemoryDiff").field("regions", &self.regions).field("pages", &self.page_count).finish()
     }
 }
 
@@ -160,25 +205,46 @@ impl MemoryDiff {
     /// versions (including pages committed or decommitted in between),
     /// ascending. Time: O(1) per item.
     pub fn changed_pages(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.pages.iter().map(|&(address, _)| address)
+        RunPages::new(self).map(|(address, _)| address)
+    }
+
+    /// The changed pages as maximal runs of one kind: (first page's
+    /// address, length in bytes, kind), ascending. A range committed or
+    /// decommitted whole is one run whatever its size, so this stays small
+    /// where [`changed_pages`](Self::changed_pages) would list billions of
+    /// pages (all of user space committed). Time: O(1) per run.
+    pub fn changed_page_runs(&self) -> impl ExactSizeIterator<Item = (u64, u64, PageChangeKind)> + '_ {
+        self.pages.iter().map(|&(address, count, kind)| (address, count * PAGE_SIZE, kind))
+    }
+
+    /// The number of changed pages. Time: O(1).
+    pub fn changed_page_count(&self) -> usize {
+        self.page_count
     }
 
     /// The changed pages with their old and new bytes, ascending.
-    /// Time: O(changed pages · levels) (each page is looked up in both versions).
+    /// Time: O(changed pages · levels) (each page is looked up in both
+    /// versions): a diff with huge runs (see
+    /// [`changed_page_runs`](Self::changed_page_runs)) is better read run by
+    /// run, with [`read_memory`](crate::Snapshot::read_memory) on both sides.
     pub fn page_changes(&self) -> Vec<PageChange<'_>> {
+        self.iter_page_changes().collect()
+    }
+
+    /// [`page_changes`](Self::page_changes) one at a time, for a caller
+    /// that reads only some of them (the first hundred of a huge diff).
+    /// Time: O(levels) per item.
+    pub fn iter_page_changes(&self) -> impl ExactSizeIterator<Item = PageChange<'_>> + '_ {
         fn bytes(table: &PageTable, address: u64) -> &PageBytes {
             let (m, bytes) = table.resolve(address / PAGE_SIZE);
             if m & meta::COMMITTED != 0 && m & meta::MMIO == 0 { bytes } else { &ZERO_PAGE }
         }
-        self.pages
-            .iter()
-            .map(|&(address, kind)| PageChange {
-                address,
-                kind,
-                old: bytes(&self.old, address),
-                new: bytes(&self.new, address),
-            })
-            .collect()
+        RunPages::new(self).map(|(address, kind)| PageChange {
+            address,
+            kind,
+            old: bytes(&self.old, address),
+            new: bytes(&self.new, address),
+        })
     }
 
     /// Layout changes: allocations first (ascending base), then page-state runs
@@ -198,19 +264,21 @@ impl MemoryDiff {
 /// pages); bytes are compared only when the pages differ by identity and
 /// their fingerprints (computed once per page, then cached) match.
 pub(crate) fn diff_from_log(ta: &PageTable, tb: &PageTable, log: &[u64]) -> MemoryDiff {
-    let pages = log
-        .iter()
-        .filter(|&&vpn| {
-            let (x, y) = (ta.get(vpn), tb.get(vpn));
-            match (x.page, y.page) {
-                (None, None) => false,
-                (Some(p), Some(q)) => !p.same_bytes(q),
-                (Some(p), None) | (None, Some(p)) => !p.is_zero(),
-            }
-        })
-        .map(|&vpn| (vpn * PAGE_SIZE, PageChangeKind::Modified))
-        .collect();
-    MemoryDiff { regions: Vec::new(), pages, old: ta.clone(), new: tb.clone() }
+    let mut pages = Vec::new();
+    let changed = log.iter().filter(|&&vpn| {
+        let (x, y) = (ta.get(vpn), tb.get(vpn));
+        match (x.page, y.page) {
+            (None, None) => false,
+            (Some(p), Some(q)) => !p.same_bytes(q),
+            (Some(p), None) | (None, Some(p)) => !p.is_zero(),
+        }
+    });
+    let mut page_count = 0;
+    for &vpn in changed {
+        push_run(&mut pages, vpn * PAGE_SIZE, 1, PageChangeKind::Modified);
+        page_count += 1;
+    }
+    MemoryDiff { regions: Vec::new(), pages, page_count, old: ta.clone(), new: tb.clone() }
 }
 
 /// The diff from version `(ra, ta)` (old) to `(rb, tb)` (new).
@@ -240,23 +308,24 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
     let mut run: Option<(u64, u64, u8, u8)> = None; // (first page, count, old meta, new meta)
     let mut runs = Vec::new();
     let mut changed_keys = Vec::new();
-    ta.diff(tb, |vpn, x, y| {
+    ta.diff(tb, |vpn, count, x, y| {
         if vpn >= SECTION_KEY_BASE {
-            // A section page: its change shows in the views (below).
+            // A section page: its change shows in the views (below). (A run
+            // of section pages holds no bytes on either side.)
             let both = x.meta & y.meta & meta::COMMITTED != 0;
-            if both && !x.same_bytes(&y) {
+            if both && count == 1 && !x.same_bytes(&y) {
                 changed_keys.push(vpn);
             }
             return;
         }
         if x.meta != y.meta {
             match &mut run {
-                Some((first, count, om, nm)) if *first + *count == vpn && *om == x.meta && *nm == y.meta => {
-                    *count += 1
+                Some((first, n, om, nm)) if *first + *n == vpn && *om == x.meta && *nm == y.meta => {
+                    *n += count
                 }
                 _ => {
                     runs.extend(run.take());
-                    run = Some((vpn, 1, x.meta, y.meta));
+                    run = Some((vpn, count, x.meta, y.meta));
                 }
             }
         }
@@ -270,13 +339,14 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
 
         let same_bytes = kind == PageChangeKind::Modified && x.same_bytes(&y);
         if !same_bytes {
-            pages.push((vpn * PAGE_SIZE, kind));
+            push_run(&mut pages, vpn * PAGE_SIZE, count, kind);
         }
     });
     runs.extend(run);
     if !changed_keys.is_empty() {
         // Changed section pages, as the pages of every view showing them in
-        // either version.
+        // either version (a view present in both is visited twice).
+        let mut shown = Vec::new();
         for view in ra.iter().chain(rb.iter()) {
             let Some(v) = view.view else { continue };
             let from = changed_keys.partition_point(|&k| k < v.key);
@@ -284,12 +354,13 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
             for &k in &changed_keys[from..to] {
                 let page = view.base / PAGE_SIZE + (k - v.key);
                 if ta.get(page).meta & tb.get(page).meta & meta::COMMITTED != 0 {
-                    pages.push((page * PAGE_SIZE, PageChangeKind::Modified));
+                    shown.push(page * PAGE_SIZE);
                 }
             }
         }
-        pages.sort_unstable_by_key(|&(address, _)| address);
-        pages.dedup_by_key(|&mut (address, _)| address);
+        shown.sort_unstable();
+        shown.dedup();
+        pages = merge_runs(&pages, &shown);
     }
     for (first, count, om, nm) in runs {
         let (address, length) = (first * PAGE_SIZE, count * PAGE_SIZE);
@@ -306,7 +377,29 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
             (false, false) => continue,
         });
     }
-    MemoryDiff { regions, pages, old: ta.clone(), new: tb.clone() }
+    let page_count = pages.iter().map(|&(_, n, _)| n as usize).sum();
+    MemoryDiff { regions, pages, page_count, old: ta.clone(), new: tb.clone() }
+}
+
+/// `runs` with the pages at `modified` (ascending addresses, none inside a
+/// run of `runs`: view pages whose section page changed) added as
+/// `Modified` pages, ascending.
+fn merge_runs(runs: &[(u64, u64, PageChangeKind)], modified: &[u64]) -> Vec<(u64, u64, PageChangeKind)> {
+    let mut out = Vec::with_capacity(runs.len() + modified.len());
+    let mut extra = modified.iter().peekable();
+    for &(address, count, kind) in runs {
+        while let Some(&a) = extra.next_if(|&&a| a < address) {
+            push_run(&mut out, a, 1, PageChangeKind::Modified);
+        }
+        // A page both ways (a view page reported by the walk too) once.
+        let end = address + count * PAGE_SIZE;
+        while extra.next_if(|&&a| a < end).is_some() {}
+        push_run(&mut out, address, count, kind);
+    }
+    for &a in extra {
+        push_run(&mut out, a, 1, PageChangeKind::Modified);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -403,7 +403,9 @@ fn encode<'a>(
         ));
         if let Some(&j) = item.parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
             let mut list = Vec::new();
-            items[j].snapshot.version().pages.diff(&v.pages, |page, before, after| {
+            // Runs of more than one page (uniform layout changes) hold no
+            // bytes on either side: nothing to list for them.
+            items[j].snapshot.version().pages.diff(&v.pages, |page, _, before, after| {
                 let (before, after) =
                     (stored_bytes(before.meta, before.page), stored_bytes(after.meta, after.page));
                 if after.is_some_and(|f| f.try_bytes().is_none()) {
@@ -428,8 +430,8 @@ fn encode<'a>(
             continue;
         }
         let mut full: Vec<(u64, u32)> = Vec::new();
-        v.pages.for_each(|page, m, frozen| {
-            let Some(frozen) = stored_bytes(m, frozen) else { return };
+        v.pages.for_each_stored(|page, m, frozen| {
+            let Some(frozen) = stored_bytes(m, Some(frozen)) else { return };
             let base = parent_version.and_then(|pv| stored_page(pv, page));
             if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
                 unavailable.get_or_insert(page * PAGE as u64);
@@ -1240,13 +1242,29 @@ fn build_snapshots(
             // Inherited pages the new layout cannot hold: the delta must
             // drop each of them.
             let mut must_drop: HashSet<u64> = HashSet::new();
-            parent_layout.diff(&layout.table, |vpn, _, now| {
-                let page = table.get(vpn).page.map(|p| p.to_ref());
-                let keep = if meta::holds_bytes(now.meta) { page } else { None };
-                if keep.is_none() && table.get(vpn).page.is_some() {
-                    must_drop.insert(vpn);
+            parent_layout.diff(&layout.table, |vpn, count, _, now| {
+                if count == 1 {
+                    let page = table.get(vpn).page.map(|p| p.to_ref());
+                    let keep = if meta::holds_bytes(now.meta) { page } else { None };
+                    if keep.is_none() && table.get(vpn).page.is_some() {
+                        must_drop.insert(vpn);
+                    }
+                    table.set_entry(vpn, now.meta, keep, now.view_offset);
+                    return;
                 }
-                table.set_entry(vpn, now.meta, keep, now.view_offset);
+                // A uniform run (say, all of user space reprotected): the
+                // new state laid over the range at once, then the parent's
+                // pages there kept or dropped one by one.
+                let mut had = Vec::new();
+                table.for_each_stored_in(vpn, vpn + count, |page, _, bytes| had.push((page, bytes.to_ref())));
+                table.set_range(vpn, vpn + count, now.meta, now.view_offset);
+                for (page, bytes) in had {
+                    if meta::holds_bytes(now.meta) {
+                        table.set_entry(page, now.meta, Some(bytes), 0);
+                    } else {
+                        must_drop.insert(page);
+                    }
+                }
             });
             for (page, index) in entries_of(runs)? {
                 let here = table.get(page);

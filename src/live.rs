@@ -41,6 +41,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
+use std::ptr::NonNull;
 
 use rustc_hash::FxHashMap;
 
@@ -92,7 +93,10 @@ const INDEX_CHUNK: usize = 4096;
 #[derive(Default)]
 struct Overlay {
     index: FxHashMap<u64, Box<[u32; INDEX_CHUNK]>>,
-    bufs: Vec<Option<Box<PageBytes>>>,
+    /// Raw (a `Box` turned raw, freed by `Drop`), so that the TLB's pointer
+    /// and every reference made here derive from one pointer: no borrow of
+    /// the buffer ever invalidates the TLB's.
+    bufs: Vec<Option<NonNull<PageBytes>>>,
     free: Vec<u32>,
     dirty: Vec<u64>,
     len: usize,
@@ -117,14 +121,37 @@ impl Overlay {
         (slot != NO_SLOT).then_some(slot)
     }
 
+    /// Slot `slot`'s buffer (occupied).
+    #[inline]
+    fn ptr(&self, slot: u32) -> NonNull<PageBytes> {
+        self.bufs[slot as usize].expect("an occupied slot has a buffer")
+    }
+
     #[inline]
     fn page(&self, slot: u32) -> &PageBytes {
-        self.bufs[slot as usize].as_deref().expect("an occupied slot has a buffer")
+        // SAFETY: the buffer is owned by `self` (a leaked box) and borrowed
+        // for no longer than `self`.
+        unsafe { self.ptr(slot).as_ref() }
     }
 
     #[inline]
     fn page_mut(&mut self, slot: u32) -> &mut PageBytes {
-        self.bufs[slot as usize].as_deref_mut().expect("an occupied slot has a buffer")
+        // SAFETY: as in `page`; `&mut self` makes this the only borrow.
+        unsafe { self.ptr(slot).as_mut() }
+    }
+
+    /// Takes slot `slot`'s buffer out (occupied).
+    fn take_buffer(&mut self, slot: u32) -> Box<PageBytes> {
+        let p = self.bufs[slot as usize].take().expect("an occupied slot has a buffer");
+        // SAFETY: made by `Box::into_raw` (`insert`, `give`), and no longer
+        // reachable from `self`.
+        unsafe { Box::from_raw(p.as_ptr()) }
+    }
+
+    /// Puts `buf` into the (empty) slot `slot`.
+    fn give(&mut self, slot: u32, buf: Box<PageBytes>) {
+        debug_assert!(self.bufs[slot as usize].is_none());
+        self.bufs[slot as usize] = Some(NonNull::from(Box::leak(buf)));
     }
 
     /// Copies `src` into a free slot for `vpn` (which has none).
@@ -136,9 +163,9 @@ impl Overlay {
                 u32::try_from(self.bufs.len() - 1).expect("fewer than 2^32 dirty pages")
             }
         };
-        match &mut self.bufs[slot as usize] {
-            Some(buf) => buf.copy_from_slice(src),
-            empty => *empty = Some(boxed_copy(src)),
+        match self.bufs[slot as usize] {
+            Some(_) => self.page_mut(slot).copy_from_slice(src),
+            None => self.give(slot, boxed_copy(src)),
         }
         let chunk =
             self.index.entry(vpn / INDEX_CHUNK as u64).or_insert_with(|| Box::new([NO_SLOT; INDEX_CHUNK]));
@@ -197,11 +224,26 @@ impl Overlay {
         }
         // Keep buffers for twice this cycle's pages (at least 256).
         let keep = (2 * self.len).max(256).min(self.bufs.len());
+        for slot in keep..self.bufs.len() {
+            if self.bufs[slot].is_some() {
+                drop(self.take_buffer(slot as u32));
+            }
+        }
         self.bufs.truncate(keep);
         self.free.clear();
         self.free.extend((0..keep as u32).rev());
         self.dirty.clear();
         self.len = 0;
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        for slot in 0..self.bufs.len() {
+            if self.bufs[slot].is_some() {
+                drop(self.take_buffer(slot as u32));
+            }
+        }
     }
 }
 
@@ -270,6 +312,12 @@ impl LivePages {
         &self.table
     }
 
+    /// The page numbers written since the last freeze (in the overlay),
+    /// unordered. Time: O(dirty pages).
+    pub(crate) fn dirty_page_numbers(&self) -> Vec<u64> {
+        self.overlay.dirty.iter().copied().filter(|&vpn| self.overlay.get(vpn).is_some()).collect()
+    }
+
     /// Pages currently in the overlay.
     pub(crate) fn dirty_pages(&self) -> usize {
         self.overlay.len
@@ -301,7 +349,12 @@ impl LivePages {
         };
         let in_overlay = if self.overlay.len == 0 { None } else { self.overlay.get(target) };
         let (bytes, dirty) = match in_overlay {
-            Some(slot) => (self.overlay.page(slot), true),
+            Some(slot) => {
+                let p = self.overlay.ptr(slot);
+                self.fill(TlbEntry { vpn, bytes: p.as_ptr(), meta: entry.meta, dirty: true });
+                // SAFETY: as in `Overlay::page`.
+                return Resolved { meta: entry.meta, bytes: unsafe { p.as_ref() } };
+            }
             None => match source.try_bytes() {
                 Some(bytes) => (bytes, false),
                 // A lazily loaded page that cannot be read: not committed
@@ -388,7 +441,7 @@ impl LivePages {
                 slot
             }
         };
-        let bytes: *mut PageBytes = self.overlay.page_mut(slot);
+        let bytes = self.overlay.ptr(slot).as_ptr();
         self.fill(TlbEntry { vpn, bytes, meta: entry.meta, dirty: true });
         Some(slot)
     }
@@ -430,14 +483,15 @@ impl LivePages {
                     .iter()
                     .map(|&(vpn, slot)| {
                         log.push(vpn);
-                        let buf = &mut overlay.bufs[slot as usize];
-                        let page = if is_zero_page(buf.as_deref().expect("occupied")) {
+                        let page = if is_zero_page(overlay.page(slot)) {
                             None
                         } else {
-                            let page = g.new_page(buf.take().expect("occupied"), None);
+                            let page = g.new_page(overlay.take_buffer(slot), None);
                             // A buffer freed by an older version, for the
                             // next first write (no allocator call then).
-                            *buf = g.take_spare_page();
+                            if let Some(spare) = g.take_spare_page() {
+                                overlay.give(slot, spare);
+                            }
                             Some(page)
                         };
                         Edit { lo: vpn, hi: vpn + 1, op: Op::Page(page) }

@@ -108,20 +108,22 @@ impl MemoryManager {
     /// ```
     pub fn serialize_memory_state(&self, buffer: &mut Vec<u8>, is_snapshot: bool) {
         let table = self.pages.table();
-        let mut runs: Vec<RunRecord> = Vec::new();
+        let runs = page_runs(table);
         let mut pages = Vec::new();
-        table.for_each(|page, m, _| {
-            match runs.last_mut() {
-                Some(RunRecord(first, count, rm)) if *rm == m && *first + *count == page => *count += 1,
-                _ => runs.push(RunRecord(page, 1, m)),
-            }
-            if !is_snapshot && m & (meta::MMIO | meta::VIEW) == 0 {
-                let bytes = self.pages.resolve(page).bytes;
-                if bytes.iter().any(|&b| b != 0) {
-                    pages.push(PageRecord(page, bytes.to_vec()));
+        if !is_snapshot {
+            // Pages with bytes: the table's stored pages and the overlay's
+            // written ones (a committed page with neither reads zeros).
+            let mut candidates = self.pages.dirty_page_numbers();
+            table.for_each_stored(|page, _, _| candidates.push(page));
+            candidates.sort_unstable();
+            candidates.dedup();
+            for page in candidates {
+                let resolved = self.pages.resolve(page);
+                if meta::holds_bytes(resolved.meta) && resolved.bytes.iter().any(|&b| b != 0) {
+                    pages.push(PageRecord(page, resolved.bytes.to_vec()));
                 }
             }
-        });
+        }
         write_record(
             buffer,
             !is_snapshot,
@@ -162,12 +164,10 @@ impl MemoryManager {
         if is_snapshot {
             // Keep the current bytes of pages committed before and after.
             let (current, _) = self.pages.freeze();
-            current.for_each(|page, _, frozen| {
-                if let Some(frozen) = frozen {
-                    let new = table.get(page).meta;
-                    if new & meta::COMMITTED != 0 && new & meta::MMIO == 0 {
-                        table.set_page(page, Some(frozen.to_ref()));
-                    }
+            current.for_each_stored(|page, _, frozen| {
+                let new = table.get(page).meta;
+                if new & meta::COMMITTED != 0 && new & meta::MMIO == 0 {
+                    table.set_page(page, Some(frozen.to_ref()));
                 }
             });
         }
@@ -249,12 +249,26 @@ pub(crate) fn serialize_layout(
     layout_version: u64,
     buffer: &mut Vec<u8>,
 ) {
+    write_record(
+        buffer,
+        false,
+        default_allocation_address,
+        layout_version,
+        regions,
+        page_runs(table),
+        Vec::new(),
+    );
+}
+
+/// The maximal runs of pages with one non-zero state, ascending.
+/// Time: O(runs + non-uniform nodes), not O(pages).
+fn page_runs(table: &PageTable) -> Vec<RunRecord> {
     let mut runs: Vec<RunRecord> = Vec::new();
-    table.for_each(|page, m, _| match runs.last_mut() {
-        Some(RunRecord(first, count, rm)) if *rm == m && *first + *count == page => *count += 1,
-        _ => runs.push(RunRecord(page, 1, m)),
+    table.for_each_run(|page, n, visit| match runs.last_mut() {
+        Some(RunRecord(first, count, m)) if *m == visit.meta && *first + *count == page => *count += n,
+        _ => runs.push(RunRecord(page, n, visit.meta)),
     });
-    write_record(buffer, false, default_allocation_address, layout_version, regions, runs, Vec::new());
+    runs
 }
 
 /// A layout decoded and validated by [`decode_layout`].

@@ -170,9 +170,9 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
     for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
         let layout = crate::state::decode_layout(state, crate::page_table::Store::new())?;
         let mut committed = 0u64;
-        layout.table.for_each(|_, m, _| {
-            if meta::holds_bytes(m) {
-                committed += 1;
+        layout.table.for_each_run(|_, count, visit| {
+            if meta::holds_bytes(visit.meta) {
+                committed += count;
             }
         });
         let (mut stored, mut inherited) = (0u64, 0u64);

@@ -80,7 +80,10 @@ impl Op {
             }
             Op::Range(RangeOp::Set(m)) if m != 0 => Absent::Uniform(m, 0),
             Op::Range(RangeOp::View { meta, key_offset }) => Absent::Uniform(meta, key_offset),
-            Op::Range(_) => Absent::Skip,
+            Op::Range(_) | Op::Put { meta: 0, page: None, .. } => Absent::Skip,
+            Op::Put { meta: m, page: None, view_offset } => {
+                Absent::Uniform(m, if m & meta::VIEW != 0 { view_offset } else { 0 })
+            }
             Op::Page(_) | Op::Put { .. } => Absent::Nodes,
         }
     }
@@ -239,7 +242,9 @@ pub(crate) fn edit(
 
 /// `op` over the whole subtree in `slot`, when that needs no page-by-page
 /// work: an absent subtree, decommitting everything, or a uniform subtree
-/// (say, a committed gigabyte never written) changing as a whole. Time:
+/// (say, a committed gigabyte never written) changing as a whole. A `Put`
+/// without bytes is a range operation here too (a file's layout laid over
+/// its parent's). Time:
 /// O(64 · levels), not O(pages).
 fn whole(g: &mut Guard<'_>, slot: &mut Option<NodePtr>, level: u32, op: Op) -> Option<i64> {
     let pages = span(level) as i64;
@@ -250,13 +255,13 @@ fn whole(g: &mut Guard<'_>, slot: &mut Option<NodePtr>, level: u32, op: Op) -> O
             Some(committed(m) * pages)
         }
         (None, Absent::Nodes) => None,
-        (Some(node), _) if matches!(op, Op::Range(RangeOp::Clear)) => {
+        (Some(node), _) if matches!(op, Op::Range(RangeOp::Clear) | Op::Put { meta: 0, page: None, .. }) => {
             let gone = committed_in(node) as i64;
             g.release_node(node);
             *slot = None;
             Some(-gone)
         }
-        (Some(node), _) if matches!(op, Op::Range(_)) => {
+        (Some(node), _) if matches!(op, Op::Range(_) | Op::Put { page: None, .. }) => {
             let (m, aux) = uniform_meta(node)?;
             let (new, new_aux) = apply_uniform(g, op, m, aux);
             if (new, new_aux) != (m, aux) {

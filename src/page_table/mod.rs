@@ -140,7 +140,7 @@ impl<'a> Page<'a> {
             // its record, whose bytes never change or move while the record
             // is referenced — by that leaf, for at least `'a`.
             #[allow(unsafe_code)]
-            return Some(unsafe { &*(self.direct as *const PageBytes) });
+            return Some(unsafe { &*std::ptr::with_exposed_provenance::<PageBytes>(self.direct) });
         }
         match self.rec().loaded() {
             Some(b) => Some(b),
@@ -198,7 +198,7 @@ impl<'a> Page<'a> {
     /// An owned reference to the page.
     pub(crate) fn to_ref(self) -> PageRef {
         self.store.lock().retain_page(self.ptr);
-        PageRef { store: self.store.clone(), ptr: self.ptr }
+        PageRef { store: self.store.clone(), ptr: Some(self.ptr) }
     }
 }
 
@@ -206,7 +206,8 @@ impl<'a> Page<'a> {
 /// (file encoding and decoding). Clone and drop take the store's lock.
 pub(crate) struct PageRef {
     store: Arc<Store>,
-    ptr: RecPtr,
+    /// `None` only once the reference moved into a table (`into_raw`).
+    ptr: Option<RecPtr>,
 }
 
 impl PageRef {
@@ -214,12 +215,12 @@ impl PageRef {
     /// is `fingerprint` when the caller knows it.
     pub(crate) fn new_in(store: &Arc<Store>, bytes: &PageBytes, fingerprint: Option<u64>) -> PageRef {
         let ptr = store.lock().new_page(Box::new(*bytes), fingerprint);
-        PageRef { store: store.clone(), ptr }
+        PageRef { store: store.clone(), ptr: Some(ptr) }
     }
 
     /// The page, borrowed.
     pub(crate) fn page(&self) -> Page<'_> {
-        Page::new(&self.store, self.ptr)
+        Page::new(&self.store, self.ptr.expect("a PageRef holds its page until into_raw"))
     }
 
     /// The store the page lives in.
@@ -230,14 +231,12 @@ impl PageRef {
     /// Takes a reference to page `ptr` of `store` (a lazily loaded record).
     pub(crate) fn retained(store: &Arc<Store>, ptr: RecPtr) -> PageRef {
         store.lock().retain_page(ptr);
-        PageRef { store: store.clone(), ptr }
+        PageRef { store: store.clone(), ptr: Some(ptr) }
     }
 
     /// Gives up the reference without releasing it (it moves into a table).
-    fn into_raw(self) -> (Arc<Store>, RecPtr) {
-        let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY-free: read the fields out of a value that is not dropped.
-        (this.store.clone(), this.ptr)
+    fn into_raw(mut self) -> RecPtr {
+        self.ptr.take().expect("a PageRef holds its page until into_raw")
     }
 }
 
@@ -249,7 +248,9 @@ impl Clone for PageRef {
 
 impl Drop for PageRef {
     fn drop(&mut self) {
-        self.store.lock().release_page(self.ptr);
+        if let Some(ptr) = self.ptr {
+            self.store.lock().release_page(ptr);
+        }
     }
 }
 
@@ -442,10 +443,10 @@ impl PageTable {
     fn adopt(&mut self, page: PageRef) -> RecPtr {
         let store = self.store().clone();
         if Arc::ptr_eq(&store, page.store()) {
-            page.into_raw().1
+            page.into_raw()
         } else {
             let (bytes, fp) = (*page.page().bytes(), page.page().fingerprint());
-            PageRef::new_in(&store, &bytes, fp).into_raw().1
+            PageRef::new_in(&store, &bytes, fp).into_raw()
         }
     }
 
@@ -464,6 +465,15 @@ impl PageTable {
     pub(crate) fn set_entry(&mut self, vpn: u64, meta: u8, page: Option<PageRef>, view_offset: u64) {
         let rec = page.map(|p| self.adopt(p));
         self.edit_with(|_| vec![Edit { lo: vpn, hi: vpn + 1, op: Op::Put { meta, page: rec, view_offset } }]);
+    }
+
+    /// [`set_entry`](Self::set_entry) without bytes for every page of
+    /// `[lo, hi)`: each gets state `meta` (and, for a view state, the view
+    /// offset), and whatever bytes it had are dropped. Time: O(touched
+    /// leaves + levels); fully covered uniform or absent subtrees change
+    /// whole.
+    pub(crate) fn set_range(&mut self, lo: u64, hi: u64, meta: u8, view_offset: u64) {
+        self.edit_with(|_| vec![Edit { lo, hi, op: Op::Put { meta, page: None, view_offset } }]);
     }
 
     /// True when both tables are the same version (same root). Time: O(1).
@@ -528,20 +538,44 @@ impl PageTable {
         walk::find(self.top().map(|t| t.0), LEVELS - 1, 0, lo, hi, &pred)
     }
 
-    /// Calls `f(vpn, meta, page)` for every page with a non-zero state, in
-    /// ascending order. Time: O(non-empty leaves).
-    pub(crate) fn for_each<'a>(&'a self, mut f: impl FnMut(u64, u8, Option<Page<'a>>)) {
+    /// Calls `f(first, count, visit)` for the pages with a non-zero state,
+    /// ascending: a uniform subtree (one state, no bytes: a committed range
+    /// never written, a view) is one call for all its pages, every other
+    /// page a call of its own. Consecutive calls may continue one run; the
+    /// caller merges them. Time: O(non-uniform nodes), not O(pages): all of
+    /// user space committed is a few hundred calls.
+    pub(crate) fn for_each_run<'a>(&'a self, mut f: impl FnMut(u64, u64, Visit<'a>)) {
         if let Some((node, store)) = self.top() {
-            walk::for_each(store, Some(node), LEVELS - 1, 0, &mut |vpn, v: Visit<'a>| f(vpn, v.meta, v.page));
+            walk::for_each_run(store, Some(node), LEVELS - 1, 0, &mut f);
         }
     }
 
-    /// Calls `f(vpn, old, new)` for every page whose state or bytes may
-    /// differ between `self` and `other`: subtrees shared by pointer are
-    /// skipped, so the cost follows what changed. Pages are reported in
-    /// ascending order; a page whose state and stored page are equal is not
-    /// reported.
-    pub(crate) fn diff<'a>(&'a self, other: &'a PageTable, mut f: impl FnMut(u64, Visit<'a>, Visit<'a>)) {
+    /// Calls `f(vpn, meta, page)` for every page with bytes in `[lo, hi)`,
+    /// ascending. Time: O(nodes holding bytes there): subtrees without
+    /// bytes are skipped whole.
+    pub(crate) fn for_each_stored_in<'a>(&'a self, lo: u64, hi: u64, mut f: impl FnMut(u64, u8, Page<'a>)) {
+        if let Some((node, store)) = self.top() {
+            walk::for_each_stored(store, Some(node), LEVELS - 1, 0, (lo, hi), &mut f);
+        }
+    }
+
+    /// [`for_each_stored_in`](Self::for_each_stored_in) over every page.
+    pub(crate) fn for_each_stored<'a>(&'a self, f: impl FnMut(u64, u8, Page<'a>)) {
+        self.for_each_stored_in(0, VPN_LIMIT, f)
+    }
+
+    /// Calls `f(first, count, old, new)` for the pages whose state or bytes
+    /// may differ between `self` and `other`: subtrees shared by pointer are
+    /// skipped, so the cost follows what changed. Two uniform subtrees (one
+    /// state, no bytes) that differ are one call for all their pages, so
+    /// committing or protecting all of user space diffs in O(levels); every
+    /// other page is a call of its own (`count == 1`). Ascending; a page
+    /// whose state and stored page are equal is not reported.
+    pub(crate) fn diff<'a>(
+        &'a self,
+        other: &'a PageTable,
+        mut f: impl FnMut(u64, u64, Visit<'a>, Visit<'a>),
+    ) {
         let (a, b) = (self.top(), other.top());
         let fallback = match (a, b) {
             (Some((_, s)), _) | (None, Some((_, s))) => s,
@@ -549,7 +583,7 @@ impl PageTable {
         };
         let (sa, sb) = (a.map_or(fallback, |t| t.1), b.map_or(fallback, |t| t.1));
         let mut pairs = Vec::new();
-        walk::collect_leaf_pairs(a.map(|t| t.0), b.map(|t| t.0), LEVELS - 1, 0, &mut pairs);
+        walk::collect_pairs(a.map(|t| t.0), b.map(|t| t.0), LEVELS - 1, 0, &mut pairs);
         // Leaf pairs are scattered in memory: their header lines were
         // prefetched during the walk; take them 16 at a time and load each
         // batch's candidate entries at once, so the cache misses overlap
@@ -559,7 +593,7 @@ impl PageTable {
                 walk::preload(pair);
             }
             for &pair in batch {
-                walk::diff_leaves(sa, sb, pair, &mut f);
+                walk::diff_pair(sa, sb, pair, &mut f);
             }
         }
     }

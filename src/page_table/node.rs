@@ -28,8 +28,8 @@ use std::cell::UnsafeCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::FANOUT;
 use super::store::{Guard, RecPtr};
+use super::{FANOUT, PageBytes};
 use crate::protection::meta;
 
 /// Source of node ids; 0 means "no origin".
@@ -69,7 +69,7 @@ impl LeafBody {
             // SAFETY (in `RecPtr::get`'s terms): the entry references the
             // record from now on.
             #[allow(unsafe_code)]
-            Some(r) => unsafe { r.get() }.loaded().map_or(0, |b| b as *const _ as usize),
+            Some(r) => unsafe { r.get() }.loaded().map_or(0, |b| (b as *const PageBytes).expose_provenance()),
             None => 0,
         };
     }

@@ -364,18 +364,20 @@ impl RecPtr {
         unsafe { self.0.as_ref() }
     }
 
-    /// The slot word a leaf stores for this page.
+    /// The slot word a leaf stores for this page. The pointer's provenance
+    /// is exposed, so [`from_word`](Self::from_word) may take it back.
     #[inline]
     pub(super) fn to_word(self) -> u64 {
-        self.0.as_ptr() as usize as u64
+        self.0.as_ptr().expose_provenance() as u64
     }
 
     /// The page of a leaf's slot word (non-zero, not a view page's).
     #[inline]
     pub(super) fn from_word(word: u64) -> RecPtr {
         debug_assert!(word != 0);
-        // SAFETY: the word was made by `to_word` from a non-null pointer.
-        RecPtr(unsafe { NonNull::new_unchecked(word as usize as *mut PageRec) })
+        // SAFETY: the word was made by `to_word` from a non-null pointer,
+        // whose provenance it exposed.
+        RecPtr(unsafe { NonNull::new_unchecked(std::ptr::with_exposed_provenance_mut(word as usize)) })
     }
 }
 

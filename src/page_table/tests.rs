@@ -15,8 +15,10 @@ fn frozen(bytes: &PageBytes) -> PageRef {
 
 fn collect(t: &PageTable) -> BTreeMap<u64, (u8, Option<u8>)> {
     let mut out = BTreeMap::new();
-    t.for_each(|vpn, m, p| {
-        out.insert(vpn, (m, p.map(|p| p.bytes()[0])));
+    t.for_each_run(|first, n, v| {
+        for vpn in first..first + n {
+            out.insert(vpn, (v.meta, v.page.map(|p| p.bytes()[0])));
+        }
     });
     out
 }
@@ -252,17 +254,17 @@ fn versions_are_independent() {
     a.set_page(3, Some(page(1)));
     let b = a.clone();
     let mut same = Vec::new();
-    a.diff(&b, |v, _, _| same.push(v));
+    a.diff(&b, |v, n, _, _| same.extend(v..v + n));
     assert!(same.is_empty());
     a.set_page(3, Some(page(2)));
     a.set_page(100, Some(page(9)));
     assert_eq!(b.get(3).bytes()[0], 1);
     assert_eq!(a.get(3).bytes()[0], 2);
     let mut changed = Vec::new();
-    a.diff(&b, |v, _, _| changed.push(v));
+    a.diff(&b, |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, vec![3, 100]);
     let mut changed = Vec::new();
-    b.diff(&a, |v, _, _| changed.push(v));
+    b.diff(&a, |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, vec![3, 100]);
 }
 
@@ -302,17 +304,17 @@ fn diff_sees_changes_on_both_sides_of_a_copied_leaf() {
     a.set_page(3, Some(page(3))); // a's leaf, unique again, changes in place
     a.update(10, 11, RangeOp::Protect(1));
     let mut changed = Vec::new();
-    a.diff(&b, |v, _, _| changed.push(v));
+    a.diff(&b, |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, vec![2, 3, 10]);
     let mut changed = Vec::new();
-    b.diff(&a, |v, _, _| changed.push(v));
+    b.diff(&a, |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, vec![2, 3, 10]);
     // A grandchild is not related to its grandparent: full comparison.
     let c = b.clone();
     let mut d = c.clone();
     d.set_page(5, Some(page(5)));
     let mut changed = Vec::new();
-    a.diff(&d, |v, _, _| changed.push(v));
+    a.diff(&d, |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, vec![2, 3, 5, 10]);
 }
 
@@ -360,7 +362,7 @@ fn diff_matches_brute_force_across_random_versions() {
     for a in &versions {
         for b in &versions {
             let mut got = Vec::new();
-            a.diff(b, |v, _, _| got.push(v));
+            a.diff(b, |v, n, _, _| got.extend(v..v + n));
             let expected: Vec<u64> = (0..SPAN)
                 .filter(|&v| {
                     let (x, y) = (a.get(v), b.get(v));
@@ -382,7 +384,7 @@ fn diff_against_empty_lists_every_page() {
     let mut a = PageTable::default();
     a.update(60, 70, RangeOp::Commit(3));
     let mut changed = Vec::new();
-    a.diff(&PageTable::default(), |v, _, _| changed.push(v));
+    a.diff(&PageTable::default(), |v, n, _, _| changed.extend(v..v + n));
     assert_eq!(changed, (60..70).collect::<Vec<_>>());
 }
 
@@ -443,4 +445,24 @@ fn matches_a_btreemap_model() {
         let expect = (v..5400).find(|w| model.get(w).copied().unwrap_or(0) != first).unwrap_or(5400);
         assert_eq!(end, expect, "run_end from {v}");
     }
+}
+
+/// A store lives exactly as long as something references it: a table, a
+/// page handle. (A page moved into a table once kept its store alive
+/// forever; miri's leak check found it.)
+#[test]
+fn a_store_is_freed_with_its_last_table() {
+    let mut t = PageTable::default();
+    t.update(0, 64, RangeOp::Commit(3));
+    let store = t.store().clone();
+    let weak = Arc::downgrade(&store);
+    t.set_page(1, Some(PageRef::new_in(&store, &[1; PAGE], None))); // same store: moved in
+    t.set_page(2, Some(page(2))); // another store: copied in, that store freed
+    drop(store);
+    let clone = t.clone();
+    drop(t);
+    assert!(weak.upgrade().is_some(), "a clone still holds it");
+    assert_eq!(clone.get(2).bytes()[0], 2);
+    drop(clone);
+    assert!(weak.upgrade().is_none(), "the store went with its last table");
 }

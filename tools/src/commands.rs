@@ -449,7 +449,11 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let d = old.diff(new);
     let elapsed = started.elapsed().as_secs_f64();
-    let changes = d.page_changes();
+    // Text shows the first --max-pages pages only: read no more (all of user
+    // space committed is 2^35 changed pages, in one run).
+    let total = d.changed_page_count();
+    let changes: Vec<_> =
+        if json { d.page_changes() } else { d.iter_page_changes().take(args.max_pages).collect() };
     // The changed pages' bytes, read (from the files, lazily) and compared
     // once; a page a damaged file cannot give is an error, not zeros.
     let ranges: Vec<_> = changes.iter().map(|c| c.byte_ranges()).collect();
@@ -484,7 +488,7 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
     outln!(
         "{} region changes, {} pages changed ({} to compute)",
         d.region_changes().len(),
-        changes.len(),
+        total,
         format::duration(elapsed)
     );
     if !d.region_changes().is_empty() {
@@ -527,8 +531,8 @@ pub fn diff(args: &DiffArgs, json: bool) -> Result<()> {
             outln!("      ...");
         }
     }
-    if changes.len() > args.max_pages {
-        outln!("  ... and {} more pages (--max-pages, or --json for all)", changes.len() - args.max_pages);
+    if total > args.max_pages {
+        outln!("  ... and {} more pages (--max-pages, or --json for all)", total - args.max_pages);
     }
     Ok(())
 }
