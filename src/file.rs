@@ -852,11 +852,109 @@ impl FrameDecoder {
     }
 }
 
+/// A frame record, compact: where the frame is, its pages, its checksum.
+#[derive(Clone, Copy)]
+struct FrameInfo {
+    offset: u64,
+    length: u32,
+    pages: u8,
+    checksum: [u8; 8],
+}
+
+impl FrameInfo {
+    fn of(FrameRecord(offset, length, pages, checksum): &FrameRecord) -> FrameInfo {
+        // Invariant: `parse_index` checked the checksum is 8 bytes.
+        FrameInfo {
+            offset: *offset,
+            length: *length,
+            pages: *pages,
+            checksum: checksum[..8].try_into().expect("8"),
+        }
+    }
+}
+
+/// How the pages of a frame are checked once decompressed.
+#[derive(Clone, Copy)]
+enum PageChecks<'a> {
+    /// Each page against its record's BLAKE3 hash and fingerprint (a
+    /// full load: the error names the page).
+    Records(&'a [PageRecord]),
+    /// The frame's pages together against one digest of their hashes and
+    /// fingerprints (what a lazily opened file keeps, see [`LazyIndex`]);
+    /// `bases` are the records' XOR bases in an incremental file
+    /// ([`NO_BASE`] for a plain page).
+    Digests { digests: &'a [[u8; 32]], bases: Option<&'a [u64]> },
+}
+
+/// A record's XOR base in [`PageChecks::Digests`]: none (a plain page).
+const NO_BASE: u64 = u64::MAX;
+
+/// The BLAKE3 of a frame's pages' (hash, fingerprint) pairs, in slot order:
+/// checking it checks every page's hash and fingerprint at once.
+fn frame_digest(pages: impl Iterator<Item = ([u8; 32], u64)>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for (hash, fingerprint) in pages {
+        hasher.update(&hash);
+        hasher.update(&fingerprint.to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// The part of a 1.2 file's index that a lazily opened file keeps while it
+/// is open: per frame its place, checksum and pages' digest, per page
+/// record its frame (and its XOR base in an incremental file). About 10
+/// bytes a page, where the decoded index took about 100; the page records'
+/// fingerprints live in the store's records.
+struct LazyIndex {
+    frames: Vec<FrameInfo>,
+    digests: Vec<[u8; 32]>,
+    /// `owner[frame][slot]`: the 1-based page record stored there.
+    owner: Vec<[u32; PAGES_PER_FRAME]>,
+    /// The frame of each page record (0-based records).
+    frame_of: Vec<u32>,
+    bases: Option<Vec<u64>>,
+}
+
+impl LazyIndex {
+    /// The compact form of `parsed` (a 1.2 file: every record has its
+    /// fingerprint).
+    fn new(parsed: &Parsed) -> LazyIndex {
+        let digests = parsed
+            .owner
+            .iter()
+            .zip(&parsed.frames)
+            .map(|(owners, f)| {
+                frame_digest(owners[..usize::from(f.2)].iter().map(|&r| {
+                    let PageRecord(hash, _, _, _, _, fingerprint) = &parsed.pages[r as usize - 1];
+                    (hash[..].try_into().expect("checked: 32 bytes"), fingerprint.unwrap_or(0))
+                }))
+            })
+            .collect();
+        let incremental = parsed.parent.is_some();
+        LazyIndex {
+            frames: parsed.frame_info.clone(),
+            digests,
+            owner: parsed.owner.clone(),
+            frame_of: parsed.pages.iter().map(|r| r.1).collect(),
+            bases: incremental.then(|| parsed.pages.iter().map(|r| r.4.unwrap_or(NO_BASE)).collect()),
+        }
+    }
+
+    fn frames(&self) -> Frames<'_> {
+        Frames {
+            frames: &self.frames,
+            checks: PageChecks::Digests { digests: &self.digests, bases: self.bases.as_deref() },
+            owner: &self.owner,
+            parent: None,
+        }
+    }
+}
+
 /// The parsed frame index of a file: what decoding a frame needs.
 #[derive(Clone, Copy)]
 struct Frames<'a> {
-    frames: &'a [FrameRecord],
-    pages: &'a [PageRecord],
+    frames: &'a [FrameInfo],
+    checks: PageChecks<'a>,
     /// `owner[frame][slot]`: the 1-based page record stored there.
     owner: &'a [[u32; PAGES_PER_FRAME]],
     /// The parent snapshot (incremental files): the XOR bases.
@@ -875,12 +973,12 @@ impl Frames<'_> {
         decoder: &mut FrameDecoder,
         sink: &mut dyn FnMut(usize, &PageBytes, u64),
     ) -> Result<(), FileError> {
-        let FrameRecord(_, _, count, checksum) = &self.frames[n];
+        let FrameInfo { pages: count, checksum, .. } = self.frames[n];
         let frame = n as u32;
-        if blake3_prefix::<8>(src)[..] != checksum[..] {
+        if blake3_prefix::<8>(src) != checksum {
             return Err(FileError::FrameCorrupt { frame });
         }
-        let expected = usize::from(*count) * PAGE;
+        let expected = usize::from(count) * PAGE;
         let got = decoder
             .zstd
             .decompress_to_buffer(src, &mut decoder.raw[..expected])
@@ -888,34 +986,47 @@ impl Frames<'_> {
         if got != expected {
             return Err(FileError::FrameCorrupt { frame });
         }
-        for slot in 0..usize::from(*count) {
+        let mut seen = Vec::with_capacity(usize::from(count));
+        for slot in 0..usize::from(count) {
             let i = self.owner[n][slot] as usize - 1;
             let body: &PageBytes = decoder.raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
-            let PageRecord(hash, _, _, _, base, recorded_fingerprint) = &self.pages[i];
+            let base = match self.checks {
+                PageChecks::Records(pages) => pages[i].4,
+                PageChecks::Digests { bases, .. } => bases.map(|b| b[i]).filter(|&b| b != NO_BASE),
+            };
             let unxored: Box<PageBytes>;
             let page: &PageBytes = match (base, self.parent) {
                 (Some(b), Some(pv)) => {
                     if *body == crate::page_table::ZERO_PAGE {
                         return Err(corrupt("a stored page is all zeros"));
                     }
-                    let under = stored_page(pv, *b)
+                    let under = stored_page(pv, b)
                         .ok_or(corrupt("xor page's base is not a stored page of the parent"))?;
                     unxored = xor_pages(body, under.bytes());
                     &unxored
                 }
                 _ => body,
             };
-            if blake3::hash(&page[..]).as_bytes()[..] != hash[..] {
-                return Err(FileError::PageHash { page: i as u32 + 1 });
-            }
+            let hash = *blake3::hash(&page[..]).as_bytes();
             let fingerprint = crate::page_table::fingerprint(page);
-            if recorded_fingerprint.is_some_and(|f| f != fingerprint) {
-                return Err(FileError::PageHash { page: i as u32 + 1 });
+            if let PageChecks::Records(pages) = self.checks {
+                let PageRecord(recorded_hash, .., recorded_fingerprint) = &pages[i];
+                if hash[..] != recorded_hash[..] || recorded_fingerprint.is_some_and(|f| f != fingerprint) {
+                    return Err(FileError::PageHash { page: i as u32 + 1 });
+                }
             }
             if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
                 return Err(corrupt("a stored page is all zeros"));
             }
+            seen.push((hash, fingerprint));
             sink(i, page, fingerprint);
+        }
+        if let PageChecks::Digests { digests, .. } = self.checks
+            && frame_digest(seen.into_iter()) != digests[n]
+        {
+            // Some page of the frame has another hash or fingerprint than
+            // its record: named by the frame's first record.
+            return Err(FileError::PageHash { page: self.owner[n][0] });
         }
         Ok(())
     }
@@ -927,6 +1038,8 @@ struct Parsed {
     /// The header's minor version.
     minor: u16,
     frames: Vec<FrameRecord>,
+    /// `frames`, compact.
+    frame_info: Vec<FrameInfo>,
     pages: Vec<PageRecord>,
     snapshots: Vec<SnapshotRecord>,
     parent: Option<ParentRecord>,
@@ -1016,7 +1129,8 @@ fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError>
         return Err(corrupt("a frame slot has no page record"));
     }
 
-    Ok(Parsed { minor: header.minor, frames, pages, snapshots, parent, owner })
+    let frame_info = frames.iter().map(FrameInfo::of).collect();
+    Ok(Parsed { minor: header.minor, frames, frame_info, pages, snapshots, parent, owner })
 }
 
 fn decode(
@@ -1049,19 +1163,19 @@ fn decode_frames(
     store: &Arc<Store>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<PageRef>, FileError> {
-    let Parsed { frames, pages, owner, .. } = parsed;
+    let Parsed { frame_info: frames, pages, owner, .. } = parsed;
     let mut stored: Vec<Option<PageRef>> = (0..pages.len()).map(|_| None).collect();
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
-    let frames_ref = Frames { frames, pages, owner, parent };
+    let frames_ref = Frames { frames, checks: PageChecks::Records(pages), owner, parent };
     for batch in (0..frames.len()).step_by(FRAMES_PER_BATCH * threads()) {
         let batch = batch..(batch + FRAMES_PER_BATCH * threads()).min(frames.len());
         let parts = in_parallel(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
             let mut decoder = FrameDecoder::new()?;
             let mut out = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
             for n in range {
-                let FrameRecord(offset, length, ..) = &frames[n];
-                let src = &area[*offset as usize..(*offset + u64::from(*length)) as usize];
+                let FrameInfo { offset, length, .. } = frames[n];
+                let src = &area[offset as usize..(offset + u64::from(length)) as usize];
                 frames_ref.decode_frame(n, src, &mut decoder, &mut |i, page, fingerprint| {
                     out.push((i, PageRef::new_in(store, page, Some(fingerprint))));
                 })?;
@@ -1073,7 +1187,7 @@ fn decode_frames(
                 stored[i] = Some(page);
             }
         }
-        done += frames[batch].iter().map(|f| u64::from(f.2)).sum::<u64>() * PAGE as u64;
+        done += frames[batch].iter().map(|f| u64::from(f.pages)).sum::<u64>() * PAGE as u64;
         progress(Progress { done, total: total_bytes });
     }
     // Invariant: every record has a slot (checked by `parse_index`) and

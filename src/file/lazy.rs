@@ -108,7 +108,9 @@ impl Reader {
 /// The lazy pages' store: one per lazily opened file.
 struct Source {
     reader: Reader,
-    parsed: Parsed,
+    /// What reading a frame needs of the index (the decoded index itself
+    /// is dropped once the snapshots are built).
+    index: LazyIndex,
     /// The parent snapshot of an incremental file (its xor bases).
     parent: Option<Snapshot>,
     /// One decompression context and compressed-frame buffer; frame reads
@@ -120,7 +122,7 @@ struct Source {
 
 impl LazySource for Source {
     fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes)) {
-        let frame = self.parsed.pages[record as usize].1 as usize;
+        let frame = self.index.frame_of[record as usize] as usize;
         if let Err(e) = self.load_frame(frame, fill) {
             *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
         }
@@ -137,15 +139,10 @@ impl Source {
             Some(d) => d,
             None => decoder.insert(FrameDecoder::new()?),
         };
-        let FrameRecord(offset, length, ..) = &self.parsed.frames[n];
-        buf.resize(*length as usize, 0);
+        let FrameInfo { offset, length, .. } = self.index.frames[n];
+        buf.resize(length as usize, 0);
         self.reader.read_at(HEADER_LENGTH as u64 + offset, buf)?;
-        let frames = Frames {
-            frames: &self.parsed.frames,
-            pages: &self.parsed.pages,
-            owner: &self.parsed.owner,
-            parent: self.parent.as_ref().map(Snapshot::version),
-        };
+        let frames = Frames { parent: self.parent.as_ref().map(Snapshot::version), ..self.index.frames() };
         // Checked whole before any page is filled.
         let mut pages: Vec<(u32, Box<PageBytes>)> = Vec::with_capacity(PAGES_PER_FRAME);
         frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| pages.push((i as u32, Box::new(*bytes))))?;
@@ -214,7 +211,7 @@ impl LazyFile {
     /// xor bases need.
     pub fn load_all(&self) -> Result<(), FileError> {
         let (Some(source), Some((store, records))) = (&self.source, &self.records) else { return Ok(()) };
-        for (n, owners) in source.parsed.owner.iter().enumerate() {
+        for (n, owners) in source.index.owner.iter().enumerate() {
             let unread = owners.iter().filter(|&&r| r != 0).any(|&r| !records.is_loaded(store, r - 1));
             if unread {
                 source.load_frame(n, &mut |r, bytes| records.fill(store, r, bytes))?;
@@ -304,7 +301,7 @@ fn finish(
         .collect::<Result<Vec<u64>, FileError>>()?;
     let source = Arc::new(Source {
         reader,
-        parsed,
+        index: LazyIndex::new(&parsed),
         parent,
         decoder: Mutex::new((None, Vec::new())),
         frames_read: AtomicU64::new(0),
@@ -318,7 +315,7 @@ fn finish(
     let records = store.add_source(&as_source, &fingerprints);
     let stored: Vec<PageRef> =
         (0..fingerprints.len() as u32).map(|i| PageRef::retained(&store, records.get(i))).collect();
-    let decoded = build_snapshots(&source.parsed, &stored, parent_version, &store, Some(&as_source))?;
+    let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source))?;
     Ok(LazyFile { decoded, source: Some(source), records: Some((store, records)), index_hash, frames })
 }
 
