@@ -150,6 +150,20 @@ pub struct MemoryDiff {
     new: PageTable,
 }
 
+impl MemoryDiff {
+    /// The diff of `old` and `new` with these changes (`pages`: runs,
+    /// ascending and disjoint).
+    fn new(
+        regions: Vec<RegionChange>,
+        pages: Vec<(u64, u64, PageChangeKind)>,
+        old: &PageTable,
+        new: &PageTable,
+    ) -> MemoryDiff {
+        let page_count = pages.iter().map(|&(_, n, _)| n as usize).sum();
+        MemoryDiff { regions, pages, page_count, old: old.clone(), new: new.clone() }
+    }
+}
+
 /// Appends a run of `count` pages from `address` to `runs` (ascending),
 /// extending the last run when this one continues it.
 fn push_run(runs: &mut Vec<(u64, u64, PageChangeKind)>, address: u64, count: u64, kind: PageChangeKind) {
@@ -273,12 +287,10 @@ pub(crate) fn diff_from_log(ta: &PageTable, tb: &PageTable, log: &[u64]) -> Memo
             (Some(p), None) | (None, Some(p)) => !p.is_zero(),
         }
     });
-    let mut page_count = 0;
     for &vpn in changed {
         push_run(&mut pages, vpn * PAGE_SIZE, 1, PageChangeKind::Modified);
-        page_count += 1;
     }
-    MemoryDiff { regions: Vec::new(), pages, page_count, old: ta.clone(), new: tb.clone() }
+    MemoryDiff::new(Vec::new(), pages, ta, tb)
 }
 
 /// The diff from version `(ra, ta)` (old) to `(rb, tb)` (new).
@@ -311,9 +323,9 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
     ta.diff(tb, |vpn, count, x, y| {
         if vpn >= SECTION_KEY_BASE {
             // A section page: its change shows in the views (below). (A run
-            // of section pages holds no bytes on either side.)
+            // of section pages holds no bytes on either side: the same.)
             let both = x.meta & y.meta & meta::COMMITTED != 0;
-            if both && count == 1 && !x.same_bytes(&y) {
+            if both && !x.same_bytes(&y) {
                 changed_keys.push(vpn);
             }
             return;
@@ -377,13 +389,12 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
             (false, false) => continue,
         });
     }
-    let page_count = pages.iter().map(|&(_, n, _)| n as usize).sum();
-    MemoryDiff { regions, pages, page_count, old: ta.clone(), new: tb.clone() }
+    MemoryDiff::new(regions, pages, ta, tb)
 }
 
-/// `runs` with the pages at `modified` (ascending addresses, none inside a
-/// run of `runs`: view pages whose section page changed) added as
-/// `Modified` pages, ascending.
+/// `runs` with the pages at `modified` (ascending addresses: view pages
+/// whose section page changed) added as `Modified` pages, ascending. A page
+/// already inside a run keeps the run's kind.
 fn merge_runs(runs: &[(u64, u64, PageChangeKind)], modified: &[u64]) -> Vec<(u64, u64, PageChangeKind)> {
     let mut out = Vec::with_capacity(runs.len() + modified.len());
     let mut extra = modified.iter().peekable();
@@ -391,7 +402,6 @@ fn merge_runs(runs: &[(u64, u64, PageChangeKind)], modified: &[u64]) -> Vec<(u64
         while let Some(&a) = extra.next_if(|&&a| a < address) {
             push_run(&mut out, a, 1, PageChangeKind::Modified);
         }
-        // A page both ways (a view page reported by the walk too) once.
         let end = address + count * PAGE_SIZE;
         while extra.next_if(|&&a| a < end).is_some() {}
         push_run(&mut out, address, count, kind);

@@ -889,15 +889,12 @@ enum PageChecks<'a> {
 /// A record's XOR base in [`PageChecks::Digests`]: none (a plain page).
 const NO_BASE: u64 = u64::MAX;
 
-/// The BLAKE3 of a frame's pages' (hash, fingerprint) pairs, in slot order:
-/// checking it checks every page's hash and fingerprint at once.
-fn frame_digest(pages: impl Iterator<Item = ([u8; 32], u64)>) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    for (hash, fingerprint) in pages {
-        hasher.update(&hash);
-        hasher.update(&fingerprint.to_le_bytes());
-    }
-    *hasher.finalize().as_bytes()
+/// Adds a page to its frame's digest: the BLAKE3 of the frame's pages'
+/// `hash ‖ fingerprint (u64 LE)`, in slot order. Checking the digest
+/// checks every page's hash and fingerprint at once.
+fn digest_page(digest: &mut blake3::Hasher, hash: &[u8], fingerprint: u64) {
+    digest.update(hash);
+    digest.update(&fingerprint.to_le_bytes());
 }
 
 /// The part of a 1.2 file's index that a lazily opened file keeps while it
@@ -924,15 +921,17 @@ impl LazyIndex {
             .iter()
             .zip(&parsed.frames)
             .map(|(owners, f)| {
-                frame_digest(owners[..usize::from(f.2)].iter().map(|&r| {
+                let mut digest = blake3::Hasher::new();
+                for &r in &owners[..usize::from(f.pages)] {
                     let PageRecord(hash, _, _, _, _, fingerprint) = &parsed.pages[r as usize - 1];
-                    (hash[..].try_into().expect("checked: 32 bytes"), fingerprint.unwrap_or(0))
-                }))
+                    digest_page(&mut digest, hash, fingerprint.unwrap_or(0));
+                }
+                *digest.finalize().as_bytes()
             })
             .collect();
         let incremental = parsed.parent.is_some();
         LazyIndex {
-            frames: parsed.frame_info.clone(),
+            frames: parsed.frames.clone(),
             digests,
             owner: parsed.owner.clone(),
             frame_of: parsed.pages.iter().map(|r| r.1).collect(),
@@ -986,7 +985,7 @@ impl Frames<'_> {
         if got != expected {
             return Err(FileError::FrameCorrupt { frame });
         }
-        let mut seen = Vec::with_capacity(usize::from(count));
+        let mut digest = matches!(self.checks, PageChecks::Digests { .. }).then(blake3::Hasher::new);
         for slot in 0..usize::from(count) {
             let i = self.owner[n][slot] as usize - 1;
             let body: &PageBytes = decoder.raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
@@ -1018,11 +1017,13 @@ impl Frames<'_> {
             if fingerprint == 0 && *page == crate::page_table::ZERO_PAGE {
                 return Err(corrupt("a stored page is all zeros"));
             }
-            seen.push((hash, fingerprint));
+            if let Some(d) = &mut digest {
+                digest_page(d, &hash, fingerprint);
+            }
             sink(i, page, fingerprint);
         }
-        if let PageChecks::Digests { digests, .. } = self.checks
-            && frame_digest(seen.into_iter()) != digests[n]
+        if let (PageChecks::Digests { digests, .. }, Some(d)) = (self.checks, digest)
+            && *d.finalize().as_bytes() != digests[n]
         {
             // Some page of the frame has another hash or fingerprint than
             // its record: named by the frame's first record.
@@ -1037,9 +1038,8 @@ impl Frames<'_> {
 struct Parsed {
     /// The header's minor version.
     minor: u16,
-    frames: Vec<FrameRecord>,
-    /// `frames`, compact.
-    frame_info: Vec<FrameInfo>,
+    /// The frame records, checked, in compact form.
+    frames: Vec<FrameInfo>,
     pages: Vec<PageRecord>,
     snapshots: Vec<SnapshotRecord>,
     parent: Option<ParentRecord>,
@@ -1129,8 +1129,8 @@ fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError>
         return Err(corrupt("a frame slot has no page record"));
     }
 
-    let frame_info = frames.iter().map(FrameInfo::of).collect();
-    Ok(Parsed { minor: header.minor, frames, frame_info, pages, snapshots, parent, owner })
+    let frames = frames.iter().map(FrameInfo::of).collect();
+    Ok(Parsed { minor: header.minor, frames, pages, snapshots, parent, owner })
 }
 
 fn decode(
@@ -1163,7 +1163,7 @@ fn decode_frames(
     store: &Arc<Store>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<PageRef>, FileError> {
-    let Parsed { frame_info: frames, pages, owner, .. } = parsed;
+    let Parsed { frames, pages, owner, .. } = parsed;
     let mut stored: Vec<Option<PageRef>> = (0..pages.len()).map(|_| None).collect();
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;

@@ -214,6 +214,16 @@ impl Overlay {
         self.dirty.iter().filter_map(|&vpn| self.get(vpn).map(|slot| (vpn, slot))).collect()
     }
 
+    /// [`sorted`](Self::sorted) for a caller that may not reorder the
+    /// dirty list.
+    fn sorted_copy(&self) -> Vec<(u64, u32)> {
+        let mut pages: Vec<(u64, u32)> =
+            self.dirty.iter().filter_map(|&vpn| self.get(vpn).map(|slot| (vpn, slot))).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
+    }
+
     /// Frees every slot, keeping buffers for a cycle like this one.
     fn reset(&mut self) {
         for i in 0..self.dirty.len() {
@@ -313,9 +323,9 @@ impl LivePages {
     }
 
     /// The page numbers written since the last freeze (in the overlay),
-    /// unordered. Time: O(dirty pages).
+    /// ascending. Time: O(dirty pages · log).
     pub(crate) fn dirty_page_numbers(&self) -> Vec<u64> {
-        self.overlay.dirty.iter().copied().filter(|&vpn| self.overlay.get(vpn).is_some()).collect()
+        self.overlay.sorted_copy().into_iter().map(|(vpn, _)| vpn).collect()
     }
 
     /// Pages currently in the overlay.
@@ -507,17 +517,15 @@ impl LivePages {
     /// table with the overlay's pages copied in. Time: O(dirty pages · levels).
     pub(crate) fn frozen_view(&self) -> PageTable {
         let mut table = self.table.clone();
-        let mut dirty = self.overlay.dirty.clone();
-        dirty.sort_unstable();
-        dirty.dedup();
+        let dirty = self.overlay.sorted_copy();
         let overlay = &self.overlay;
         table.edit_with(|g| {
             dirty
                 .iter()
-                .filter_map(|&vpn| {
-                    let bytes = overlay.page(overlay.get(vpn)?);
+                .map(|&(vpn, slot)| {
+                    let bytes = overlay.page(slot);
                     let page = (!is_zero_page(bytes)).then(|| g.new_page(boxed_copy(bytes), None));
-                    Some(Edit { lo: vpn, hi: vpn + 1, op: Op::Page(page) })
+                    Edit { lo: vpn, hi: vpn + 1, op: Op::Page(page) }
                 })
                 .collect()
         });
