@@ -360,7 +360,7 @@ pub(crate) fn diff_versions(ra: &RegionMap, ta: &PageTable, rb: &RegionMap, tb: 
         // either version (a view present in both is visited twice).
         let mut shown = Vec::new();
         for view in ra.iter().chain(rb.iter()) {
-            let Some(v) = view.view else { continue };
+            let Some(v) = view.backing.view() else { continue };
             let from = changed_keys.partition_point(|&k| k < v.key);
             let to = changed_keys.partition_point(|&k| k < v.key + view.length / PAGE_SIZE);
             for &k in &changed_keys[from..to] {

@@ -180,28 +180,10 @@ pub enum MemoryError {
         /// caller passed 0).
         start: u64,
     },
-    /// A serialized state buffer was written by another format version.
-    #[error("memory state format version {found} is not supported (this build reads {supported})")]
-    UnsupportedStateVersion {
-        /// The version in the buffer.
-        found: u32,
-        /// The version this build reads and writes.
-        supported: u32,
-    },
-    /// A buffer given to `deserialize_memory_state` does not start with the
-    /// state magic.
-    #[error("not a vmsnap memory state buffer (bad magic)")]
-    BadStateMagic,
-    /// A state buffer was written in the other mode (layout only vs. layout
-    /// and contents) than the one asked for.
-    #[error("memory state mode mismatch: buffer has contents = {buffer_has_contents}")]
-    StateModeMismatch {
-        /// True when the buffer holds page contents.
-        buffer_has_contents: bool,
-    },
-    /// A serialized state buffer is malformed; nothing was changed.
-    #[error("corrupt memory state: {0}")]
-    CorruptState(&'static str),
+    /// A buffer given to `deserialize_memory_state` is not a valid state
+    /// buffer; nothing was changed.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A committed page of a lazily opened snapshot file could not be read:
     /// an I/O error, or a frame or page that fails its checksum or hash
     /// (`LazyFile::last_error` says which). Nothing was accessed; a retry
@@ -211,4 +193,32 @@ pub enum MemoryError {
         /// First byte of the access in that page.
         address: u64,
     },
+}
+
+/// Why a serialized state buffer (`serialize_memory_state`, and the layout
+/// records inside snapshot files) was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The buffer was written by another format version.
+    #[error("memory state format version {found} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// The version in the buffer.
+        found: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// The buffer does not start with the state magic.
+    #[error("not a vmsnap memory state buffer (bad magic)")]
+    BadMagic,
+    /// The buffer was written in the other mode (layout only vs. layout and
+    /// contents) than the one asked for.
+    #[error("memory state mode mismatch: buffer has contents = {buffer_has_contents}")]
+    ModeMismatch {
+        /// True when the buffer holds page contents.
+        buffer_has_contents: bool,
+    },
+    /// The buffer is malformed: what is wrong with it.
+    #[error("corrupt memory state: {0}")]
+    Corrupt(&'static str),
 }

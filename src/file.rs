@@ -46,10 +46,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::MemoryError;
+use crate::error::StateError;
 use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
 use crate::protection::meta;
-use crate::snapshot::{Lineage, Snapshot, Version, VersionToken};
+use crate::snapshot::{Lineage, Snapshot, Version};
 use crate::timeline::{SnapshotId, Timeline};
 
 mod inspect;
@@ -201,7 +201,7 @@ pub enum FileError {
     /// A snapshot's layout record does not decode or validate (the reason
     /// is the source).
     #[error("invalid snapshot layout")]
-    InvalidState(#[from] MemoryError),
+    InvalidState(#[from] StateError),
     /// An incremental file's parent file does not exist (`path` is where
     /// the child's file-name hint points; for the in-memory forms, the hint
     /// itself).
@@ -386,12 +386,13 @@ fn encode<'a>(
     for (i, item) in items.iter().enumerate() {
         let v = item.snapshot.version();
         let mut state = Vec::new();
-        crate::state::serialize_layout(
+        crate::state::encode_state(
+            &mut state,
             &v.regions,
             &v.pages,
             v.default_allocation_address,
             v.layout_version,
-            &mut state,
+            None,
         );
         snapshots.push(SnapshotRecord(
             item.id,
@@ -1454,16 +1455,14 @@ fn build_snapshots(
         if let Some(source) = keep {
             table.keep_source(source.clone());
         }
-        let version = Version {
-            id: crate::snapshot::next_version_id(),
-            delta: None,
-            regions: layout.regions,
-            pages: table,
-            committed_pages: layout.committed_pages,
-            default_allocation_address: layout.default_allocation_address,
-            layout_version: layout.layout_version,
-            token: VersionToken::new(&lineage),
-        };
+        let version = Version::new(
+            layout.regions,
+            table,
+            layout.committed_pages,
+            layout.default_allocation_address,
+            layout.layout_version,
+            &lineage,
+        );
         out.push(Decoded { id: *id, name: name.clone(), parent: *parent, snapshot: Snapshot::new(version) });
     }
     if referenced.iter().any(|r| !r) {

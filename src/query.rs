@@ -9,7 +9,8 @@ use crate::error::MemoryError;
 use crate::live::{LivePages, Resolved};
 use crate::page_table::{PAGE, PageTable};
 use crate::protection::{Access, Protection, RegionKind, meta};
-use crate::region_map::{Allocation, RegionMap};
+use crate::region_map::{Allocation, Backing, RegionMap};
+use crate::snapshot::{Lineage, Version};
 use crate::{PAGE_SIZE, USER_SPACE_END};
 
 /// What `VirtualQuery` says about the pages at an address.
@@ -91,9 +92,149 @@ pub struct MemoryStats {
     pub live_versions: u64,
 }
 
+/// A read-only view of one version of an address space: the live
+/// [`MemoryManager`](crate::MemoryManager)'s ([`MemoryManager::view`](crate::MemoryManager::view))
+/// or a frozen [`Snapshot`](crate::Snapshot)'s ([`Snapshot::view`](crate::Snapshot::view)).
+/// Every query the two share is written once, here; their inherent methods
+/// of the same names call it. Borrowing a view is O(1).
+#[derive(Clone, Copy)]
+pub struct SpaceView<'a> {
+    regions: &'a RegionMap,
+    pages: Pages<'a>,
+    committed_pages: u64,
+    default_allocation_address: u64,
+    layout_version: u64,
+    lineage: &'a Lineage,
+}
+
+/// Where a view's pages come from.
+#[derive(Clone, Copy)]
+enum Pages<'a> {
+    /// The live store: TLB, overlay and table.
+    Live(&'a LivePages),
+    /// A frozen version's table.
+    Frozen(&'a PageTable),
+}
+
+impl<'a> Pages<'a> {
+    fn table(self) -> &'a PageTable {
+        match self {
+            Pages::Live(live) => live.table(),
+            Pages::Frozen(table) => table,
+        }
+    }
+}
+
+impl<'a> SpaceView<'a> {
+    /// The live manager's view: its pages through the TLB and overlay.
+    pub(crate) fn live(
+        regions: &'a RegionMap,
+        pages: &'a LivePages,
+        counters: (u64, u64, u64),
+        lineage: &'a Lineage,
+    ) -> Self {
+        let (committed_pages, default_allocation_address, layout_version) = counters;
+        SpaceView {
+            regions,
+            pages: Pages::Live(pages),
+            committed_pages,
+            default_allocation_address,
+            layout_version,
+            lineage,
+        }
+    }
+
+    /// A frozen version's view.
+    pub(crate) fn frozen(version: &'a Version) -> Self {
+        SpaceView {
+            regions: &version.regions,
+            pages: Pages::Frozen(&version.pages),
+            committed_pages: version.committed_pages,
+            default_allocation_address: version.default_allocation_address,
+            layout_version: version.layout_version,
+            lineage: version.token.lineage(),
+        }
+    }
+
+    /// Host read (see [`MemoryManager::read_memory`](crate::MemoryManager::read_memory)):
+    /// protection ignored, MMIO ranges call their handler. Time: O(pages
+    /// touched · levels).
+    pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        match self.pages {
+            Pages::Live(live) => host_read(live, self.regions, address, buf),
+            Pages::Frozen(table) => host_read(table, self.regions, address, buf),
+        }
+    }
+
+    /// `VirtualQuery` at `address`: the run of pages with the same state,
+    /// protection and allocation. Time: O(log n + leaves in the run).
+    pub fn region_info(&self, address: u64) -> RegionInfo {
+        region_info(self.regions, self.pages.table(), address)
+    }
+
+    /// The kind of the allocation containing `address`, `Free` if none.
+    /// Time: O(log n).
+    pub fn region_kind(&self, address: u64) -> RegionKind {
+        self.regions.containing(address).map_or(RegionKind::Free, |a| a.kind)
+    }
+
+    /// The protection of the page containing `address` (`GUARD` kept), or
+    /// `None` when it is not committed. Time: O(1) (live: a TLB hit or a
+    /// table walk).
+    #[inline]
+    pub fn page_protection(&self, address: u64) -> Option<Protection> {
+        if address >= USER_SPACE_END {
+            return None;
+        }
+        let m = match self.pages {
+            Pages::Live(live) => live.meta(vpn(address)),
+            Pages::Frozen(table) => table.get(vpn(address)).meta,
+        };
+        (m & meta::COMMITTED != 0).then(|| meta::protection(m))
+    }
+
+    /// Every allocation, in address order. Time: O(1) per item.
+    pub fn reserved_regions(self) -> impl Iterator<Item = ReservedRegion> + 'a {
+        self.regions.iter().map(ReservedRegion::from)
+    }
+
+    /// Reserved and committed bytes, allocations, dirty pages (live only),
+    /// the bytes private to this version (dirty pages included) and shared
+    /// with others, and the versions alive in its lineage.
+    /// Time: O(page-table nodes private to this version).
+    pub fn compute_memory_stats(&self) -> MemoryStats {
+        let (private, shared) = self.pages.table().sharing();
+        let dirty = match self.pages {
+            Pages::Live(live) => live.dirty_pages() as u64,
+            Pages::Frozen(_) => 0,
+        };
+        MemoryStats {
+            reserved_memory: self.regions.reserved_bytes(),
+            committed_memory: self.committed_pages * PAGE_SIZE,
+            allocation_count: self.regions.len() as u64,
+            dirty_pages: dirty,
+            private_memory: (private + dirty) * PAGE_SIZE,
+            shared_memory: shared * PAGE_SIZE,
+            live_versions: self.lineage.alive(),
+        }
+    }
+
+    /// Where allocations without an address start searching. Time: O(1).
+    pub fn default_allocation_address(&self) -> u64 {
+        self.default_allocation_address
+    }
+
+    /// The layout version (a snapshot keeps the one it was taken at).
+    /// Time: O(1).
+    pub fn layout_version(&self) -> u64 {
+        self.layout_version
+    }
+}
+
 /// What the live [`MemoryManager`](crate::MemoryManager) and a frozen
 /// [`Snapshot`](crate::Snapshot) both answer, so code that inspects an
-/// address space (a region table, a checker, a tool) serves either.
+/// address space (a region table, a checker, a tool) serves either. Every
+/// method is provided, from [`view`](AddressSpace::view).
 ///
 /// ```
 /// use vmsnap::{AddressSpace, MemoryManager, Protection, RegionKind};
@@ -109,59 +250,53 @@ pub struct MemoryStats {
 /// # Ok::<(), vmsnap::MemoryError>(())
 /// ```
 pub trait AddressSpace {
+    /// The read-only view every other method reads.
+    fn view(&self) -> SpaceView<'_>;
     /// Host read (see [`MemoryManager::read_memory`](crate::MemoryManager::read_memory)).
-    fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
+    fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.view().read_memory(address, buf)
+    }
     /// `VirtualQuery` at `address`.
-    fn region_info(&self, address: u64) -> RegionInfo;
+    fn region_info(&self, address: u64) -> RegionInfo {
+        self.view().region_info(address)
+    }
     /// The kind of the allocation containing `address`, `Free` if none.
-    fn region_kind(&self, address: u64) -> RegionKind;
+    fn region_kind(&self, address: u64) -> RegionKind {
+        self.view().region_kind(address)
+    }
     /// The protection of the page at `address`, `None` when not committed.
-    fn page_protection(&self, address: u64) -> Option<Protection>;
+    fn page_protection(&self, address: u64) -> Option<Protection> {
+        self.view().page_protection(address)
+    }
     /// Every allocation, in address order.
-    fn reserved_regions(&self) -> Box<dyn Iterator<Item = ReservedRegion> + '_>;
+    fn reserved_regions(&self) -> Box<dyn Iterator<Item = ReservedRegion> + '_> {
+        Box::new(self.view().reserved_regions())
+    }
     /// Memory accounting.
-    fn compute_memory_stats(&self) -> MemoryStats;
+    fn compute_memory_stats(&self) -> MemoryStats {
+        self.view().compute_memory_stats()
+    }
     /// Where allocations without an address start searching.
-    fn default_allocation_address(&self) -> u64;
+    fn default_allocation_address(&self) -> u64 {
+        self.view().default_allocation_address()
+    }
     /// The layout version (a snapshot keeps the one it was taken at).
-    fn layout_version(&self) -> u64;
+    fn layout_version(&self) -> u64 {
+        self.view().layout_version()
+    }
 }
 
-/// Implements [`AddressSpace`] by calling the type's inherent methods of the
-/// same names.
-macro_rules! address_space {
-    ($t:ty) => {
-        impl AddressSpace for $t {
-            fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-                <$t>::read_memory(self, address, buf)
-            }
-            fn region_info(&self, address: u64) -> RegionInfo {
-                <$t>::region_info(self, address)
-            }
-            fn region_kind(&self, address: u64) -> RegionKind {
-                <$t>::region_kind(self, address)
-            }
-            fn page_protection(&self, address: u64) -> Option<Protection> {
-                <$t>::page_protection(self, address)
-            }
-            fn reserved_regions(&self) -> Box<dyn Iterator<Item = ReservedRegion> + '_> {
-                Box::new(<$t>::reserved_regions(self))
-            }
-            fn compute_memory_stats(&self) -> MemoryStats {
-                <$t>::compute_memory_stats(self)
-            }
-            fn default_allocation_address(&self) -> u64 {
-                <$t>::default_allocation_address(self)
-            }
-            fn layout_version(&self) -> u64 {
-                <$t>::layout_version(self)
-            }
-        }
-    };
+impl AddressSpace for crate::MemoryManager {
+    fn view(&self) -> SpaceView<'_> {
+        crate::MemoryManager::view(self)
+    }
 }
 
-address_space!(crate::MemoryManager);
-address_space!(crate::Snapshot);
+impl AddressSpace for crate::Snapshot {
+    fn view(&self) -> SpaceView<'_> {
+        crate::Snapshot::view(self)
+    }
+}
 
 /// A page source: where the bytes and the state of a page come from.
 pub(crate) trait PageSource {
@@ -303,7 +438,10 @@ fn mmio_at(regions: &RegionMap, address: u64) -> (&Allocation, &crate::region_ma
     // Invariant: a page carries the MMIO state bit only inside an MMIO
     // allocation, and every MMIO allocation has handlers.
     let a = regions.containing(address).expect("MMIO page inside an allocation");
-    (a, a.mmio.as_deref().expect("MMIO allocation has handlers"))
+    let Backing::Mmio(handlers) = &a.backing else {
+        unreachable!("an MMIO page state outside an MMIO region")
+    };
+    (a, handlers)
 }
 
 /// Copies `[address, address + buf.len())` into `buf`; the range was checked.

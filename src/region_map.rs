@@ -34,10 +34,31 @@ pub(crate) struct Allocation {
     pub(crate) kind: RegionKind,
     /// Opaque to the engine (see `MemoryManager::set_allocation_attributes`).
     pub(crate) attributes: u32,
-    pub(crate) mmio: Option<Arc<MmioHandlers>>,
-    /// For a view of a section: which section, and the section page behind
-    /// the view's first page.
-    pub(crate) view: Option<ViewOf>,
+    /// What holds the allocation's bytes.
+    pub(crate) backing: Backing,
+}
+
+/// What holds an allocation's bytes.
+#[derive(Clone)]
+pub(crate) enum Backing {
+    /// Its own pages in the page table (private and image memory).
+    Private,
+    /// An MMIO region: every access calls its handlers, no bytes are kept.
+    Mmio(Arc<MmioHandlers>),
+    /// A view of a section: the section's pages (`initial` is the view's
+    /// protection and its maximum).
+    View(ViewOf),
+}
+
+impl Backing {
+    /// The section a view shows, `None` for any other allocation.
+    #[inline]
+    pub(crate) fn view(&self) -> Option<ViewOf> {
+        match self {
+            Backing::View(v) => Some(*v),
+            _ => None,
+        }
+    }
 }
 
 /// What a view allocation shows.
@@ -80,10 +101,10 @@ impl PartialEq for Allocation {
             && self.initial == other.initial
             && self.kind == other.kind
             && self.attributes == other.attributes
-            && self.view == other.view
-            && match (&self.mmio, &other.mmio) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            && match (&self.backing, &other.backing) {
+                (Backing::Private, Backing::Private) => true,
+                (Backing::Mmio(a), Backing::Mmio(b)) => Arc::ptr_eq(a, b),
+                (Backing::View(a), Backing::View(b)) => a == b,
                 _ => false,
             }
     }
@@ -106,7 +127,9 @@ pub(crate) struct RegionMap {
     map: OrdMap<u64, Allocation>,
     reserved_bytes: u64,
     sections: OrdMap<u64, Section>,
-    next_section: u64,
+    /// The highest section id this state has seen (ids are handed out by
+    /// the manager; the state keeps this for serialization).
+    last_section: u64,
     /// Next free section page number (0 means `SECTION_KEY_BASE`).
     next_key: u64,
 }
@@ -157,24 +180,17 @@ impl RegionMap {
         self.sections.iter().map(|(&id, s)| (id, s))
     }
 
-    /// Adds a section of `pages` pages, or `None` when the section page space
-    /// is exhausted. Returns its id.
-    /// Ids are at least `min_id`, so a manager never reuses an id even when a
-    /// restore rewinds this map.
-    pub(crate) fn add_section(
-        &mut self,
-        pages: u64,
-        max_protection: Protection,
-        min_id: u64,
-    ) -> Option<(u64, Section)> {
+    /// Adds section `id` (new, above every id this state has seen) of
+    /// `pages` pages, or `None` when the section page space is exhausted.
+    pub(crate) fn add_section(&mut self, id: u64, pages: u64, max_protection: Protection) -> Option<Section> {
+        debug_assert!(id > self.last_section);
         let key = self.next_key.max(SECTION_KEY_BASE);
         let end = key.checked_add(pages).filter(|&e| e <= crate::page_table::VPN_LIMIT)?;
-        let id = (self.next_section + 1).max(min_id);
         let section = Section { key, pages, max_protection, open: true };
-        self.next_section = id;
+        self.last_section = id;
         self.next_key = end;
         self.sections.insert(id, section);
-        Some((id, section))
+        Some(section)
     }
 
     /// Replaces or removes section `id`.
@@ -191,18 +207,24 @@ impl RegionMap {
 
     /// The views of section `id`, in address order. Time: O(allocations).
     pub(crate) fn views_of(&self, id: u64) -> impl Iterator<Item = &Allocation> + '_ {
-        self.map.values().filter(move |a| a.view.is_some_and(|v| v.section == id))
+        self.map.values().filter(move |a| a.backing.view().is_some_and(|v| v.section == id))
     }
 
-    /// Restores the section bookkeeping counters (deserialization).
-    pub(crate) fn set_section_counters(&mut self, next_section: u64, next_key: u64) {
-        self.next_section = next_section;
+    /// Restores the section bookkeeping (deserialization): the highest
+    /// section id seen and the next free section page.
+    pub(crate) fn set_section_counters(&mut self, last_section: u64, next_key: u64) {
+        self.last_section = last_section;
         self.next_key = next_key;
     }
 
-    /// `(next_section, next_key)` (serialization).
+    /// `(last_section, next_key)` (serialization).
     pub(crate) fn section_counters(&self) -> (u64, u64) {
-        (self.next_section, self.next_key)
+        (self.last_section, self.next_key)
+    }
+
+    /// The highest section id this state has seen. Time: O(1).
+    pub(crate) fn last_section_id(&self) -> u64 {
+        self.last_section
     }
 
     /// Makes `self` equal to `other`, cheaply when it already is (the same
@@ -211,7 +233,7 @@ impl RegionMap {
         let same = self.map.ptr_eq(&other.map)
             && self.sections.ptr_eq(&other.sections)
             && self.reserved_bytes == other.reserved_bytes
-            && (self.next_section, self.next_key) == (other.next_section, other.next_key);
+            && (self.last_section, self.next_key) == (other.last_section, other.next_key);
         if !same {
             *self = other.clone();
         }
@@ -295,8 +317,7 @@ mod tests {
             initial: Protection::READ,
             kind: RegionKind::Private,
             attributes: 0,
-            mmio: None,
-            view: None,
+            backing: Backing::Private,
         }
     }
 

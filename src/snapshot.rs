@@ -3,11 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::PAGE_SIZE;
 use crate::diff::MemoryDiff;
 use crate::error::MemoryError;
 use crate::page_table::PageTable;
-use crate::query::{self, MemoryStats, RegionInfo, ReservedRegion};
+use crate::query::{MemoryStats, RegionInfo, ReservedRegion, SpaceView};
 use crate::region_map::RegionMap;
 
 /// Counts the versions alive in one lineage: the snapshots taken by a
@@ -51,7 +50,7 @@ impl Drop for VersionToken {
 static NEXT_VERSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh version id.
-pub(crate) fn next_version_id() -> u64 {
+fn next_version_id() -> u64 {
     NEXT_VERSION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -78,6 +77,29 @@ pub(crate) struct Version {
     pub(crate) default_allocation_address: u64,
     pub(crate) layout_version: u64,
     pub(crate) token: VersionToken,
+}
+
+impl Version {
+    /// A version with a fresh id, counted in `lineage`, with no change log.
+    pub(crate) fn new(
+        regions: RegionMap,
+        pages: PageTable,
+        committed_pages: u64,
+        default_allocation_address: u64,
+        layout_version: u64,
+        lineage: &Lineage,
+    ) -> Version {
+        Version {
+            id: next_version_id(),
+            delta: None,
+            regions,
+            pages,
+            committed_pages,
+            default_allocation_address,
+            layout_version,
+            token: VersionToken::new(lineage),
+        }
+    }
 }
 
 /// An immutable version of an address space, made by
@@ -116,36 +138,38 @@ impl Snapshot {
         self.inner.layout_version
     }
 
+    /// The read-only view the queries below read (shared with the live
+    /// manager's, [`MemoryManager::view`](crate::MemoryManager::view)). O(1).
+    pub fn view(&self) -> SpaceView<'_> {
+        SpaceView::frozen(&self.inner)
+    }
+
     /// Reads bytes as the manager's host view did when the snapshot was taken
     /// (MMIO ranges call the region's handler). Time: O(pages touched · levels).
     pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        query::host_read(&self.inner.pages, &self.inner.regions, address, buf)
+        self.view().read_memory(address, buf)
     }
 
     /// `VirtualQuery` on this version. Time: O(log n + leaves in the run).
     pub fn region_info(&self, address: u64) -> RegionInfo {
-        query::region_info(&self.inner.regions, &self.inner.pages, address)
+        self.view().region_info(address)
     }
 
     /// The kind of the allocation containing `address` in this version,
     /// `Free` if none. Time: O(log n).
     pub fn region_kind(&self, address: u64) -> crate::RegionKind {
-        self.inner.regions.containing(address).map_or(crate::RegionKind::Free, |a| a.kind)
+        self.view().region_kind(address)
     }
 
     /// The protection of the page containing `address` in this version
     /// (`GUARD` kept), or `None` when it is not committed. Time: O(1).
     pub fn page_protection(&self, address: u64) -> Option<crate::Protection> {
-        if address >= crate::USER_SPACE_END {
-            return None;
-        }
-        let m = self.inner.pages.get(address / PAGE_SIZE).meta;
-        (m & crate::protection::meta::COMMITTED != 0).then(|| crate::protection::meta::protection(m))
+        self.view().page_protection(address)
     }
 
     /// Every allocation of this version, in address order.
     pub fn reserved_regions(&self) -> impl Iterator<Item = ReservedRegion> + '_ {
-        self.inner.regions.iter().map(ReservedRegion::from)
+        self.view().reserved_regions()
     }
 
     /// The default allocation address of this version. O(1).
@@ -158,16 +182,7 @@ impl Snapshot {
     /// (`shared_memory`), and the versions alive in its lineage.
     /// Time: O(page-table nodes private to this version).
     pub fn compute_memory_stats(&self) -> MemoryStats {
-        let (private, shared) = self.inner.pages.sharing();
-        MemoryStats {
-            reserved_memory: self.inner.regions.reserved_bytes(),
-            committed_memory: self.inner.committed_pages * PAGE_SIZE,
-            allocation_count: self.inner.regions.len() as u64,
-            dirty_pages: 0,
-            private_memory: private * PAGE_SIZE,
-            shared_memory: shared * PAGE_SIZE,
-            live_versions: self.inner.token.lineage().alive(),
-        }
+        self.view().compute_memory_stats()
     }
 
     /// What changed from `self` (old) to `other` (new), for any two

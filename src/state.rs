@@ -20,24 +20,23 @@
 use serde::{Deserialize, Serialize};
 
 use crate::address::vpn;
-use crate::error::MemoryError;
-use crate::live::LivePages;
-use crate::manager::MemoryManager;
+use crate::error::StateError;
 use crate::page_table::{PAGE, PageRef, PageTable, RangeOp, Store, VPN_LIMIT};
 use crate::protection::{Protection, RegionKind, meta};
-use crate::region_map::{Allocation, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
+use crate::region_map::{Allocation, Backing, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
 use crate::{MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
 
-/// The format version of [`MemoryManager::serialize_memory_state`] buffers.
-/// A buffer with another version is refused with
-/// [`MemoryError::UnsupportedStateVersion`].
+/// The format version of
+/// [`MemoryManager::serialize_memory_state`](crate::MemoryManager::serialize_memory_state)
+/// buffers. A buffer with another version is refused with
+/// [`StateError::UnsupportedVersion`].
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
 const MAGIC: &[u8; 8] = b"VMSNAPMS";
 /// Buffers may not carry a layout version above 2^63, so the counter can
 /// keep growing for the life of any manager without overflowing.
 const MAX_LAYOUT_VERSION: u64 = 1 << 63;
-const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 
 #[derive(Serialize, Deserialize)]
 struct StateRecord {
@@ -77,120 +76,26 @@ fn kind_code(kind: RegionKind) -> u8 {
     KINDS.iter().position(|&k| k == kind).expect("every kind is listed") as u8
 }
 
-fn corrupt(what: &'static str) -> MemoryError {
-    MemoryError::CorruptState(what)
+fn corrupt(what: &'static str) -> StateError {
+    StateError::Corrupt(what)
 }
 
-impl MemoryManager {
-    /// Appends the manager's state to `buffer`. `is_snapshot == true`: the
-    /// layout only (allocations, page states, default allocation address,
-    /// layout version); `false`: the layout and the bytes of every committed
-    /// page. MMIO regions are recorded as layout (no bytes). The encoding is
-    /// deterministic. Does not change the layout version.
-    ///
-    /// Time: O(allocations + committed pages) (contents mode also copies every
-    /// non-zero page once).
-    ///
-    /// ```
-    /// # use vmsnap::{MemoryManager, Protection, RegionKind};
-    /// let mut mm = MemoryManager::new();
-    /// mm.allocate_memory_at(0x10000, 0x1000, Protection::READ_WRITE, false, RegionKind::Private)?;
-    /// mm.write_memory(0x10000, b"state")?;
-    /// let mut buffer = Vec::new();
-    /// mm.serialize_memory_state(&mut buffer, false);    // layout and contents
-    ///
-    /// let mut copy = MemoryManager::new();
-    /// copy.deserialize_memory_state(&buffer, false)?;
-    /// let mut again = Vec::new();
-    /// copy.serialize_memory_state(&mut again, false);
-    /// assert_eq!(buffer, again);                         // byte-identical round trip
-    /// # Ok::<(), vmsnap::MemoryError>(())
-    /// ```
-    pub fn serialize_memory_state(&self, buffer: &mut Vec<u8>, is_snapshot: bool) {
-        let table = self.pages.table();
-        let runs = page_runs(table);
-        let mut pages = Vec::new();
-        if !is_snapshot {
-            // Pages with bytes: the table's stored pages and the overlay's
-            // written ones (a committed page with neither reads zeros).
-            let mut candidates = self.pages.dirty_page_numbers();
-            table.for_each_stored(|page, _, _| candidates.push(page));
-            candidates.sort_unstable();
-            candidates.dedup();
-            for page in candidates {
-                let resolved = self.pages.resolve(page);
-                if meta::holds_bytes(resolved.meta) && resolved.bytes.iter().any(|&b| b != 0) {
-                    pages.push(PageRecord(page, resolved.bytes.to_vec()));
-                }
-            }
-        }
-        write_record(
-            buffer,
-            !is_snapshot,
-            self.default_allocation_address,
-            self.layout_version,
-            &self.regions,
-            runs,
-            pages,
-        );
-    }
-
-    /// Replaces the whole state of the manager with the one in `buffer`
-    /// (default allocation address included), or fails and changes nothing.
-    ///
-    /// `is_snapshot` must match the mode the buffer was written in
-    /// ([`MemoryError::StateModeMismatch`] otherwise). In layout mode the
-    /// bytes are not in the buffer: a page committed both now and in the
-    /// buffer keeps its current bytes, every other committed page reads zeros.
-    /// MMIO regions are left out of the restored state (their handlers cannot
-    /// be serialized): their owners register them again.
-    ///
-    /// The layout version becomes the buffer's, or one more than the current
-    /// one if that is greater, so it never repeats.
-    ///
-    /// Every malformed buffer (bad magic, other version, truncated, bad
-    /// MessagePack, overlapping or misaligned allocations, states outside
-    /// allocations, invalid protections, pages of the wrong size) gives an
-    /// error. Time: O(buffer size + committed pages).
-    pub fn deserialize_memory_state(&mut self, buffer: &[u8], is_snapshot: bool) -> Result<(), MemoryError> {
-        let record = decode_record(buffer)?;
-        if record.contents == is_snapshot {
-            return Err(MemoryError::StateModeMismatch { buffer_has_contents: record.contents });
-        }
-        // The new table lives in the live table's store, so the pages kept
-        // below are shared, not copied.
-        let store = self.pages.table().clone().store().clone();
-        let (regions, mut table, committed_pages) = build(&record, store)?;
-        if is_snapshot {
-            // Keep the current bytes of pages committed before and after.
-            let (current, _) = self.pages.freeze();
-            current.for_each_stored(|page, _, frozen| {
-                let new = table.get(page).meta;
-                if new & meta::COMMITTED != 0 && new & meta::MMIO == 0 {
-                    table.set_page(page, Some(frozen.to_ref()));
-                }
-            });
-        }
-        self.pages = LivePages::new(table);
-        self.regions = regions;
-        self.committed_pages = committed_pages;
-        self.default_allocation_address = record.default_allocation_address;
-        self.section_ids = self.section_ids.max(record.section_counters.0);
-        self.layout_version = record.layout_version.max(self.layout_version + 1);
-        Ok(())
-    }
-}
-
-/// Encodes a record (header included) at the end of `buffer`.
-fn write_record(
+/// Encodes a state buffer (header included) at the end of `buffer`: the
+/// layout of `regions` and `table`, and with `contents` (contents mode) those
+/// pages' bytes, `(page number, bytes)` ascending. Deterministic.
+/// Time: O(allocations + page runs + contents).
+pub(crate) fn encode_state(
     buffer: &mut Vec<u8>,
-    contents: bool,
+    regions: &RegionMap,
+    table: &PageTable,
     default_allocation_address: u64,
     layout_version: u64,
-    regions: &RegionMap,
-    runs: Vec<RunRecord>,
-    pages: Vec<PageRecord>,
+    contents: Option<Vec<(u64, Vec<u8>)>>,
 ) {
+    let pages: Vec<PageRecord> =
+        contents.iter().flatten().map(|(page, bytes)| PageRecord(*page, bytes.clone())).collect();
+    let contents = contents.is_some();
+    let runs = page_runs(table);
     let record = StateRecord {
         contents,
         default_allocation_address,
@@ -198,7 +103,7 @@ fn write_record(
         allocations: regions
             .iter()
             .map(|a| {
-                let view = a.view.map(|v| (v.section, v.key));
+                let view = a.backing.view().map(|v| (v.section, v.key));
                 AllocationRecord(a.base, a.length, a.initial.bits(), kind_code(a.kind), a.attributes, view)
             })
             .collect(),
@@ -218,13 +123,13 @@ fn write_record(
 }
 
 /// Checks the header and decodes the MessagePack record of a buffer.
-fn decode_record(buffer: &[u8]) -> Result<StateRecord, MemoryError> {
+fn decode_record(buffer: &[u8]) -> Result<StateRecord, StateError> {
     if buffer.len() < HEADER || &buffer[..8] != MAGIC {
-        return Err(MemoryError::BadStateMagic);
+        return Err(StateError::BadMagic);
     }
     let version = u32::from_le_bytes(buffer[8..12].try_into().expect("4 bytes"));
     if version != STATE_FORMAT_VERSION {
-        return Err(MemoryError::UnsupportedStateVersion { found: version, supported: STATE_FORMAT_VERSION });
+        return Err(StateError::UnsupportedVersion { found: version, supported: STATE_FORMAT_VERSION });
     }
     let mut payload = &buffer[HEADER..];
     let record: StateRecord = rmp_serde::decode::from_read(&mut payload)
@@ -238,28 +143,6 @@ fn decode_record(buffer: &[u8]) -> Result<StateRecord, MemoryError> {
     Ok(record)
 }
 
-/// The layout of a frozen version (snapshot files): a layout-mode buffer of
-/// `serialize_memory_state` (allocations, page states, sections, default
-/// allocation address, layout version; no page bytes). MMIO regions are
-/// recorded as layout. Deterministic. Time: O(allocations + page runs).
-pub(crate) fn serialize_layout(
-    regions: &RegionMap,
-    table: &PageTable,
-    default_allocation_address: u64,
-    layout_version: u64,
-    buffer: &mut Vec<u8>,
-) {
-    write_record(
-        buffer,
-        false,
-        default_allocation_address,
-        layout_version,
-        regions,
-        page_runs(table),
-        Vec::new(),
-    );
-}
-
 /// The maximal runs of pages with one non-zero state, ascending.
 /// Time: O(runs + non-uniform nodes), not O(pages).
 fn page_runs(table: &PageTable) -> Vec<RunRecord> {
@@ -271,28 +154,27 @@ fn page_runs(table: &PageTable) -> Vec<RunRecord> {
     runs
 }
 
-/// A layout decoded and validated by [`decode_layout`].
-pub(crate) struct DecodedLayout {
+/// A state buffer decoded and validated by [`decode_state`].
+pub(crate) struct DecodedState {
+    /// True for a contents-mode buffer.
+    pub(crate) contents: bool,
+    /// The allocations and sections (MMIO regions left out).
     pub(crate) regions: RegionMap,
-    /// Page states; every committed page reads zeros until its bytes are set.
+    /// Page states, and in contents mode the pages' bytes; every other
+    /// committed page reads zeros.
     pub(crate) table: PageTable,
     pub(crate) committed_pages: u64,
     pub(crate) default_allocation_address: u64,
     pub(crate) layout_version: u64,
 }
 
-/// Decodes and validates a layout-mode buffer exactly as
-/// `deserialize_memory_state(buffer, true)` does (MMIO regions left out).
-pub(crate) fn decode_layout(
-    buffer: &[u8],
-    store: std::sync::Arc<Store>,
-) -> Result<DecodedLayout, MemoryError> {
+/// Decodes and validates a state buffer, building its table in `store`.
+/// Time: O(buffer size + committed pages).
+pub(crate) fn decode_state(buffer: &[u8], store: std::sync::Arc<Store>) -> Result<DecodedState, StateError> {
     let record = decode_record(buffer)?;
-    if record.contents {
-        return Err(MemoryError::StateModeMismatch { buffer_has_contents: true });
-    }
     let (regions, table, committed_pages) = build(&record, store)?;
-    Ok(DecodedLayout {
+    Ok(DecodedState {
+        contents: record.contents,
         regions,
         table,
         committed_pages,
@@ -301,11 +183,21 @@ pub(crate) fn decode_layout(
     })
 }
 
+/// Decodes a layout-mode buffer (snapshot files): as [`decode_state`], and
+/// a contents-mode buffer is refused.
+pub(crate) fn decode_layout(buffer: &[u8], store: std::sync::Arc<Store>) -> Result<DecodedState, StateError> {
+    let state = decode_state(buffer, store)?;
+    if state.contents {
+        return Err(StateError::ModeMismatch { buffer_has_contents: true });
+    }
+    Ok(state)
+}
+
 /// Validates a decoded record and builds its region map and page table.
 fn build(
     record: &StateRecord,
     store: std::sync::Arc<Store>,
-) -> Result<(RegionMap, PageTable, u64), MemoryError> {
+) -> Result<(RegionMap, PageTable, u64), StateError> {
     let mut regions = RegionMap::default();
     let mut previous_key_end = SECTION_KEY_BASE;
     let (mut max_id, mut max_key) = (0, SECTION_KEY_BASE);
@@ -347,8 +239,8 @@ fn build(
             return Err(corrupt("invalid allocation protection"));
         }
         let kind = *KINDS.get(kind as usize).ok_or(corrupt("unknown region kind"))?;
-        let view = match view {
-            None => None,
+        let backing = match view {
+            None => Backing::Private,
             Some((section, key)) => {
                 let s = regions.section(section).ok_or(corrupt("view of an unknown section"))?;
                 let fits =
@@ -356,13 +248,13 @@ fn build(
                 if !fits || kind != RegionKind::PagefileView {
                     return Err(corrupt("view outside its section"));
                 }
-                Some(ViewOf { section, key })
+                Backing::View(ViewOf { section, key })
             }
         };
         match kind {
             RegionKind::Free => return Err(corrupt("allocation of kind Free")),
             RegionKind::Mmio => mmio.push((base, end)),
-            _ => regions.insert(Allocation { base, length, initial, kind, attributes, mmio: None, view }),
+            _ => regions.insert(Allocation { base, length, initial, kind, attributes, backing }),
         }
     }
 
@@ -413,7 +305,7 @@ fn build(
                     return Err(corrupt("MMIO page state outside an MMIO region"));
                 }
                 if m & meta::VIEW != 0 {
-                    let v = a.view.ok_or(corrupt("view page outside a view"))?;
+                    let v = a.backing.view().ok_or(corrupt("view page outside a view"))?;
                     let key_offset = v.key - a.base / PAGE_SIZE;
                     table.update(page, piece_end, RangeOp::View { meta: m, key_offset });
                 } else {
@@ -453,93 +345,4 @@ fn build(
     }
     debug_assert!(vpn(USER_SPACE_END) <= VPN_LIMIT);
     Ok((regions, table, committed))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> MemoryManager {
-        let mut mm = MemoryManager::new();
-        mm.allocate_memory_at(0x10000, 0x8000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
-        mm.allocate_memory_at(0x40000, 0x20000, Protection::READ, true, RegionKind::Image).unwrap();
-        mm.commit_memory(0x41000, 0x2000, Protection::READ_EXECUTE).unwrap();
-        mm.protect_memory(0x12000, 0x1000, Protection::READ_WRITE | Protection::GUARD).unwrap();
-        mm.write_memory(0x10ffe, b"spans two pages").unwrap();
-        mm.set_default_allocation_address(0x7000_0000);
-        mm
-    }
-
-    #[test]
-    fn contents_round_trip_is_byte_identical() {
-        let mm = sample();
-        let mut a = Vec::new();
-        mm.serialize_memory_state(&mut a, false);
-        let mut other = MemoryManager::new();
-        other.deserialize_memory_state(&a, false).unwrap();
-        let mut b = Vec::new();
-        other.serialize_memory_state(&mut b, false);
-        assert_eq!(a, b);
-        let mut buf = [0u8; 15];
-        other.read_memory(0x10ffe, &mut buf).unwrap();
-        assert_eq!(&buf, b"spans two pages");
-        assert_eq!(other.default_allocation_address(), 0x7000_0000);
-        assert_eq!(other.region_info(0x12000).permissions, Protection::READ_WRITE | Protection::GUARD);
-    }
-
-    #[test]
-    fn layout_mode_keeps_current_bytes() {
-        let mut mm = sample();
-        let mut layout = Vec::new();
-        mm.serialize_memory_state(&mut layout, true);
-        mm.write_memory(0x10000, b"new").unwrap();
-        mm.decommit_memory(0x41000, 0x1000).unwrap();
-        let before = mm.layout_version();
-        mm.deserialize_memory_state(&layout, true).unwrap();
-        assert!(mm.layout_version() > before);
-        let mut buf = [0u8; 3];
-        mm.read_memory(0x10000, &mut buf).unwrap();
-        assert_eq!(&buf, b"new");
-        assert!(mm.region_info(0x41000).is_committed);
-        mm.read_memory(0x41000, &mut buf).unwrap();
-        assert_eq!(buf, [0; 3]);
-    }
-
-    #[test]
-    fn refuses_bad_buffers_without_change() {
-        let mut mm = sample();
-        let mut good = Vec::new();
-        mm.serialize_memory_state(&mut good, false);
-        let version = mm.layout_version();
-
-        assert_eq!(mm.deserialize_memory_state(b"nope", false), Err(MemoryError::BadStateMagic));
-        let mut other_version = good.clone();
-        other_version[8] = 9;
-        assert_eq!(
-            mm.deserialize_memory_state(&other_version, false),
-            Err(MemoryError::UnsupportedStateVersion { found: 9, supported: STATE_FORMAT_VERSION })
-        );
-        assert_eq!(
-            mm.deserialize_memory_state(&good, true),
-            Err(MemoryError::StateModeMismatch { buffer_has_contents: true })
-        );
-        for cut in HEADER..good.len() {
-            assert!(mm.deserialize_memory_state(&good[..cut], false).is_err(), "truncated at {cut}");
-        }
-        let mut huge = MemoryManager::new();
-        huge.layout_version = u64::MAX;
-        let mut huge_buf = Vec::new();
-        huge.serialize_memory_state(&mut huge_buf, false);
-        assert_eq!(
-            mm.deserialize_memory_state(&huge_buf, false),
-            Err(MemoryError::CorruptState("layout version out of range"))
-        );
-        let mut longer = good.clone();
-        longer.push(0);
-        assert!(mm.deserialize_memory_state(&longer, false).is_err());
-        assert_eq!(mm.layout_version(), version);
-        let mut again = Vec::new();
-        mm.serialize_memory_state(&mut again, false);
-        assert_eq!(again, good, "failed calls changed nothing");
-    }
 }

@@ -4,7 +4,9 @@
 //! error or a valid state — never a panic, never a half-restored manager.
 
 use proptest::prelude::*;
-use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, STATE_FORMAT_VERSION};
+use vmsnap::{
+    MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, STATE_FORMAT_VERSION, StateError,
+};
 
 fn sample() -> MemoryManager {
     let mut mm = MemoryManager::new();
@@ -112,19 +114,19 @@ fn other_versions_and_modes_are_refused() {
     v2[8..12].copy_from_slice(&(STATE_FORMAT_VERSION + 1).to_le_bytes());
     assert_eq!(
         mm.deserialize_memory_state(&v2, false),
-        Err(MemoryError::UnsupportedStateVersion {
+        Err(MemoryError::State(StateError::UnsupportedVersion {
             found: STATE_FORMAT_VERSION + 1,
             supported: STATE_FORMAT_VERSION
-        })
+        }))
     );
     assert_eq!(
         mm.deserialize_memory_state(&good, true),
-        Err(MemoryError::StateModeMismatch { buffer_has_contents: true })
+        Err(MemoryError::State(StateError::ModeMismatch { buffer_has_contents: true }))
     );
     let mut magic = good.clone();
     magic[0] ^= 0x20;
-    assert_eq!(mm.deserialize_memory_state(&magic, false), Err(MemoryError::BadStateMagic));
-    assert_eq!(mm.deserialize_memory_state(&[], false), Err(MemoryError::BadStateMagic));
+    assert_eq!(mm.deserialize_memory_state(&magic, false), Err(MemoryError::State(StateError::BadMagic)));
+    assert_eq!(mm.deserialize_memory_state(&[], false), Err(MemoryError::State(StateError::BadMagic)));
     assert_eq!(observe(&mm), before);
 }
 

@@ -17,12 +17,12 @@
 //! commits for all, each view with its own protection); protection belongs to
 //! the view. A write-copy view page that the guest writes gets a private copy.
 
+use super::MemoryManager;
 use crate::address::{checked_end, page_up, vpn};
 use crate::error::MemoryError;
-use crate::manager::MemoryManager;
 use crate::page_table::RangeOp;
 use crate::protection::{Protection, RegionKind, meta};
-use crate::region_map::{Allocation, Section, ViewOf};
+use crate::region_map::{Allocation, Backing, Section, ViewOf};
 use crate::{ALLOCATION_GRANULARITY, PAGE_SIZE};
 
 /// Identifies a section of one [`MemoryManager`] (its handle, in NT terms).
@@ -101,15 +101,12 @@ impl MemoryManager {
             return Err(MemoryError::ZeroSize { address: 0 });
         }
         let pages = page_up(size).ok_or(MemoryError::RangeOverflow { address: 0, size })? / PAGE_SIZE;
-        let (id, section) = self
-            .regions
-            .add_section(pages, max_protection, self.section_ids + 1)
-            .ok_or(MemoryError::NoFreeSpace { size, start: 0 })?;
-        self.section_ids = id;
+        let (id, section) =
+            self.add_section(pages, max_protection).ok_or(MemoryError::NoFreeSpace { size, start: 0 })?;
         if commit {
             self.pages.update(section.key, section.key + pages, RangeOp::Commit(SECTION_PAGE));
         }
-        self.layout_version += 1;
+        self.bump_layout();
         Ok(self.section_id(id))
     }
 
@@ -180,13 +177,12 @@ impl MemoryManager {
             initial: protection,
             kind: RegionKind::PagefileView,
             attributes: 0,
-            mmio: None,
-            view: Some(ViewOf { section: section.number, key }),
+            backing: Backing::View(ViewOf { section: section.number, key }),
         });
         let (lo, hi) = (vpn(base), vpn(end));
         self.pages.update(lo, hi, RangeOp::View { meta: meta::VIEW, key_offset: key - lo });
         self.commit_view_pages(lo, hi, key, RangeOp::Commit(protection.bits()));
-        self.layout_version += 1;
+        self.bump_layout();
         Ok(base)
     }
 
@@ -210,11 +206,11 @@ impl MemoryManager {
     pub(crate) fn commit_view(
         &mut self,
         view: &Allocation,
+        v: ViewOf,
         lo: u64,
         hi: u64,
         protection: Protection,
     ) -> Result<(), MemoryError> {
-        let v = view.view.expect("a view");
         if !within(protection, view.initial) {
             return Err(MemoryError::ProtectionExceedsMaximum {
                 requested: protection,
@@ -229,7 +225,7 @@ impl MemoryManager {
             .regions
             .views_of(v.section)
             .filter_map(|other| {
-                let o = other.view.expect("a view");
+                let o = other.backing.view()?;
                 let (o_lo, o_hi) = (o.key, o.key + other.length / PAGE_SIZE);
                 let (from, to) = (key_lo.max(o_lo), key_hi.min(o_hi));
                 let page = |k: u64| vpn(other.base) + (k - o_lo);
@@ -258,14 +254,13 @@ impl MemoryManager {
         let view = self
             .regions
             .containing(address)
-            .filter(|a| a.view.is_some())
-            .cloned()
+            .and_then(|a| Some((a.clone(), a.backing.view()?)))
             .ok_or(MemoryError::NotAView { address })?;
-        let v = view.view.expect("a view");
+        let (view, v) = view;
         self.regions.remove(view.base);
         self.apply_pages(vpn(view.base), vpn(view.end()), RangeOp::Clear);
         self.free_section_if_unused(v.section);
-        self.layout_version += 1;
+        self.bump_layout();
         Ok(())
     }
 
@@ -275,7 +270,7 @@ impl MemoryManager {
         let s = *self.open_section(section)?;
         self.regions.set_section(section.number, Some(Section { open: false, ..s }));
         self.free_section_if_unused(section.number);
-        self.layout_version += 1;
+        self.bump_layout();
         Ok(())
     }
 
