@@ -1,7 +1,8 @@
 //! Reads, writes and page lookups on 1 GiB committed, next to a flat
 //! `Vec<u8>` of the same size measured in the same run.
 //!
-//! Run: `cargo bench --bench access`; ratios: `python3 benches/ratios.py access`.
+//! Run: `cargo bench --bench access`; ratios:
+//! `python3 benches/ratios.py read_ write_ dependent_ page_lookup`.
 //!
 //! Both sides see the same access streams: sequential (stride = access size,
 //! wrapping) and random (a precomputed list of random offsets, aligned to the

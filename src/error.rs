@@ -222,3 +222,116 @@ pub enum StateError {
     #[error("corrupt memory state: {0}")]
     Corrupt(&'static str),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of `e` with its sources, as a caller printing the chain
+    /// sees it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    /// Every value an error carries, as its message shows it. The match is
+    /// exhaustive, so a new variant cannot be added without saying what
+    /// its message must show.
+    fn values(e: &MemoryError) -> Vec<String> {
+        use MemoryError::*;
+        let hex = |v: u64| format!("{v:#x}");
+        match e {
+            AccessViolation { address, access } | GuardPageViolation { address, access } => {
+                vec![hex(*address), access.to_string()]
+            }
+            NotAllocated { address }
+            | NotCommitted { address }
+            | ZeroSize { address }
+            | NotAView { address } => {
+                vec![hex(*address)]
+            }
+            PageUnavailable { address } => vec![hex(*address)],
+            Misaligned { address, alignment } => vec![hex(*address), hex(*alignment)],
+            RangeOverflow { address, size }
+            | OutsideUserSpace { address, size }
+            | NotInOneAllocation { address, size } => vec![hex(*address), hex(*size)],
+            ConflictingAddresses { address, size, existing } => {
+                vec![hex(*address), hex(*size), hex(*existing)]
+            }
+            NotAllocationBase { address, base } => vec![hex(*address), hex(*base)],
+            InvalidProtection(p) => vec![format!("{p:?}")],
+            InvalidKind(k) => vec![format!("{k:?}")],
+            MmioRegion { base } | SectionView { base } => vec![hex(*base)],
+            UnknownSection { id } | ForeignSection { id } => vec![id.to_string()],
+            ViewOutsideSection { offset, size, section_size } => {
+                vec![hex(*offset), hex(*size), hex(*section_size)]
+            }
+            ProtectionExceedsMaximum { requested, maximum } => {
+                vec![requested.to_string(), maximum.to_string()]
+            }
+            CommitLimitExceeded { requested, committed, limit } => {
+                vec![hex(*requested), hex(*committed), hex(*limit)]
+            }
+            NoFreeSpace { size, start } => vec![hex(*size), hex(*start)],
+            State(s) => match s {
+                StateError::UnsupportedVersion { found, supported } => {
+                    vec![found.to_string(), supported.to_string()]
+                }
+                StateError::BadMagic => vec![],
+                StateError::ModeMismatch { buffer_has_contents } => vec![buffer_has_contents.to_string()],
+                StateError::Corrupt(what) => vec![what.to_string()],
+            },
+        }
+    }
+
+    #[test]
+    fn each_display_names_its_values_once() {
+        use MemoryError::*;
+        // Values chosen so that none is a substring of another.
+        let samples = [
+            AccessViolation { address: 0x1_2345_0000, access: Access::Write },
+            GuardPageViolation { address: 0x2_3456_0000, access: Access::Execute },
+            NotAllocated { address: 0x3_4567_0000 },
+            NotCommitted { address: 0x4_5678_0000 },
+            Misaligned { address: 0x5_6789_0123, alignment: 0x10000 },
+            ZeroSize { address: 0x6_789A_0000 },
+            RangeOverflow { address: 0xFFFF_FFFF_FFFF_F000, size: 0x7_0000 },
+            OutsideUserSpace { address: 0x8000_0000_0000, size: 0x8_1000 },
+            ConflictingAddresses { address: 0x9_0000_0000, size: 0x9_2000, existing: 0x9_0003_0000 },
+            NotInOneAllocation { address: 0xA_0000_0000, size: 0xA_4000 },
+            NotAllocationBase { address: 0xB_0001_0000, base: 0xB_0000_0000 },
+            InvalidProtection(Protection::WRITE),
+            InvalidKind(RegionKind::Mmio),
+            MmioRegion { base: 0x7FFE_0000 },
+            UnknownSection { id: 4242 },
+            ForeignSection { id: 5353 },
+            NotAView { address: 0xC_0000_0000 },
+            SectionView { base: 0xD_0000_0000 },
+            ViewOutsideSection { offset: 0xE_0000, size: 0xE1_0000, section_size: 0xE20_0000 },
+            ProtectionExceedsMaximum { requested: Protection::READ_WRITE, maximum: Protection::READ },
+            CommitLimitExceeded { requested: 0xF_1000, committed: 0xF2_0000, limit: 0xF30_0000 },
+            NoFreeSpace { size: 0x1_0000_0000_0000, start: 0x2_0000_0000 },
+            PageUnavailable { address: 0x11_0000_0000 },
+            State(StateError::UnsupportedVersion { found: 77, supported: 1 }),
+            State(StateError::BadMagic),
+            State(StateError::ModeMismatch { buffer_has_contents: true }),
+            State(StateError::Corrupt("page runs overlap")),
+        ];
+        for e in &samples {
+            let text = chain(e);
+            assert!(!text.is_empty());
+            for v in values(e) {
+                assert_eq!(text.matches(&v).count(), 1, "{e:?} shows {v:?} not exactly once: {text}");
+            }
+        }
+        // A wrapped state error shows its reason once, not twice.
+        let wrapped = MemoryError::from(StateError::Corrupt("trailing bytes after the payload"));
+        assert_eq!(chain(&wrapped).matches("trailing bytes").count(), 1);
+    }
+}

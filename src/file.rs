@@ -235,10 +235,12 @@ pub enum FileError {
         source: Box<FileError>,
     },
     /// A page of the snapshot being saved is a lazily loaded page that
-    /// could not be read from its own file (see [`LazyFile::take_error`]);
-    /// nothing was written.
+    /// could not be read from its own (source) file (see
+    /// [`LazyFile::take_error`]); nothing was written. The save's concern,
+    /// not a memory access: a read of that page fails with
+    /// [`MemoryError::PageUnavailable`](crate::MemoryError::PageUnavailable).
     #[error("page at {address:#x} could not be read from the file it was lazily opened from")]
-    PageUnavailable {
+    SourcePageUnavailable {
         /// Address of the page.
         address: u64,
     },
@@ -452,7 +454,7 @@ fn encode<'a>(
     }
 
     if let Some(address) = unavailable {
-        return Err(FileError::PageUnavailable { address });
+        return Err(FileError::SourcePageUnavailable { address });
     }
 
     // Pass 2: BLAKE3 of every candidate, on the worker threads.
@@ -640,7 +642,7 @@ pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> 
 /// hashing and compressing every distinct non-zero page once.
 ///
 /// Fails only for a snapshot of a lazily opened file one of whose pages
-/// cannot be read ([`FileError::PageUnavailable`]).
+/// cannot be read ([`FileError::SourcePageUnavailable`]).
 pub fn to_bytes(snapshot: &Snapshot) -> Result<Vec<u8>, FileError> {
     encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, &mut |_| {})
 }

@@ -26,7 +26,7 @@
 //!
 //! The allocation is created with `READ | EXECUTE | WRITE_COPY`, so its
 //! `AllocationProtect` is `PAGE_EXECUTE_WRITECOPY` (0x80), as Windows reports
-//! for every image view (WINDOWS-SEMANTICS §11 \[W\]). Then:
+//! for every image view (docs/windows-semantics.md §11 \[W\]). Then:
 //!
 //! | range | protection | `PAGE_*` |
 //! |---|---|---|

@@ -1,5 +1,5 @@
 //! Host and guest reads and writes: spanning, failures, protection checks and
-//! guard pages. Section numbers refer to WINDOWS-SEMANTICS.md.
+//! guard pages. Section numbers refer to docs/windows-semantics.md.
 
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind};
 
@@ -209,7 +209,7 @@ fn guest_fetch_needs_execute_permission() {
 
 #[test]
 fn guest_access_to_free_or_reserved_memory_is_access_violation() {
-    // API.md "Guest access": free or reserved-only pages give AccessViolation.
+    // Crate docs (`MemoryError::AccessViolation`): free or reserved-only pages give AccessViolation.
     let mut mm = setup(1);
     mm.protect_memory(A, 0x1000, Protection::ALL_ACCESS).unwrap();
     let mut buf = [0u8; 8];
@@ -233,7 +233,7 @@ fn guest_access_to_free_or_reserved_memory_is_access_violation() {
 
 #[test]
 fn refused_guest_write_writes_nothing_at_all() {
-    // API.md "Guest access": a refused guest access performs nothing (no partial write).
+    // Crate docs (`MemoryManager::guest_write`): a refused guest access performs nothing (no partial write).
     let mut mm = setup(3);
     mm.protect_memory(A + 0x2000, 0x1000, R).unwrap();
     assert_eq!(
@@ -284,7 +284,7 @@ fn guest_read_write_span_pages_and_allocations() {
 
 #[test]
 fn host_view_never_fires_or_clears_guard_pages() {
-    // API.md "Guest access": the host view never fires or clears a guard page.
+    // Crate docs (`MemoryManager::read_memory`): the host view never fires or clears a guard page.
     let mut mm = setup(0);
     mm.commit_memory(A, 0x1000, RW | G).unwrap();
     let v = mm.layout_version();
@@ -328,7 +328,7 @@ fn guard_page_fires_once_then_access_succeeds() {
 
 #[test]
 fn guard_page_fires_for_writes_without_writing() {
-    // §9: a write to a guard page raises the violation; API.md: the access is not performed.
+    // §9: a write to a guard page raises the violation; crate docs: the access is not performed.
     let mut mm = setup(1);
     mm.protect_memory(A, 0x1000, RW | G).unwrap();
     assert_eq!(
@@ -358,7 +358,7 @@ fn guard_page_fires_for_fetches() {
 
 #[test]
 fn multi_page_guest_access_stops_at_guard_page_and_performs_nothing() {
-    // §9 and API.md: fails at the guard page's first byte; nothing is performed.
+    // §9 and the crate docs: fails at the guard page's first byte; nothing is performed.
     let mut mm = setup(3);
     mm.protect_memory(A + 0x1000, 0x1000, RW | G).unwrap();
     assert_eq!(
@@ -402,7 +402,7 @@ fn protect_rearms_and_clears_guard_pages() {
 
 #[test]
 fn guard_firing_advances_layout_version() {
-    // API.md "Layout version": every guard page that fires is a layout change.
+    // Crate docs (`MemoryManager::layout_version`): every guard page that fires is a layout change.
     let mut mm = setup(1);
     mm.protect_memory(A, 0x1000, RW | G).unwrap();
     let v = mm.layout_version();
@@ -415,7 +415,7 @@ fn guard_firing_advances_layout_version() {
     assert_eq!(mm.layout_version(), fired);
 }
 
-// WINDOWS-SEMANTICS §11: writing to a WC page turns it into RW (EWC into ERW);
+// docs/windows-semantics.md §11: writing to a WC page turns it into RW (EWC into ERW);
 // only the written page changes, which splits the region.
 #[test]
 fn guest_write_to_write_copy_page_makes_it_writable_and_splits_the_region() {

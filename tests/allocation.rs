@@ -1,5 +1,5 @@
 //! Allocation, address selection, queries over allocations, and release
-//! (whole and partial). Section numbers refer to WINDOWS-SEMANTICS.md.
+//! (whole and partial). Section numbers refer to docs/windows-semantics.md.
 
 use vmsnap::{
     ALLOCATION_GRANULARITY, DEFAULT_ALLOCATION_ADDRESS_32BIT, DEFAULT_ALLOCATION_ADDRESS_64BIT,

@@ -1,6 +1,7 @@
 //! Hostile inputs: every operation returns a typed error (or None/false/empty
 //! for queries), never panics, and changes nothing. Section numbers refer to
-//! WINDOWS-SEMANTICS.md; the rules are API.md "Precise rules: Ranges".
+//! docs/windows-semantics.md; the range rules are those of the crate docs
+//! (`MemoryManager::commit_memory` and its siblings, `vmsnap::page_down`/`page_up`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! Commit, decommit and protect: contents, rounding, the one-allocation rule,
 //! and what VirtualQuery-style region_info reports afterwards. Section numbers
-//! refer to WINDOWS-SEMANTICS.md.
+//! refer to docs/windows-semantics.md.
 
 use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind};
 

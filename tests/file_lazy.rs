@@ -240,7 +240,7 @@ fn a_damaged_frame_makes_its_pages_unavailable_and_nothing_else() {
     assert!(opened.diff(&s).changed_pages().any(|p| p == broken));
     // Saving it is an error, not a wrong file; load_all says why.
     assert!(
-        matches!(file::to_bytes(&opened), Err(FileError::PageUnavailable { address }) if address == first_broken)
+        matches!(file::to_bytes(&opened), Err(FileError::SourcePageUnavailable { address }) if address == first_broken)
     );
     assert!(matches!(lazy.load_all(), Err(FileError::FrameCorrupt { frame: 2 })));
     // The contents-mode state cannot fail: the page reads as zeros there.

@@ -4,7 +4,7 @@
 //!
 //! Protections are checked through the engine (`region_info`) and through
 //! the Windows face (`nt_query_virtual_memory`), against what Windows
-//! reports for image views (WINDOWS-SEMANTICS §11): AllocationProtect 0x80
+//! reports for image views (docs/windows-semantics.md §11): AllocationProtect 0x80
 //! (PAGE_EXECUTE_WRITECOPY), the header page 0x02, Type MEM_IMAGE.
 
 #[path = "support/pe.rs"]
@@ -185,7 +185,7 @@ fn nt_query_reports_what_windows_reports_for_an_image_view() {
     }
 }
 
-// WINDOWS-SEMANTICS §11 [W]: on image views, VirtualProtect turns RW
+// docs/windows-semantics.md §11 [W]: on image views, VirtualProtect turns RW
 // requests into WC (and ERW into EWC); WC itself is accepted.
 #[test]
 fn w_11_protect_on_an_image_turns_read_write_into_write_copy() {

@@ -1,4 +1,4 @@
-//! The layout version (API.md "Layout version"): strictly increases on every
+//! The layout version (`MemoryManager::layout_version`): strictly increases on every
 //! successful layout change, is unchanged by everything else, and never repeats.
 
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind};

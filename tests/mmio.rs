@@ -1,5 +1,5 @@
 //! MMIO regions: placement, handler calls, region_info, and the operations
-//! they refuse (API.md "MMIO").
+//! they refuse (`MemoryManager::allocate_mmio`).
 
 use std::sync::{Arc, Mutex};
 

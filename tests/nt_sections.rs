@@ -1,7 +1,7 @@
 //! `vmsnap::nt` sections and views: NtCreateSection / NtMapViewOfSection /
 //! NtUnmapViewOfSection / NtClose, and what NtAllocateVirtualMemory /
 //! NtFreeVirtualMemory / NtProtectVirtualMemory / NtQueryVirtualMemory do on
-//! views, against WINDOWS-SEMANTICS.md §11 (and the view rules of §4.3, §5,
+//! views, against docs/windows-semantics.md §11 (and the view rules of §4.3, §5,
 //! §6.1, §8). Test names start with the rule's evidence tag and section, as
 //! in `nt_virtual_memory.rs`: `w_11_...` is a [W] rule of §11, `r_` a
 //! ReactOS one; untagged tests cover this crate's choices, coherence across
@@ -123,7 +123,7 @@ fn w_11_view_base_is_64k_aligned_type_mapped_allocation_base_is_the_view_base() 
 #[test]
 fn w_11_two_views_share_bytes() {
     // Pagefile-backed sections: every view of one section shows the same
-    // bytes, whichever view (guest or host) writes them (API.md, §11).
+    // bytes, whichever view (guest or host) writes them (crate docs of `vmsnap::nt`, §11).
     let mut mm = MemoryManager::new();
     let s = create(&mut mm, 0x30000, PAGE_READWRITE, SEC_COMMIT);
     let a = view(&mut mm, s, PAGE_READWRITE);

@@ -1,6 +1,6 @@
 //! `vmsnap::nt`: NtAllocateVirtualMemory / NtFreeVirtualMemory /
 //! NtProtectVirtualMemory / NtQueryVirtualMemory against the rules of
-//! WINDOWS-SEMANTICS.md. Test names start with the rule's evidence tag and
+//! docs/windows-semantics.md. Test names start with the rule's evidence tag and
 //! section: `w_4_3_...` is a [W] rule of §4.3, `r_`/`d_`/`i_` the weaker
 //! tags; tests without a tag cover this crate's own choices, conversions and
 //! hostile inputs.

@@ -1,4 +1,4 @@
-//! Sections and their views (WINDOWS-SEMANTICS.md §11): every view of a
+//! Sections and their views (docs/windows-semantics.md §11): every view of a
 //! section shows the same bytes, whichever view writes them — also across
 //! snapshot and restore; commit state belongs to the section, protection to
 //! the view.

@@ -1,5 +1,5 @@
 //! Snapshots: round trips, restoring older versions, reading a frozen version
-//! (also from another thread), and diffs (API.md "Snapshot").
+//! (also from another thread), and diffs (the crate docs, "Versions").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! Windows' `PAGE_*`, `MEM_*` and `SEC_*` values (WINDOWS-SEMANTICS §1.1–§1.3),
+//! Windows' `PAGE_*`, `MEM_*` and `SEC_*` values (docs/windows-semantics.md §1.1–§1.3),
 //! as `u32`, exactly as `winnt.h` defines them.
 
 // ------------------------------------------------------------ page protection

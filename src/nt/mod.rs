@@ -7,7 +7,7 @@
 //! returns Windows' [`NtStatus`] for every failure, and writes the in/out
 //! base and size back exactly when Windows would.
 //!
-//! It follows real Windows as `WINDOWS-SEMANTICS.md` records it; each rule
+//! It follows real Windows as `docs/windows-semantics.md` records it; each rule
 //! in the docs carries that document's evidence tag: **\[W\]** asserted by a
 //! Wine conformance test run against Windows, **\[D\]** Microsoft
 //! documentation, **\[R\]** ReactOS, **\[I\]** Wine's implementation. Where the

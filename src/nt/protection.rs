@@ -1,4 +1,4 @@
-//! `PAGE_*` values ↔ [`Protection`]: the validity rules of WINDOWS-SEMANTICS
+//! `PAGE_*` values ↔ [`Protection`]: the validity rules of docs/windows-semantics.md
 //! §5 and the per-allocation cache modifiers of §9.
 //!
 //! ```text
@@ -25,7 +25,7 @@ use crate::Protection;
 pub(crate) const CACHE_MODIFIERS: u32 = PAGE_NOCACHE | PAGE_WRITECOMBINE;
 
 /// True when `protect` is a valid `PAGE_*` value in *some* context
-/// (WINDOWS-SEMANTICS §5): exactly one base value in the low byte; no bit of
+/// (docs/windows-semantics.md §5): exactly one base value in the low byte; no bit of
 /// 0x800 or above \[R\]; `PAGE_GUARD` not with `PAGE_NOACCESS`, `PAGE_NOCACHE`
 /// or `PAGE_WRITECOMBINE` \[D\]\[R\]; `PAGE_NOCACHE` not with `PAGE_NOACCESS` or
 /// `PAGE_WRITECOMBINE` \[D\]\[R\]; `PAGE_WRITECOMBINE` not with `PAGE_NOACCESS`
@@ -96,7 +96,7 @@ pub const fn protection_from_page(protect: u32) -> Result<(Protection, u32), NtS
     }
 }
 
-/// Converts a `PAGE_*` value for a section view (WINDOWS-SEMANTICS §5, §11):
+/// Converts a `PAGE_*` value for a section view (docs/windows-semantics.md §5, §11):
 /// as [`protection_from_page`], and also `PAGE_WRITECOPY` →
 /// `READ | WRITE_COPY` and `PAGE_EXECUTE_WRITECOPY` →
 /// `READ | EXECUTE | WRITE_COPY` (a guest write to such a page makes it
@@ -138,7 +138,7 @@ pub const fn view_protection_from_page(protect: u32) -> Result<(Protection, u32)
 
 /// The `PAGE_*` value Windows reports for a page (or allocation) with
 /// `protection` in an allocation whose cache modifiers are `modifiers`
-/// (WINDOWS-SEMANTICS §8, §9): the base value, `| PAGE_GUARD` for a guard
+/// (docs/windows-semantics.md §8, §9): the base value, `| PAGE_GUARD` for a guard
 /// page, `| PAGE_NOCACHE` or `| PAGE_WRITECOMBINE` from `modifiers` (other
 /// bits of `modifiers` are ignored).
 ///

@@ -1,5 +1,5 @@
 //! `NtQueryVirtualMemory(MemoryBasicInformation)` and the x64
-//! `MEMORY_BASIC_INFORMATION` it fills (WINDOWS-SEMANTICS §8).
+//! `MEMORY_BASIC_INFORMATION` it fills (docs/windows-semantics.md §8).
 
 use super::constants::*;
 use super::protection::page_from_protection;
@@ -106,7 +106,7 @@ impl From<RegionInfo> for MemoryBasicInformation {
 
 /// `NtQueryVirtualMemory(NtCurrentProcess(), address, MemoryBasicInformation,
 /// ...)`: what Windows reports about the pages at `address`
-/// (WINDOWS-SEMANTICS §8; the fields are described on
+/// (docs/windows-semantics.md §8; the fields are described on
 /// [`MemoryBasicInformation`]).
 ///
 /// `address` at or past [`USER_SPACE_END`] → `STATUS_INVALID_PARAMETER`

@@ -1,6 +1,6 @@
 //! `NtCreateSection`, `NtMapViewOfSection`, `NtUnmapViewOfSection` and
 //! `NtClose` on a section handle, for pagefile-backed sections
-//! (WINDOWS-SEMANTICS §11), over the engine's sections
+//! (docs/windows-semantics.md §11), over the engine's sections
 //! ([`MemoryManager::create_section`] and its siblings).
 //!
 //! ```text
@@ -71,7 +71,7 @@ const ATTRIBUTE_BITS: u32 = SEC_COMMIT | SEC_RESERVE | SEC_NOCACHE | SEC_WRITECO
 /// `NtCreateSection(&handle, SECTION_ALL_ACCESS, NULL, &maximum_size,
 /// page_protection, allocation_attributes, NULL)`: a pagefile-backed section
 /// (`CreateFileMapping(INVALID_HANDLE_VALUE, …)`) of `maximum_size` bytes,
-/// rounded up to whole pages (WINDOWS-SEMANTICS §11).
+/// rounded up to whole pages (docs/windows-semantics.md §11).
 ///
 /// **Validation**, in this order:
 /// 1. `allocation_attributes` must hold exactly one of `SEC_COMMIT` and
@@ -175,7 +175,7 @@ fn section_protection(page_protection: u32) -> NtResult<Protection> {
 /// `NtMapViewOfSection(section, NtCurrentProcess(), base, 0, 0, &offset,
 /// view_size, ViewShare, 0, protect)`: maps `[offset, offset + *view_size)`
 /// of `section` as a new allocation of type `MEM_MAPPED`
-/// (WINDOWS-SEMANTICS §11).
+/// (docs/windows-semantics.md §11).
 ///
 /// **Validation**, in this order (ReactOS's order \[R\]; the statuses are
 /// Windows' \[W\] where §11 names them):
@@ -306,7 +306,7 @@ fn map(
 
 /// `NtUnmapViewOfSection(NtCurrentProcess(), base)`: unmaps the whole view
 /// containing `base` — any address inside it, not only its base \[W\]
-/// (WINDOWS-SEMANTICS §11). Its range becomes `MEM_FREE` \[W\].
+/// (docs/windows-semantics.md §11). Its range becomes `MEM_FREE` \[W\].
 ///
 /// An address that is not inside a view — free memory, private
 /// (`VirtualAlloc`) memory, MMIO, a wild pointer, an address past user
@@ -359,7 +359,7 @@ fn unmap(mm: &mut MemoryManager, address: u64) -> NtResult<()> {
 
 // -------------------------------------------------------------------- close
 
-/// `NtClose(section)`: closes the section's handle (WINDOWS-SEMANTICS §11).
+/// `NtClose(section)`: closes the section's handle (docs/windows-semantics.md §11).
 ///
 /// Its views stay mapped and keep showing (and sharing) its bytes \[W\]; the
 /// section's pages are freed when its last view is unmapped, or now when it

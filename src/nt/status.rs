@@ -1,5 +1,5 @@
 //! [`NtStatus`]: the NTSTATUS every `nt_*` call returns, its symbolic names
-//! (WINDOWS-SEMANTICS §1.4) and the NTSTATUS → Win32 error mapping of
+//! (docs/windows-semantics.md §1.4) and the NTSTATUS → Win32 error mapping of
 //! `RtlNtStatusToDosError` (§1.6).
 
 use std::fmt;
@@ -195,7 +195,7 @@ pub const ERROR_COMMITMENT_LIMIT: u32 = 1455;
 
 /// `RtlNtStatusToDosError` for the statuses of this face: the Win32 error the
 /// `Virtual*` wrappers put in `GetLastError()` when the Nt call fails
-/// (WINDOWS-SEMANTICS §1.6, \[W\] Wine `run_error_tests`).
+/// (docs/windows-semantics.md §1.6, \[W\] Wine `run_error_tests`).
 ///
 /// | NTSTATUS | Win32 |
 /// |---|---|

@@ -2,7 +2,7 @@
 //! `NtProtectVirtualMemory` over the public [`MemoryManager`] API.
 //!
 //! Each call is a pure function of its arguments: it validates them in the
-//! order WINDOWS-SEMANTICS gives, rounds the range as Windows does, checks
+//! order docs/windows-semantics.md gives, rounds the range as Windows does, checks
 //! what the engine would refuse so that the refusal gets Windows' status,
 //! calls the engine once (twice when a cache modifier is stored), and writes
 //! the rounded base and size back only on success. A failed call changes
@@ -133,7 +133,7 @@ fn explicit_end(base: u64, size: u64, bad_base: NtStatus, bad_size: NtStatus) ->
 
 /// `NtAllocateVirtualMemory(NtCurrentProcess(), base, zero_bits, size,
 /// allocation_type, protect)`: reserve and/or commit private memory
-/// (WINDOWS-SEMANTICS §3, §4).
+/// (docs/windows-semantics.md §3, §4).
 ///
 /// **Validation** (§4.1, in this order; the first failure is returned):
 /// 1. `zero_bits` 22..=31 → `STATUS_INVALID_PARAMETER_3` \[W\].
@@ -375,7 +375,7 @@ fn reset(mm: &MemoryManager, base: u64, size: u64) -> NtResult<(u64, u64)> {
 // ---------------------------------------------------------------------- free
 
 /// `NtFreeVirtualMemory(NtCurrentProcess(), base, size, free_type)`:
-/// decommit or release private memory (WINDOWS-SEMANTICS §6).
+/// decommit or release private memory (docs/windows-semantics.md §6).
 ///
 /// **Validation**, in this order:
 /// 1. `free_type` must be exactly `MEM_DECOMMIT` or `MEM_RELEASE` (not 0,
@@ -484,7 +484,7 @@ fn free(mm: &mut MemoryManager, base: u64, size: u64, free_type: u32) -> NtResul
 
 /// `NtProtectVirtualMemory(NtCurrentProcess(), base, size, new_protect,
 /// old_protect)`: change the protection of committed pages
-/// (WINDOWS-SEMANTICS §7).
+/// (docs/windows-semantics.md §7).
 ///
 /// **Validation**, in this order:
 /// 1. An invalid `new_protect` (§5) → `STATUS_INVALID_PAGE_PROTECTION`
