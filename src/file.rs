@@ -49,8 +49,9 @@ use serde_bytes::ByteBuf;
 use crate::error::StateError;
 use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
 use crate::protection::meta;
-use crate::snapshot::{Lineage, Snapshot, Version};
+use crate::snapshot::Snapshot;
 use crate::timeline::{SnapshotId, Timeline};
+use crate::version::{Lineage, Version};
 
 mod inspect;
 mod lazy;

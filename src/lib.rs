@@ -123,12 +123,15 @@
 //!   concurrency); a page whose frame cannot be read is
 //!   [`MemoryError::PageUnavailable`] on every access.
 //!
-//! Modules, by layer: `address` (page arithmetic) → `protection`, `error` →
-//! `page_table` (`store`, `node`, `edit`, `walk`), `region_map` → `live` → `query` (shared by live and frozen
-//! versions) → `manager` (`access`, `layout`, `sections`, `state`), `snapshot`,
-//! `diff`, `timeline`, `state` (the serialization format) →
-//! [`file`](mod@file) (snapshot files), [`image`] (PE mapping),
-//! [`nt`] (the Windows system-call face).
+//! Modules, by layer, lowest first (each uses only modules below it;
+//! `.ci/layers` checks every `crate::` reference against this list):
+//! `protection` → `error` → `address` → `page_table` (`store`, `node`,
+//! `edit`, `walk`) → `region_map`, `live` → `state` (the serialization
+//! format), `version` (what a version holds) → `query` (the [`SpaceView`]
+//! shared by live and frozen versions) → `diff` → `snapshot` → `manager`
+//! (`access`, `layout`, `sections`, `state`) → `timeline` →
+//! [`file`](mod@file) (snapshot files), [`image`] (PE mapping) → [`nt`] (the
+//! Windows system-call face).
 //!
 //! ## Costs
 //!
@@ -205,6 +208,7 @@ mod region_map;
 mod snapshot;
 mod state;
 mod timeline;
+mod version;
 
 pub use address::{granule_down, granule_up, page_down, page_up};
 pub use diff::{MemoryDiff, PageChange, PageChangeKind, RegionChange};

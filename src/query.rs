@@ -10,7 +10,7 @@ use crate::live::{LivePages, Resolved};
 use crate::page_table::{PAGE, PageTable};
 use crate::protection::{Access, Protection, RegionKind, meta};
 use crate::region_map::{Allocation, Backing, RegionMap};
-use crate::snapshot::{Lineage, Version};
+use crate::version::{Lineage, Version};
 use crate::{PAGE_SIZE, USER_SPACE_END};
 
 /// What `VirtualQuery` says about the pages at an address.
@@ -283,18 +283,6 @@ pub trait AddressSpace {
     /// The layout version (a snapshot keeps the one it was taken at).
     fn layout_version(&self) -> u64 {
         self.view().layout_version()
-    }
-}
-
-impl AddressSpace for crate::MemoryManager {
-    fn view(&self) -> SpaceView<'_> {
-        crate::MemoryManager::view(self)
-    }
-}
-
-impl AddressSpace for crate::Snapshot {
-    fn view(&self) -> SpaceView<'_> {
-        crate::Snapshot::view(self)
     }
 }
 

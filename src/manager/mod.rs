@@ -25,7 +25,8 @@ use crate::live::LivePages;
 use crate::page_table::RangeOp;
 use crate::protection::{Protection, meta};
 use crate::region_map::{RegionMap, SECTION_KEY_BASE, Section};
-use crate::snapshot::{Lineage, Snapshot, Version};
+use crate::snapshot::Snapshot;
+use crate::version::{Lineage, Version};
 use crate::{DEFAULT_ALLOCATION_ADDRESS_64BIT, PAGE_SIZE};
 
 /// An address space with Windows virtual-memory semantics whose pages live in
@@ -89,6 +90,12 @@ mod state;
 
 pub(crate) use sections::within;
 pub use sections::{SectionId, SectionInfo};
+
+impl crate::AddressSpace for MemoryManager {
+    fn view(&self) -> crate::SpaceView<'_> {
+        MemoryManager::view(self)
+    }
+}
 
 impl MemoryManager {
     /// An empty address space; the default allocation address is
@@ -284,7 +291,7 @@ impl MemoryManager {
             && at == self.layout_version
             && log.iter().all(|&p| p < SECTION_KEY_BASE)
         {
-            version.delta = Some(crate::snapshot::Delta { parent, pages: log });
+            version.delta = Some(crate::version::Delta { parent, pages: log });
         }
         self.base = Some((version.id, self.layout_version));
         Snapshot::new(version)
