@@ -112,13 +112,18 @@ fn run(command: Command, json: bool, started: Instant) -> Result<String> {
         Command::Rebase(a) => render(&rebase::run(&a)?, json),
         Command::Map(a) => render(&map::run(&a)?, json),
         Command::Demo(a) => demo::run(&a, json).map(|()| String::new()),
-        Command::FuzzDemo(a) => fuzz::run(&a, json).map(|()| String::new()),
+        Command::FuzzDemo(a) => render(&fuzz::run(&a)?, json),
     }
 }
 
 /// `report` as pretty JSON (`json`) or as its text, ending in a newline.
 fn render(report: &(impl Serialize + Display), json: bool) -> Result<String> {
     if json { Ok(serde_json::to_string_pretty(report)? + "\n") } else { Ok(report.to_string()) }
+}
+
+/// `debug` or `release`: the build the figures of the demos come from.
+fn build() -> &'static str {
+    if cfg!(debug_assertions) { "debug" } else { "release" }
 }
 
 /// The error and its causes on one line, joined by ": ", each said once: a
