@@ -14,13 +14,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-#[macro_use]
-mod out;
 mod commands;
 mod demo;
 mod format;
 mod fuzz;
 mod open;
+mod out;
 mod progress;
 mod svg;
 
@@ -80,15 +79,13 @@ fn main() -> ExitCode {
     // The whole command is timed (`verify` reports it), parsing included.
     let started = Instant::now();
     let cli = Cli::parse();
-    let result = run(cli.command, cli.json, started).map(|text| out!("{text}"));
-    let printed = out::finish();
-    let line = match (result, printed) {
-        (Err(e), _) => error_line(&e),
+    let line = match run(cli.command, cli.json, started).map(|text| out::print(&text)) {
+        Err(e) => error_line(&e),
         // `vmsnap info big.vmsnap | head`: a closed pipe ends the output
         // quietly, as it does for other command-line tools.
-        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
-        (Ok(()), Err(e)) => error_line(&anyhow::Error::new(e).context("writing to standard output")),
-        (Ok(()), Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+        Ok(Err(e)) => error_line(&anyhow::Error::new(e).context("writing to standard output")),
+        Ok(Ok(())) => return ExitCode::SUCCESS,
     };
     // A failing standard error cannot be reported anywhere: the exit code
     // still says it.
@@ -111,7 +108,7 @@ fn run(command: Command, json: bool, started: Instant) -> Result<String> {
         Command::Stats(a) => render(&stats::run(&a)?, json),
         Command::Rebase(a) => render(&rebase::run(&a)?, json),
         Command::Map(a) => render(&map::run(&a)?, json),
-        Command::Demo(a) => demo::run(&a, json).map(|()| String::new()),
+        Command::Demo(a) => render(&demo::run(&a)?, json),
         Command::FuzzDemo(a) => render(&fuzz::run(&a)?, json),
     }
 }
