@@ -4,6 +4,21 @@
 //! `vmsnap::file`, `Snapshot` and `AddressSpace`, and formats what they
 //! answer as text or JSON. `vmsnap demo` is the main job: a rewindable
 //! process-like session, saved to a file every other command can read.
+//!
+//! Every command returns one typed report, `Serialize + Display`; [`run`]
+//! prints it in one place, as JSON with `--json`, else as text, so both
+//! say the same figures. Nothing else writes to standard output (progress
+//! bars go to standard error).
+//!
+//! * [`commands`] — the file commands, one module each;
+//! * [`demo`] — `vmsnap demo`, one module per phase;
+//! * [`fuzz`] — `vmsnap fuzz-demo`;
+//! * [`format`](mod@format), [`open`], [`svg`], [`out`], [`progress`] — what they share:
+//!   text formats and the region walk, opening files and choosing a
+//!   snapshot, the map's picture, checked standard output, progress bars.
+//!
+//! Errors are `anyhow` chains with the file as context; `main` maps them
+//! to exit code 1 and one `error:` line (clap's usage errors exit with 2).
 
 use std::fmt::Display;
 use std::io::Write as _;

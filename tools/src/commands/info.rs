@@ -22,7 +22,8 @@ pub struct InfoArgs {
     pub file: PathBuf,
 }
 
-/// What `vmsnap info` reports.
+/// What `vmsnap info` reports: the figures of `vmsnap::file::FileInfo`, under
+/// the names tools/README.md lists.
 #[derive(Serialize)]
 pub struct Info {
     /// The path given.

@@ -5,7 +5,7 @@
 //! a `run` that does the work and returns the command's report: a typed
 //! value that is both `Serialize` (the `--json` document) and `Display`
 //! (the text). `main` prints one of the two, so every figure the text shows
-//! is a field of the JSON. Nothing here prints.
+//! is a field of the JSON. Nothing here writes to standard output.
 
 use std::fmt;
 use std::path::Path;
