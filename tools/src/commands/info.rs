@@ -178,15 +178,22 @@ fn lines(snapshots: &[SnapshotRow]) -> Vec<Line> {
     let roots = children.get(&None).map_or(&[][..], Vec::as_slice);
     let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&i| (i, 0)).collect();
     let mut out = Vec::new();
+    // Each record is drawn once, even if an index names one id twice.
+    let mut drawn = vec![false; snapshots.len()];
     while let Some((first, depth)) = stack.pop() {
+        if std::mem::replace(&mut drawn[first], true) {
+            continue;
+        }
         let (mut last, mut count) = (first, 1);
-        // A corrupt index could loop (two records with one id): no line is
-        // longer than the file.
-        while count <= snapshots.len() {
+        loop {
             let next = kids(last);
             stack.extend(next.iter().skip(1).rev().map(|&k| (k, depth + 1)));
             match next.as_slice() {
-                [only] => (last, count) = (*only, count + 1),
+                [only] if !drawn[*only] => {
+                    drawn[*only] = true;
+                    (last, count) = (*only, count + 1);
+                }
+                [_] => break,
                 [main, ..] => {
                     stack.push((*main, depth));
                     break;
@@ -311,5 +318,56 @@ impl Info {
         let from = from.map(|s| format!(", {s}")).unwrap_or_default();
         let (last, n) = (self.label(line.last), line.snapshots);
         writeln!(f, "  {pad}{branch}{first} → {last} ({n} snapshots{from})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, parent: Option<u64>) -> SnapshotRow {
+        SnapshotRow {
+            id,
+            name: None,
+            parent,
+            layout_version: 0,
+            allocations: 0,
+            committed_pages: 0,
+            stored_pages: 0,
+            inherited_pages: 0,
+            zero_pages: 0,
+        }
+    }
+
+    /// `(first, last, snapshots, depth, branched_from)` of each line.
+    fn shape(rows: &[SnapshotRow]) -> Vec<(u64, u64, usize, usize, Option<u64>)> {
+        lines(rows).iter().map(|l| (l.first, l.last, l.snapshots, l.depth, l.branched_from)).collect()
+    }
+
+    /// 1 → 2 → {3, 4 → {5, 6}}, and a second root 7: a line ends at each
+    /// branch point; the first child goes on at its depth, the others one
+    /// deeper, after it.
+    #[test]
+    fn the_timeline_is_drawn_as_straight_lines() {
+        let parents = [None, Some(1), Some(2), Some(2), Some(4), Some(4), None];
+        let rows: Vec<SnapshotRow> = (1..).zip(parents).map(|(id, parent)| row(id, parent)).collect();
+        assert_eq!(
+            shape(&rows),
+            [
+                (1, 2, 2, 0, None),
+                (3, 3, 1, 0, None),
+                (4, 4, 1, 1, Some(2)),
+                (5, 5, 1, 1, Some(4)),
+                (6, 6, 1, 2, Some(4)),
+                (7, 7, 1, 0, None)
+            ]
+        );
+    }
+
+    /// An index naming one id twice (the second record its own child)
+    /// still draws each record once.
+    #[test]
+    fn a_record_is_drawn_once_even_when_ids_repeat() {
+        assert_eq!(shape(&[row(1, None), row(1, Some(1))]), [(1, 1, 2, 0, None)]);
     }
 }
