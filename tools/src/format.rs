@@ -130,6 +130,13 @@ pub struct Region {
     pub rwx: String,
 }
 
+impl Region {
+    /// True for free memory (`MEM_FREE`), outside every allocation.
+    pub fn is_free(&self) -> bool {
+        self.state == "MEM_FREE"
+    }
+}
+
 /// Every region from address 0 to the end of user space, free ones
 /// included, by `AddressSpace::region_info`.
 pub fn regions(space: &dyn AddressSpace) -> Vec<Region> {
@@ -204,6 +211,16 @@ pub fn hexdump(address: u64, bytes: &[u8], readable: &dyn Fn(u64) -> bool) -> St
 /// Bytes as lowercase hex pairs separated by spaces.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Bytes as lowercase hex digits, unseparated: how the JSON reports write them.
+pub fn hex_digits(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serializes bytes as [`hex_digits`] (for `#[serde(serialize_with)]`).
+pub fn serialize_hex<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex_digits(bytes))
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 //! copying back the dirty pages from a pristine copy (a dirty list, as wtf
 //! and Nyx do) — with resets per second for each.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
-use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind};
+use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
 use crate::format::{parse_u64, size};
 
@@ -64,132 +65,181 @@ fn rate(args: &FuzzArgs, mut iteration: impl FnMut(u64)) -> f64 {
     n as f64 / start.elapsed().as_secs_f64().max(1e-9)
 }
 
+/// What `vmsnap fuzz-demo` measured.
 #[derive(Serialize)]
-struct Row {
-    dirty_pages: u64,
-    vmsnap_resets_per_second: f64,
-    dirty_list_resets_per_second: f64,
-    full_copy_resets_per_second: f64,
-    vs_dirty_list: f64,
-    vs_full_copy: f64,
+pub struct FuzzReport {
+    /// Bytes of target memory.
+    pub memory_bytes: u64,
+    /// One row per `--dirty` value, in order.
+    pub rows: Vec<Row>,
+    /// `debug` or `release`: what the figures are worth.
+    pub build: &'static str,
+}
+
+/// Resets per second for one number of dirty pages.
+#[derive(Serialize)]
+pub struct Row {
+    pub dirty_pages: u64,
+    pub vmsnap_resets_per_second: f64,
+    pub dirty_list_resets_per_second: f64,
+    pub full_copy_resets_per_second: f64,
+    /// vmsnap's rate divided by the dirty list's.
+    pub vs_dirty_list: f64,
+    /// vmsnap's rate divided by the full copy's.
+    pub vs_full_copy: f64,
+}
+
+/// The target: its memory written page by page and frozen as the base
+/// snapshot, with a pristine copy for the two baselines.
+struct Target {
+    mm: MemoryManager,
+    base: Snapshot,
+    pristine: Vec<u8>,
+    pages: u64,
 }
 
 /// `vmsnap fuzz-demo`.
-pub fn run(args: &FuzzArgs, json: bool) -> Result<()> {
+pub fn run(args: &FuzzArgs) -> Result<FuzzReport> {
+    check(args)?;
+    let memory = args.memory_mib << 20;
+    let mut target = Target::new(memory)?;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let rows = args.dirty.iter().map(|&k| target.measure(args, k, &mut seed)).collect::<Result<_>>()?;
+    Ok(FuzzReport { memory_bytes: memory, rows, build: crate::build() })
+}
+
+fn check(args: &FuzzArgs) -> Result<()> {
     if args.memory_mib == 0 || args.memory_mib > 4096 {
         bail!("--memory-mib must be between 1 and 4096");
     }
     if !(args.seconds > 0.0 && args.seconds <= 60.0) {
         bail!("--seconds must be above 0 and at most 60");
     }
-    let memory = args.memory_mib << 20;
-    let pages = memory / PAGE_SIZE;
+    let pages = (args.memory_mib << 20) / PAGE_SIZE;
     if args.dirty.iter().any(|&k| k == 0 || k > pages) {
         bail!("--dirty values must be between 1 and {pages} (the target's pages)");
     }
+    Ok(())
+}
 
-    // The target's memory: every page written, then frozen as the base snapshot.
-    let mut mm = MemoryManager::new();
-    mm.allocate_memory_at(BASE, memory, Protection::READ_WRITE, false, RegionKind::Private)?;
-    let mut pristine = vec![0u8; memory as usize];
-    for (i, page) in pristine.chunks_exact_mut(PAGE).enumerate() {
-        page.fill(i as u8 | 1);
-        mm.write_memory(BASE + i as u64 * PAGE_SIZE, page)?;
-    }
-    let base = mm.snapshot();
+/// The 8 bytes each execution writes in each of its dirty pages.
+const INPUT: [u8; 8] = [0xA5; 8];
 
-    if !json {
-        outln!(
-            "fuzz reset loop: {} of target memory, random dirty pages, 8 bytes written in each",
-            size(memory)
-        );
-        outln!(
-            "{:>6} {:>14} {:>14} {:>14} {:>9} {:>9}",
-            "dirty",
-            "vmsnap/s",
-            "dirty-list/s",
-            "full-copy/s",
-            "vs list",
-            "vs full"
-        );
+impl Target {
+    fn new(memory: u64) -> Result<Target> {
+        let mut mm = MemoryManager::new();
+        mm.allocate_memory_at(BASE, memory, Protection::READ_WRITE, false, RegionKind::Private)?;
+        let mut pristine = vec![0u8; memory as usize];
+        for (i, page) in pristine.chunks_exact_mut(PAGE).enumerate() {
+            page.fill(i as u8 | 1);
+            mm.write_memory(BASE + i as u64 * PAGE_SIZE, page)?;
+        }
+        let base = mm.snapshot();
+        Ok(Target { mm, base, pristine, pages: memory / PAGE_SIZE })
     }
-    let mut rows = Vec::new();
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    for &k in &args.dirty {
+
+    /// The three reset loops with `k` random dirty pages per execution.
+    fn measure(&mut self, args: &FuzzArgs, k: u64, seed: &mut u64) -> Result<Row> {
         let sets: Vec<Vec<u64>> =
-            (0..256).map(|_| (0..k).map(|_| xorshift(&mut seed) % pages).collect()).collect();
-        let input = [0xA5u8; 8];
+            (0..256).map(|_| (0..k).map(|_| xorshift(seed) % self.pages).collect()).collect();
+        let vmsnap = self.vmsnap_rate(args, &sets)?;
+        let mut copy = self.pristine.clone();
+        let dirty_list = self.dirty_list_rate(args, &sets, &mut copy);
+        let full_copy = self.full_copy_rate(args, &sets, &mut copy);
+        Ok(Row {
+            dirty_pages: k,
+            vmsnap_resets_per_second: vmsnap,
+            dirty_list_resets_per_second: dirty_list,
+            full_copy_resets_per_second: full_copy,
+            vs_dirty_list: vmsnap / dirty_list,
+            vs_full_copy: vmsnap / full_copy,
+        })
+    }
 
+    /// Writes through the manager, then restores the base snapshot.
+    fn vmsnap_rate(&mut self, args: &FuzzArgs, sets: &[Vec<u64>]) -> Result<f64> {
         let mut failed = None;
-        let vmsnap_rate = rate(args, |n| {
+        let (mm, base) = (&mut self.mm, &self.base);
+        let rate = rate(args, |n| {
             for &p in &sets[n as usize % sets.len()] {
-                if let Err(e) = mm.write_memory(BASE + p * PAGE_SIZE + 8, &input) {
+                if let Err(e) = mm.write_memory(BASE + p * PAGE_SIZE + 8, &INPUT) {
                     failed = Some(e);
                 }
             }
-            mm.restore(&base);
+            mm.restore(base);
         });
-        if let Some(e) = failed {
-            return Err(e.into());
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(rate),
         }
+    }
 
-        let mut memory_copy = pristine.clone();
-        let mut bits = vec![0u64; (pages as usize).div_ceil(64)];
+    /// Writes into a copy of memory, marking pages in a bitmap and a list,
+    /// then copies the listed pages back from the pristine copy.
+    fn dirty_list_rate(&self, args: &FuzzArgs, sets: &[Vec<u64>], memory: &mut [u8]) -> f64 {
+        let pristine = &self.pristine;
+        let mut bits = vec![0u64; (self.pages as usize).div_ceil(64)];
         let mut dirty: Vec<usize> = Vec::new();
-        let list_rate = rate(args, |n| {
+        rate(args, |n| {
             for &p in &sets[n as usize % sets.len()] {
                 let p = p as usize;
                 if bits[p / 64] & (1 << (p % 64)) == 0 {
                     bits[p / 64] |= 1 << (p % 64);
                     dirty.push(p);
                 }
-                memory_copy[p * PAGE + 8..p * PAGE + 16].copy_from_slice(&input);
+                memory[p * PAGE + 8..p * PAGE + 16].copy_from_slice(&INPUT);
             }
             for &p in &dirty {
-                memory_copy[p * PAGE..(p + 1) * PAGE].copy_from_slice(&pristine[p * PAGE..(p + 1) * PAGE]);
+                memory[p * PAGE..(p + 1) * PAGE].copy_from_slice(&pristine[p * PAGE..(p + 1) * PAGE]);
                 bits[p / 64] = 0;
             }
             dirty.clear();
-        });
+        })
+    }
 
-        let full_rate = rate(args, |n| {
+    /// Writes into a copy of memory, then copies all of it back.
+    fn full_copy_rate(&self, args: &FuzzArgs, sets: &[Vec<u64>], memory: &mut [u8]) -> f64 {
+        rate(args, |n| {
             for &p in &sets[n as usize % sets.len()] {
                 let p = p as usize;
-                memory_copy[p * PAGE + 8..p * PAGE + 16].copy_from_slice(&input);
+                memory[p * PAGE + 8..p * PAGE + 16].copy_from_slice(&INPUT);
             }
-            memory_copy.copy_from_slice(&pristine);
-        });
-        let row = Row {
-            dirty_pages: k,
-            vmsnap_resets_per_second: vmsnap_rate,
-            dirty_list_resets_per_second: list_rate,
-            full_copy_resets_per_second: full_rate,
-            vs_dirty_list: vmsnap_rate / list_rate,
-            vs_full_copy: vmsnap_rate / full_rate,
-        };
-        if !json {
-            outln!(
+            memory.copy_from_slice(&self.pristine);
+        })
+    }
+}
+
+impl fmt::Display for FuzzReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fuzz reset loop: {} of target memory, random dirty pages, 8 bytes written in each",
+            size(self.memory_bytes)
+        )?;
+        writeln!(
+            f,
+            "{:>6} {:>14} {:>14} {:>14} {:>9} {:>9}",
+            "dirty", "vmsnap/s", "dirty-list/s", "full-copy/s", "vs list", "vs full"
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
                 "{:>6} {:>14.0} {:>14.0} {:>14.0} {:>8.2}x {:>8.1}x",
-                k,
-                vmsnap_rate,
-                list_rate,
-                full_rate,
-                row.vs_dirty_list,
-                row.vs_full_copy
-            );
+                r.dirty_pages,
+                r.vmsnap_resets_per_second,
+                r.dirty_list_resets_per_second,
+                r.full_copy_resets_per_second,
+                r.vs_dirty_list,
+                r.vs_full_copy
+            )?;
         }
-        rows.push(row);
-    }
-    if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"memory_bytes": memory, "rows": rows}))?
-        );
-    } else {
-        outln!("(\"vs\" columns: vmsnap resets per second divided by the baseline's; above 1 is faster)");
-        if cfg!(debug_assertions) {
-            outln!("(a debug build: run with --release for real figures)");
+        writeln!(
+            f,
+            "(\"vs\" columns: vmsnap resets per second divided by the baseline's; above 1 is faster)"
+        )?;
+        if self.build == "debug" {
+            writeln!(f, "(a debug build: run with --release for real figures)")?;
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -4,20 +4,37 @@
 //! `vmsnap::file`, `Snapshot` and `AddressSpace`, and formats what they
 //! answer as text or JSON. `vmsnap demo` is the main job: a rewindable
 //! process-like session, saved to a file every other command can read.
+//!
+//! Every command returns one typed report, `Serialize + Display`; [`run`]
+//! prints it in one place, as JSON with `--json`, else as text, so both
+//! say the same figures. Nothing else writes to standard output (progress
+//! bars go to standard error).
+//!
+//! * [`commands`] — the file commands, one module each;
+//! * [`demo`] — `vmsnap demo`, one module per phase;
+//! * [`fuzz`] — `vmsnap fuzz-demo`;
+//! * [`format`](mod@format), [`open`], [`svg`], [`out`], [`progress`] — what they share:
+//!   text formats and the region walk, opening files and choosing a
+//!   snapshot, the map's picture, checked standard output, progress bars.
+//!
+//! Errors are `anyhow` chains with the file as context; `main` maps them
+//! to exit code 1 and one `error:` line (clap's usage errors exit with 2).
 
+use std::fmt::Display;
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
-#[macro_use]
-mod out;
 mod commands;
 mod demo;
 mod format;
 mod fuzz;
 mod open;
+mod out;
 mod progress;
 mod svg;
 
@@ -41,30 +58,30 @@ struct Cli {
 enum Command {
     /// Header, snapshots and timeline, sizes, dedup and compression ratios.
     #[command(after_help = "Example:\n  vmsnap info demo.vmsnap\n  vmsnap info demo.vmsnap --json")]
-    Info(commands::InfoArgs),
+    Info(commands::info::InfoArgs),
     /// A VirtualQuery-style table of the address space (like WinDbg's !address).
     #[command(after_help = "Example:\n  vmsnap regions demo.vmsnap --snapshot step-10")]
-    Regions(commands::RegionsArgs),
+    Regions(commands::regions::RegionsArgs),
     /// A hexdump of memory (unreadable pages show as ??).
     #[command(after_help = "Example:\n  vmsnap dump demo.vmsnap 0x7ffe0000 0x40 --snapshot branch-1")]
-    Dump(commands::DumpArgs),
+    Dump(commands::dump::DumpArgs),
     /// What changed between two files or two snapshots of one file.
     #[command(after_help = "Example:\n  vmsnap diff demo.vmsnap --from step-5 --to branch-2\n  \
                             vmsnap diff base.vmsnap other.vmsnap")]
-    Diff(commands::DiffArgs),
+    Diff(commands::diff::DiffArgs),
     /// Check every checksum and page hash, parent files included.
     #[command(after_help = "Example:\n  vmsnap verify demo.vmsnap")]
-    Verify(commands::VerifyArgs),
+    Verify(commands::verify::VerifyArgs),
     /// Memory statistics: reserved, committed, by kind; private and shared bytes per version.
     #[command(after_help = "Example:\n  vmsnap stats demo.vmsnap")]
-    Stats(commands::StatsArgs),
+    Stats(commands::stats::StatsArgs),
     /// Write a self-contained copy of a file: an incremental chain merged, or one snapshot taken out.
     #[command(after_help = "Example:\n  vmsnap rebase demo-branch.vmsnap merged.vmsnap\n  \
                             vmsnap rebase demo.vmsnap step5.vmsnap --snapshot step-5")]
-    Rebase(commands::RebaseArgs),
+    Rebase(commands::rebase::RebaseArgs),
     /// Draw the address space as an SVG (like VMMap's picture).
     #[command(after_help = "Example:\n  vmsnap map demo.vmsnap --svg map.svg")]
-    Map(commands::MapArgs),
+    Map(commands::map::MapArgs),
     /// The main job: build a process-like address space, run, rewind, branch, diff, save, verify.
     #[command(after_help = "Example:\n  vmsnap demo\n  vmsnap demo --steps 50 --out /tmp/session.vmsnap")]
     Demo(demo::DemoArgs),
@@ -77,31 +94,48 @@ fn main() -> ExitCode {
     // The whole command is timed (`verify` reports it), parsing included.
     let started = Instant::now();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Info(a) => commands::info(&a, cli.json),
-        Command::Regions(a) => commands::regions(&a, cli.json),
-        Command::Dump(a) => commands::dump(&a, cli.json),
-        Command::Diff(a) => commands::diff(&a, cli.json),
-        Command::Verify(a) => commands::verify(&a, cli.json, started),
-        Command::Stats(a) => commands::stats(&a, cli.json),
-        Command::Rebase(a) => commands::rebase(&a, cli.json),
-        Command::Map(a) => commands::map(&a, cli.json),
-        Command::Demo(a) => demo::run(&a, cli.json),
-        Command::FuzzDemo(a) => fuzz::run(&a, cli.json),
-    };
-    let printed = out::finish();
-    let line = match (result, printed) {
-        (Err(e), _) => error_line(&e),
+    let line = match run(cli.command, cli.json, started).map(|text| out::print(&text)) {
+        Err(e) => error_line(&e),
         // `vmsnap info big.vmsnap | head`: a closed pipe ends the output
         // quietly, as it does for other command-line tools.
-        (Ok(()), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
-        (Ok(()), Err(e)) => error_line(&anyhow::Error::new(e).context("writing to standard output")),
-        (Ok(()), Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
+        Ok(Err(e)) => error_line(&anyhow::Error::new(e).context("writing to standard output")),
+        Ok(Ok(())) => return ExitCode::SUCCESS,
     };
     // A failing standard error cannot be reported anywhere: the exit code
     // still says it.
     let _ = writeln!(std::io::stderr(), "error: {line}");
     ExitCode::FAILURE
+}
+
+/// Runs `command` and renders its report, the one place output is made:
+/// JSON (serde_json of the report) with `--json`, else its text (`Display`)
+/// — one value, so both say the same figures.
+fn run(command: Command, json: bool, started: Instant) -> Result<String> {
+    use commands::*;
+    match command {
+        Command::Info(a) => render(&info::run(&a)?, json),
+        Command::Regions(a) => render(&regions::run(&a)?, json),
+        Command::Dump(a) => render(&dump::run(&a)?, json),
+        // The text shows the first --max-pages pages; JSON lists them all.
+        Command::Diff(a) => render(&diff::run(&a, (!json).then_some(a.max_pages))?, json),
+        Command::Verify(a) => render(&verify::run(&a, started)?, json),
+        Command::Stats(a) => render(&stats::run(&a)?, json),
+        Command::Rebase(a) => render(&rebase::run(&a)?, json),
+        Command::Map(a) => render(&map::run(&a)?, json),
+        Command::Demo(a) => render(&demo::run(&a)?, json),
+        Command::FuzzDemo(a) => render(&fuzz::run(&a)?, json),
+    }
+}
+
+/// `report` as pretty JSON (`json`) or as its text, ending in a newline.
+fn render(report: &(impl Serialize + Display), json: bool) -> Result<String> {
+    if json { Ok(serde_json::to_string_pretty(report)? + "\n") } else { Ok(report.to_string()) }
+}
+
+/// `debug` or `release`: the build the figures of the demos come from.
+fn build() -> &'static str {
+    if cfg!(debug_assertions) { "debug" } else { "release" }
 }
 
 /// The error and its causes on one line, joined by ": ", each said once: a

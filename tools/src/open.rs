@@ -116,8 +116,13 @@ pub fn select_position(snapshots: &[SnapshotSummary], selector: &str) -> Option<
 
 /// `#id name` (or `#id`).
 pub fn label(s: &SnapshotSummary) -> String {
-    match &s.name {
-        Some(n) => format!("#{} {n}", s.id),
-        None => format!("#{}", s.id),
+    id_label(s.id, s.name.as_deref())
+}
+
+/// `#id name` (or `#id`) of a snapshot's id and name.
+pub fn id_label(id: u64, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("#{id} {n}"),
+        None => format!("#{id}"),
     }
 }

@@ -65,11 +65,30 @@ fn height(bytes: u64) -> u32 {
 /// The SVG document for `regions` (every region from 0 to the end of user
 /// space, as `format::regions` returns them).
 pub fn render(title: &str, regions: &[Region]) -> String {
-    let total: u32 =
-        regions.iter().map(|r| if r.state == "MEM_FREE" { FREE_HEIGHT } else { height(r.size) }).sum();
+    let mut s = String::new();
+    header(&mut s, title, regions);
+    let mut y = TOP;
+    for r in regions {
+        y += if r.is_free() { free_gap(&mut s, r, y) } else { region(&mut s, r, y) };
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{ADDRESS_X}" y="{}" text-anchor="end" fill="#888">{}</text>"##,
+        y + 9,
+        windbg(regions.last().map_or(0, |r| r.end))
+    );
+    legend(&mut s);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The document's start: its size (the regions' heights, or the legend's),
+/// the hatch pattern, the title and the counts.
+fn header(s: &mut String, title: &str, regions: &[Region]) {
+    let total: u32 = regions.iter().map(|r| if r.is_free() { FREE_HEIGHT } else { height(r.size) }).sum();
     let legend_height = 330;
     let h = TOP + total.max(legend_height) + 40;
-    let mut s = String::new();
+    let free = regions.iter().filter(|r| r.is_free()).count();
     let _ = writeln!(
         s,
         r##"<?xml version="1.0" encoding="UTF-8"?>
@@ -85,92 +104,82 @@ pub fn render(title: &str, regions: &[Region]) -> String {
 <text x="{BAR_X}" y="48" fill="#555">{} regions in allocations, {} free gaps; heights grow with log(size), free gaps compressed</text>"##,
         escape(title),
         escape(title),
-        regions.iter().filter(|r| r.state != "MEM_FREE").count(),
-        regions.iter().filter(|r| r.state == "MEM_FREE").count(),
+        regions.len() - free,
+        free,
     );
-    let mut y = TOP;
-    for r in regions {
-        let tip = format!(
-            "{} - {}  {} ({:#x})\n{} {} {} {}\nallocation base {:#x}",
-            windbg(r.base),
-            windbg(r.end),
-            size(r.size),
-            r.size,
-            r.state,
-            r.protect_name,
-            r.type_,
-            r.kind,
-            r.allocation_base
-        );
-        if r.state == "MEM_FREE" {
-            let _ = writeln!(
-                s,
-                r##"<rect class="free" x="{BAR_X}" y="{y}" width="{BAR_WIDTH}" height="{FREE_HEIGHT}" fill="url(#hatch)" stroke="#bbbbbb"><title>{}</title></rect>"##,
-                escape(&tip)
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{}" y="{}" fill="#888">free {}</text>"##,
-                BAR_X + 8,
-                y + 15,
-                escape(&size(r.size))
-            );
-            let _ = writeln!(
-                s,
-                r##"<text x="{ADDRESS_X}" y="{}" text-anchor="end" fill="#888">{}</text>"##,
-                y + 9,
-                windbg(r.base)
-            );
-            y += FREE_HEIGHT;
-            continue;
-        }
-        let rh = height(r.size);
-        let committed = r.state == "MEM_COMMIT";
-        let guard = r.rwx.contains("guard");
-        let (opacity, dash) = if committed { ("1", "") } else { ("0.35", r#" stroke-dasharray="4 3""#) };
-        let (stroke, stroke_width) = if guard { ("#ff7f0e", 3) } else { ("#444444", 1) };
-        let _ = writeln!(
-            s,
-            r#"<rect class="region" data-kind="{}" data-state="{}" x="{}" y="{y}" width="{}" height="{rh}" fill="{}" fill-opacity="{opacity}" stroke="{stroke}" stroke-width="{stroke_width}"{dash}><title>{}</title></rect>"#,
-            r.kind,
-            r.state,
-            BAR_X + STRIPE,
-            BAR_WIDTH - STRIPE,
-            kind_colour(r.kind),
-            escape(&tip)
-        );
-        let _ = writeln!(
-            s,
-            r##"<rect class="prot" x="{BAR_X}" y="{y}" width="{STRIPE}" height="{rh}" fill="{}" stroke="#444444"/>"##,
-            protection_colour(&r.rwx)
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{ADDRESS_X}" y="{}" text-anchor="end">{}</text>"##,
-            y + 9,
-            windbg(r.base)
-        );
-        let detail = format!(
-            "{:>9}  {}  {}",
-            size(r.size),
-            r.kind,
-            if committed { r.protect_name.clone() } else { "reserved".to_owned() }
-        );
-        let _ =
-            writeln!(s, r#"<text x="{TEXT_X}" y="{}">{}</text>"#, y + rh.min(24) / 2 + 4, escape(&detail));
-        y += rh;
-    }
+}
+
+/// A region's tooltip: range, size, state, protection, type, kind, allocation base.
+fn tooltip(r: &Region) -> String {
+    format!(
+        "{} - {}  {} ({:#x})\n{} {} {} {}\nallocation base {:#x}",
+        windbg(r.base),
+        windbg(r.end),
+        size(r.size),
+        r.size,
+        r.state,
+        r.protect_name,
+        r.type_,
+        r.kind,
+        r.allocation_base
+    )
+}
+
+/// A free gap at `y`, hatched and labelled with its size; its height.
+fn free_gap(s: &mut String, r: &Region, y: u32) -> u32 {
+    let _ = writeln!(
+        s,
+        r##"<rect class="free" x="{BAR_X}" y="{y}" width="{BAR_WIDTH}" height="{FREE_HEIGHT}" fill="url(#hatch)" stroke="#bbbbbb"><title>{}</title></rect>"##,
+        escape(&tooltip(r))
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="{}" fill="#888">free {}</text>"##,
+        BAR_X + 8,
+        y + 15,
+        escape(&size(r.size))
+    );
     let _ = writeln!(
         s,
         r##"<text x="{ADDRESS_X}" y="{}" text-anchor="end" fill="#888">{}</text>"##,
         y + 9,
-        windbg(regions.last().map_or(0, |r| r.end))
+        windbg(r.base)
     );
-    legend(&mut s);
-    s.push_str("</svg>\n");
-    s
+    FREE_HEIGHT
 }
 
+/// A region inside an allocation at `y`: its shape, protection stripe,
+/// address and size, kind and protection; its height.
+fn region(s: &mut String, r: &Region, y: u32) -> u32 {
+    let rh = height(r.size);
+    let committed = r.state == "MEM_COMMIT";
+    let guard = r.rwx.contains("guard");
+    let (opacity, dash) = if committed { ("1", "") } else { ("0.35", r#" stroke-dasharray="4 3""#) };
+    let (stroke, stroke_width) = if guard { ("#ff7f0e", 3) } else { ("#444444", 1) };
+    let _ = writeln!(
+        s,
+        r#"<rect class="region" data-kind="{}" data-state="{}" x="{}" y="{y}" width="{}" height="{rh}" fill="{}" fill-opacity="{opacity}" stroke="{stroke}" stroke-width="{stroke_width}"{dash}><title>{}</title></rect>"#,
+        r.kind,
+        r.state,
+        BAR_X + STRIPE,
+        BAR_WIDTH - STRIPE,
+        kind_colour(r.kind),
+        escape(&tooltip(r))
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect class="prot" x="{BAR_X}" y="{y}" width="{STRIPE}" height="{rh}" fill="{}" stroke="#444444"/>"##,
+        protection_colour(&r.rwx)
+    );
+    let _ =
+        writeln!(s, r##"<text x="{ADDRESS_X}" y="{}" text-anchor="end">{}</text>"##, y + 9, windbg(r.base));
+    let protection = if committed { r.protect_name.as_str() } else { "reserved" };
+    let detail = format!("{:>9}  {}  {protection}", size(r.size), r.kind);
+    let _ = writeln!(s, r#"<text x="{TEXT_X}" y="{}">{}</text>"#, y + rh.min(24) / 2 + 4, escape(&detail));
+    rh
+}
+
+/// The legend, right of the picture: kinds, protections, states.
 fn legend(s: &mut String) {
     let mut y = TOP;
     let _ = writeln!(s, r#"<text x="{LEGEND_X}" y="{y}" font-weight="bold">kind (fill)</text>"#);
@@ -178,13 +187,7 @@ fn legend(s: &mut String) {
         [("image", "Image"), ("private", "Private"), ("mapped view", "PagefileView"), ("MMIO", "Mmio")]
     {
         y += 18;
-        let _ = writeln!(
-            s,
-            r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="{}" stroke="#444"/><text x="{}" y="{y}">{name}</text>"##,
-            y - 10,
-            kind_colour(kind),
-            LEGEND_X + 20
-        );
+        swatch(s, y, &format!(r##"fill="{}" stroke="#444""##, kind_colour(kind)), name);
     }
     y += 28;
     let _ = writeln!(s, r#"<text x="{LEGEND_X}" y="{y}" font-weight="bold">protection (stripe)</text>"#);
@@ -197,41 +200,27 @@ fn legend(s: &mut String) {
         ("reserved", ""),
     ] {
         y += 18;
-        let _ = writeln!(
-            s,
-            r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="{}" stroke="#444"/><text x="{}" y="{y}">{name}</text>"##,
-            y - 10,
-            protection_colour(rwx),
-            LEGEND_X + 20
-        );
+        swatch(s, y, &format!(r##"fill="{}" stroke="#444""##, protection_colour(rwx)), name);
     }
     y += 28;
     let _ = writeln!(s, r#"<text x="{LEGEND_X}" y="{y}" font-weight="bold">state</text>"#);
-    y += 18;
+    for (name, attributes) in [
+        ("committed", r##"fill="#e8a33d" stroke="#444""##),
+        ("reserved", r##"fill="#e8a33d" fill-opacity="0.35" stroke="#444" stroke-dasharray="4 3""##),
+        ("guard page", r##"fill="#e8a33d" stroke="#ff7f0e" stroke-width="3""##),
+        ("free (compressed)", r##"fill="url(#hatch)" stroke="#bbb""##),
+    ] {
+        y += 18;
+        swatch(s, y, attributes, name);
+    }
+}
+
+/// One legend entry on the line `y`: a 14×12 square drawn with
+/// `attributes`, then `name`.
+fn swatch(s: &mut String, y: u32, attributes: &str, name: &str) {
     let _ = writeln!(
         s,
-        r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="#e8a33d" stroke="#444"/><text x="{}" y="{y}">committed</text>"##,
-        y - 10,
-        LEGEND_X + 20
-    );
-    y += 18;
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="#e8a33d" fill-opacity="0.35" stroke="#444" stroke-dasharray="4 3"/><text x="{}" y="{y}">reserved</text>"##,
-        y - 10,
-        LEGEND_X + 20
-    );
-    y += 18;
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="#e8a33d" stroke="#ff7f0e" stroke-width="3"/><text x="{}" y="{y}">guard page</text>"##,
-        y - 10,
-        LEGEND_X + 20
-    );
-    y += 18;
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEGEND_X}" y="{}" width="14" height="12" fill="url(#hatch)" stroke="#bbb"/><text x="{}" y="{y}">free (compressed)</text>"##,
+        r#"<rect x="{LEGEND_X}" y="{}" width="14" height="12" {attributes}/><text x="{}" y="{y}">{name}</text>"#,
         y - 10,
         LEGEND_X + 20
     );

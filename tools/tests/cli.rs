@@ -1,52 +1,12 @@
 //! End-to-end tests of the `vmsnap` binary on files the tests create: the
 //! demo's files, files written with the library, and corrupt ones.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use serde_json::Value;
+use common::{Demo, demo, fails, json, ok, s, vmsnap};
 use vmsnap::{AddressSpace, MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, USER_SPACE_END};
-
-fn vmsnap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmsnap")).args(args).output().expect("the vmsnap binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn ok(args: &[&str]) -> String {
-    let o = vmsnap(args);
-    assert!(o.status.success(), "vmsnap {args:?} failed: {}", stderr(&o));
-    stdout(&o)
-}
-
-/// Runs a `--json` command that must succeed and parses its output.
-fn json(args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let text = ok(&all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("vmsnap {args:?}: not JSON ({e}): {text}"))
-}
-
-/// Runs a command that must fail with exit code 1 and one `error:` line.
-fn fails(args: &[&str]) -> String {
-    let o = vmsnap(args);
-    assert_eq!(o.status.code(), Some(1), "vmsnap {args:?}: {}{}", stdout(&o), stderr(&o));
-    let err = stderr(&o);
-    assert!(err.starts_with("error: "), "vmsnap {args:?}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
 
 /// Every region from 0 to the end of user space, as the library answers.
 fn library_regions(space: &dyn AddressSpace) -> Vec<vmsnap::RegionInfo> {
@@ -63,27 +23,6 @@ fn library_regions(space: &dyn AddressSpace) -> Vec<vmsnap::RegionInfo> {
 fn timeline_snapshot(path: &Path, name: &str) -> Snapshot {
     let t = vmsnap::file::load_timeline(path).unwrap();
     t.get(t.find(name).unwrap()).unwrap().clone()
-}
-
-struct Demo {
-    _dir: tempfile::TempDir,
-    file: PathBuf,
-    base: PathBuf,
-    branch: PathBuf,
-    report: Value,
-}
-
-fn demo() -> Demo {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("demo.vmsnap");
-    let report = json(&["demo", "--steps", "12", "--heap-mib", "4", "--out", s(&file)]);
-    Demo {
-        base: dir.path().join("demo-base.vmsnap"),
-        branch: dir.path().join("demo-branch.vmsnap"),
-        _dir: dir,
-        file,
-        report,
-    }
 }
 
 #[test]
@@ -128,9 +67,16 @@ fn the_demo_reports_and_saves_its_files() {
 #[test]
 fn every_read_command_works_on_the_demo_file() {
     let d = demo();
-    let file = s(&d.file);
+    info_of_the_demo_file(&d);
+    regions_of_the_demo_file(&d);
+    dump_of_the_demo_file(&d);
+    diff_of_the_demo_file(&d);
+    verify_and_stats_of_the_demo_file(&d);
+    rebase_of_the_demo_file(&d);
+}
 
-    // info
+fn info_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
     let info = json(&["info", file]);
     assert_eq!(info["kind"], "timeline");
     assert_eq!(info["snapshot_count"], 15);
@@ -144,10 +90,12 @@ fn every_read_command_works_on_the_demo_file() {
     assert!(info["dedup_ratio"].as_f64().unwrap() > 1.0);
     let text = ok(&["info", file]);
     assert!(text.contains("timeline") && text.contains("dedup") && text.contains("branched from"), "{text}");
+}
 
-    // regions: the same regions the library reports, in both forms.
-    let step6 = timeline_snapshot(&d.file, "step-6");
-    let expected = library_regions(&step6);
+/// The same regions the library reports, in both forms.
+fn regions_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
+    let expected = library_regions(&timeline_snapshot(&d.file, "step-6"));
     let regions = json(&["regions", file, "--snapshot", "step-6"]);
     let rows = regions["regions"].as_array().unwrap();
     assert_eq!(rows.len(), expected.len());
@@ -160,8 +108,11 @@ fn every_read_command_works_on_the_demo_file() {
     let text = ok(&["regions", file, "--snapshot", "7"]);
     assert!(text.contains("BaseAddress") && text.contains("MEM_COMMIT") && text.contains("MEM_RESERVE"));
     assert_eq!(json(&["regions", file, "--snapshot", "#7"])["name"], "step-6");
+}
 
-    // dump: view A of the section holds the step counter.
+/// View A of the section holds the step counter.
+fn dump_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
     let view_a = d.report["view_a"].as_u64().unwrap();
     let address = format!("{view_a:#x}");
     let dumped = json(&["dump", file, &address, "16", "--snapshot", "step-6"]);
@@ -174,8 +125,11 @@ fn every_read_command_works_on_the_demo_file() {
     );
     assert_eq!(text.lines().count(), 2);
     assert!(ok(&["dump", file, &format!("{:#x}", view_a + 0x600), "16"]).contains("|step "));
+}
 
-    // diff of two snapshots of the file: the library's changes.
+/// Two snapshots of the file: the library's changes.
+fn diff_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
     let (a, b) = (timeline_snapshot(&d.file, "step-11"), timeline_snapshot(&d.file, "branch-3"));
     let library = a.diff(&b);
     let diff = json(&["diff", file, "--from", "step-11", "--to", "branch-3"]);
@@ -190,24 +144,30 @@ fn every_read_command_works_on_the_demo_file() {
     assert!(text.contains("pages changed") && text.contains(" - ") && text.contains(" + "), "{text}");
     // With one file and no --from: the head against its parent.
     assert!(ok(&["diff", file]).contains("#14 branch-2 → "), "head's parent");
+}
 
-    // verify, stats
+fn verify_and_stats_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
     assert!(ok(&["verify", file]).starts_with("OK "));
     assert_eq!(json(&["verify", file])["ok"], true);
     let stats = json(&["stats", file, "--snapshot", "branch-3"]);
-    let library = b.compute_memory_stats();
+    let library = timeline_snapshot(&d.file, "branch-3").compute_memory_stats();
     assert_eq!(stats["committed_bytes"], library.committed_memory);
     assert_eq!(stats["reserved_bytes"], library.reserved_memory);
     assert_eq!(stats["allocations"], library.allocation_count);
     assert!(ok(&["stats", file]).contains("Image"));
+}
 
-    // rebase of the timeline: rewritten, still 15 snapshots.
+/// The timeline rewritten, still 15 snapshots; one snapshot taken out.
+fn rebase_of_the_demo_file(d: &Demo) {
+    let file = s(&d.file);
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy.vmsnap");
     ok(&["rebase", file, s(&copy)]);
     assert_eq!(json(&["info", s(&copy)])["snapshot_count"], 15);
     let one = dir.path().join("one.vmsnap");
     ok(&["rebase", file, s(&one), "--snapshot", "step-6"]);
+    let step6 = timeline_snapshot(&d.file, "step-6");
     assert!(vmsnap::file::load(&one).unwrap().diff(&step6).is_empty());
     assert_eq!(json(&["info", s(&one)])["kind"], "snapshot");
 }
