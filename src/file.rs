@@ -1690,10 +1690,12 @@ fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     read_whole(path, read_head(path)?)
 }
 
-/// How old a leftover temporary file of a save (one interrupted by a crash
-/// or a kill) must be before a later successful save of the same target
-/// removes it: 10 minutes, far longer than the gaps between the writes of
-/// a save in progress.
+/// On a file system that cannot take file locks: how old a leftover
+/// temporary file of a save (one interrupted by a crash or a kill) must be
+/// before a later successful save of the same target removes it: 10
+/// minutes, far longer than the gaps between the writes of a save in
+/// progress. Elsewhere a leftover is removed by the next save whatever its
+/// age (see [`write_atomic`]).
 pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Attempts at a fresh random temporary name before giving up.
@@ -1771,15 +1773,44 @@ fn create_temporary(
                 return Err(e);
             }
         }
+        // Held until the file is closed (renamed or abandoned; a killed
+        // process's locks go with it): what tells a sweeper this save is
+        // alive. A sweeper may have taken the name between our create and
+        // our lock; then the file is gone, and we take another name.
+        file.lock()?;
+        if !still_named(&temp, &file) {
+            continue;
+        }
         return Ok((temp, file));
     }
     Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary file name"))
 }
 
+/// True when `path` still names the open `file` (not removed or replaced).
+fn still_named(path: &Path, file: &fs::File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::symlink_metadata(path), file.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
 /// Removes the temporary files of saves of the same target (`prefix`, then
-/// only hex digits and `-`: this crate's names and the earlier
-/// `PID-N` ones) that are regular files untouched for
-/// [`STALE_TEMPORARY_AGE`]. Best effort: errors are ignored.
+/// only hex digits and `-`: this crate's names and the earlier `PID-N`
+/// ones) that no live save holds: a save keeps an exclusive lock on its
+/// temporary file until it is renamed, and the lock dies with its process,
+/// so a file whose lock can be taken is the leftover of a killed save,
+/// however young. Where the file system cannot lock, a file untouched for
+/// [`STALE_TEMPORARY_AGE`] is taken as abandoned. Best effort: errors are
+/// ignored.
 fn sweep_stale_temporaries(dir: &Path, prefix: &std::ffi::OsStr) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     let prefix = prefix.as_encoded_bytes();
@@ -1789,14 +1820,18 @@ fn sweep_stale_temporaries(dir: &Path, prefix: &std::ffi::OsStr) {
         if rest.is_empty() || !rest.iter().all(|b| b.is_ascii_hexdigit() || *b == b'-') {
             continue;
         }
-        let stale = entry
-            .metadata()
-            .ok()
-            .filter(fs::Metadata::is_file)
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|modified| modified.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY_AGE));
-        if stale {
-            let _ = fs::remove_file(entry.path());
+        let Some(meta) = entry.metadata().ok().filter(fs::Metadata::is_file) else { continue };
+        let path = entry.path();
+        let Ok(file) = fs::File::open(&path) else { continue };
+        let abandoned = match file.try_lock() {
+            Ok(()) => true,
+            Err(fs::TryLockError::WouldBlock) => false,
+            Err(fs::TryLockError::Error(_)) => meta
+                .modified()
+                .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY_AGE)),
+        };
+        if abandoned && still_named(&path, &file) {
+            let _ = fs::remove_file(&path);
         }
     }
 }
@@ -1819,8 +1854,11 @@ fn sweep_stale_temporaries(dir: &Path, prefix: &std::ffi::OsStr) {
 ///   file or the complete new one.
 /// - On failure only the temporary file this call created is removed;
 ///   `path` is untouched; the error names `path`.
-/// - After a successful write, leftover temporary files of earlier saves
-///   of the same `path` older than [`STALE_TEMPORARY_AGE`] are removed.
+/// - The temporary file stays locked (an exclusive advisory lock) while
+///   it is written. After a successful write, the temporary files of
+///   earlier saves of the same `path` that no live process holds (the
+///   leftovers of a save killed at any point) are removed; a save in
+///   progress elsewhere keeps its file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     let dir = directory_of(path);
     let file_name = path.file_name().ok_or_else(|| FileError::Io {

@@ -216,7 +216,7 @@ fn an_atomic_save_keeps_the_mode_and_owner_of_the_file_it_replaces() {
 // ------------------------------------------------ 3. temporary files ----
 
 #[test]
-fn a_stale_temporary_file_of_a_crashed_save_is_swept_and_a_fresh_one_kept() {
+fn the_temporary_files_of_killed_saves_are_swept_and_a_live_saves_kept() {
     let dir = common::temp_dir("hostile", "temporaries");
     let path = dir.join("x.vmsnap");
     // What a save killed by SIGKILL leaves, in a container whose next
@@ -229,20 +229,27 @@ fn a_stale_temporary_file_of_a_crashed_save_is_swept_and_a_fresh_one_kept() {
         f.set_len(100).unwrap();
         f.set_modified(hour_ago).unwrap();
     }
-    // A save in progress elsewhere (another PID namespace: same PID), and a
-    // stale temporary file of another target: neither is touched.
+    // A save killed a moment ago: no lock held, so it goes however young.
+    let young = dir.join(format!(".x.vmsnap.tmp-{:016x}", 0xdead_beef_u64));
+    std::fs::write(&young, b"torn").unwrap();
+    // A save in progress elsewhere (another PID namespace: same PID; its
+    // writer holds the lock on its temporary file), and a stale temporary
+    // file of another target: neither is touched.
     let fresh = dir.join(format!(".x.vmsnap.tmp-{pid}-999"));
     std::fs::write(&fresh, b"in progress").unwrap();
+    let writer = std::fs::File::open(&fresh).unwrap();
+    writer.lock().unwrap();
     let other = dir.join(".y.vmsnap.tmp-1-0");
     std::fs::File::create(&other).unwrap().set_modified(hour_ago).unwrap();
 
     file::save(&snapshot(1), &path).unwrap();
     assert!(file::load(&path).unwrap().diff(&snapshot(1)).is_empty());
-    for s in &stale {
+    for s in stale.iter().chain([&young]) {
         assert!(!s.exists(), "{} was not swept", s.display());
     }
     assert_eq!(std::fs::read(&fresh).unwrap(), b"in progress");
     assert!(other.exists());
+    drop(writer);
     let mut names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
