@@ -53,8 +53,10 @@ use crate::snapshot::Snapshot;
 use crate::timeline::{SnapshotId, Timeline};
 use crate::version::{Lineage, Version};
 
+mod header;
 mod inspect;
 mod lazy;
+use header::{Header, split};
 pub use inspect::{
     FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
 };
@@ -569,19 +571,9 @@ fn encode<'a>(
     // Never write a file a reader would refuse.
     check_writer_limits(counts.0, counts.1, counts.2, frames_area.len() as u64, index.len() as u64)?;
 
-    let (minor, flags) = (FORMAT_MINOR, if parent.is_some() { FLAG_INCREMENTAL } else { 0 });
+    let header = Header::new(parent.is_some(), frames_area.len() as u64, &index);
     let mut out = Vec::with_capacity(HEADER_LENGTH + frames_area.len() + index.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
-    out.extend_from_slice(&minor.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&((HEADER_LENGTH + frames_area.len()) as u64).to_le_bytes());
-    out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    out.extend_from_slice(&blake3_prefix::<16>(&index));
-    out.extend_from_slice(&(frames_area.len() as u64).to_le_bytes());
-    let header_checksum: [u8; 8] = blake3_prefix(&out[..56]);
-    out.extend_from_slice(&header_checksum);
-    debug_assert_eq!(out.len(), HEADER_LENGTH);
+    out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(&frames_area);
     out.extend_from_slice(&index);
     Ok(out)
@@ -674,97 +666,12 @@ struct Decoded {
     snapshot: Snapshot,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 fn limit(what: &'static str, value: u64, max: u64) -> Result<(), FileError> {
     if value > max { Err(FileError::SizeLimit { what, value, limit: max }) } else { Ok(()) }
 }
 
 fn corrupt(what: &'static str) -> FileError {
     FileError::CorruptIndex(what)
-}
-
-/// The fixed header, checked.
-#[derive(Clone, Copy, Debug)]
-struct Header {
-    minor: u16,
-    incremental: bool,
-    index_offset: u64,
-    index_length: u64,
-    frames_length: u64,
-    index_checksum: [u8; 16],
-}
-
-/// Checks a file's header (`head`: its first `min(64, length)` bytes) and
-/// its length against it: §6.1 up to, not including, the index checksum.
-fn check_header(head: &[u8], file_length: u64) -> Result<Header, FileError> {
-    let prefix = head.len().min(MAGIC.len());
-    if head[..prefix] != MAGIC[..prefix] {
-        return Err(FileError::BadMagic);
-    }
-    if head.len() < HEADER_LENGTH {
-        return Err(FileError::Truncated { expected: HEADER_LENGTH as u64, actual: file_length });
-    }
-    let (major, minor) = (u16_at(head, 8), u16_at(head, 10));
-    if major != FORMAT_MAJOR {
-        return Err(FileError::UnsupportedVersion { major, minor });
-    }
-    let flags = u32_at(head, 12);
-    // Bit 0 (incremental) exists from 1.1 on; every other bit is unknown.
-    if flags & !FLAG_INCREMENTAL != 0 || (flags != 0 && minor < FORMAT_MINOR_INCREMENTAL) {
-        return Err(FileError::UnsupportedFlags(flags));
-    }
-    if blake3_prefix::<8>(&head[..56]) != head[56..64] {
-        return Err(FileError::HeaderChecksum);
-    }
-    let index_offset = u64_at(head, 16);
-    let index_length = u64_at(head, 24);
-    let frames_length = u64_at(head, 48);
-    limit("index length", index_length, MAX_INDEX_LENGTH)?;
-    limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
-    if index_offset != HEADER_LENGTH as u64 + frames_length {
-        return Err(FileError::CorruptHeader("index offset is not 64 + frames length"));
-    }
-    let total = index_offset + index_length;
-    if file_length < total {
-        return Err(FileError::Truncated { expected: total, actual: file_length });
-    }
-    if file_length > total {
-        return Err(FileError::TrailingBytes { expected: total, actual: file_length });
-    }
-    Ok(Header {
-        minor,
-        incremental: flags & FLAG_INCREMENTAL != 0,
-        index_offset,
-        index_length,
-        frames_length,
-        index_checksum: head[32..48].try_into().expect("16 bytes"),
-    })
-}
-
-/// Checks the index bytes against the header's checksum.
-fn check_index(header: &Header, index: &[u8]) -> Result<(), FileError> {
-    if blake3_prefix::<16>(index) != header.index_checksum {
-        return Err(FileError::IndexChecksum);
-    }
-    Ok(())
-}
-
-/// Checks the header and the index checksum of a whole file; returns the
-/// frame area, the index bytes and the header.
-fn split(bytes: &[u8]) -> Result<(&[u8], &[u8], Header), FileError> {
-    let header = check_header(&bytes[..bytes.len().min(HEADER_LENGTH)], bytes.len() as u64)?;
-    let index = &bytes[header.index_offset as usize..];
-    check_index(&header, index)?;
-    Ok((&bytes[HEADER_LENGTH..header.index_offset as usize], index, header))
 }
 
 /// The identity of a file as a parent: BLAKE3-256 of its index bytes (after
@@ -1646,13 +1553,13 @@ fn head_of(path: &Path, mut file: fs::File, length: u64) -> Result<Head, FileErr
     let mut raw = [0u8; HEADER_LENGTH];
     let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
     file.read_exact(head).map_err(io(path))?;
-    let header = check_header(head, length)?;
-    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `check_header`).
+    let header = Header::parse(head, length)?;
+    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `Header::parse`).
     let mut index = vec![0u8; header.index_length as usize];
     file.seek(SeekFrom::Start(header.index_offset))
         .and_then(|_| file.read_exact(&mut index))
         .map_err(io(path))?;
-    check_index(&header, &index)?;
+    header.check_index(&index)?;
     Ok(Head { file, header, raw, index })
 }
 
