@@ -166,11 +166,9 @@ fn files(c: &mut Criterion) {
             b.iter(|| vmsnap::file::save(&snap, &file).unwrap())
         });
         // One core: the per-core rate (the bytes written are the same).
-        vmsnap::file::set_threads(1);
         group.bench_function(BenchmarkId::new("vmsnap_1_thread", label), |b| {
-            b.iter(|| vmsnap::file::save(&snap, &file).unwrap())
+            b.iter(|| vmsnap::file::Writer::new().threads(1).save(&snap, &file).unwrap())
         });
-        vmsnap::file::set_threads(0);
         group.bench_function(BenchmarkId::new("raw_write", label), |b| {
             b.iter(|| std::fs::write(&raw, &flat).unwrap())
         });
@@ -198,11 +196,9 @@ fn files(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("vmsnap", label), |b| {
             b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
         });
-        vmsnap::file::set_threads(1);
         group.bench_function(BenchmarkId::new("vmsnap_1_thread", label), |b| {
-            b.iter(|| black_box(vmsnap::file::load(&file).unwrap()))
+            b.iter(|| black_box(vmsnap::file::Loader::new().threads(1).load(&file).unwrap()))
         });
-        vmsnap::file::set_threads(0);
         group.bench_function(BenchmarkId::new("raw_read", label), |b| {
             b.iter(|| black_box(std::fs::read(&raw).unwrap()))
         });

@@ -33,15 +33,17 @@
 //! In a timeline file (1.2) each snapshot's page map is stored as a delta
 //! against its parent snapshot's. [`open_lazy`] opens any file reading only
 //! its header and index; pages are read, a frame at a time, on first touch
-//! ([`LazyFile`]). Frames are compressed and checked on every core
-//! ([`set_threads`]).
+//! ([`LazyFile`]). Frames are compressed and checked on every core, or as
+//! many threads as a [`Writer`] or [`Loader`] is given. A save streams:
+//! frames go to the file as later frames compress, so memory in flight is
+//! one batch of frames, not the file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -53,14 +55,18 @@ use crate::snapshot::Snapshot;
 use crate::timeline::{SnapshotId, Timeline};
 use crate::version::{Lineage, Version};
 
+mod codec;
 mod header;
 mod inspect;
 mod lazy;
+mod options;
+use codec::{FRAMES_PER_BATCH, FrameDecoder, Pool};
 use header::{Header, split};
 pub use inspect::{
     FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
 };
 pub use lazy::{LazyFile, open_lazy, open_lazy_bytes};
+pub use options::{Loader, Writer};
 
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
@@ -247,6 +253,12 @@ pub enum FileError {
         /// Address of the page.
         address: u64,
     },
+    /// A [`Writer`] was asked for a zstd level outside 1..=22.
+    #[error("zstd level {level} is outside 1..=22")]
+    InvalidLevel {
+        /// The level asked for.
+        level: i32,
+    },
     /// `load` needs a file with exactly one snapshot (use `load_timeline`).
     #[error("the file holds {found} snapshots, expected exactly one")]
     SnapshotCount {
@@ -308,6 +320,26 @@ struct Item<'a> {
     name: Option<&'a str>,
     parent: Option<u64>,
     snapshot: &'a Snapshot,
+}
+
+impl<'a> Item<'a> {
+    /// A file's only snapshot.
+    fn one(snapshot: &'a Snapshot) -> Item<'a> {
+        Item { id: 0, name: None, parent: None, snapshot }
+    }
+
+    /// Every entry of a timeline, in id order.
+    fn of_timeline(timeline: &'a Timeline) -> Vec<Item<'a>> {
+        timeline
+            .iter()
+            .map(|e| Item {
+                id: e.id.0,
+                name: e.name.as_deref(),
+                parent: e.parent.map(|p| p.0),
+                snapshot: &e.snapshot,
+            })
+            .collect()
+    }
 }
 
 /// The parent of an incremental file being encoded.
@@ -372,11 +404,64 @@ fn runs_of(entries: &[(u64, u32)]) -> Vec<RunRecord> {
 /// A page object to store and its xor base (page number, parent's page).
 type Candidate<'a> = (Page<'a>, Option<(u64, Page<'a>)>);
 
+/// Where an encoder writes: the file's bytes in order, then the header
+/// over the first 64 (written as zeros first).
+trait Sink {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    fn write_header(&mut self, header: &[u8; HEADER_LENGTH]) -> std::io::Result<()>;
+}
+
+impl Sink for Vec<u8> {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn write_header(&mut self, header: &[u8; HEADER_LENGTH]) -> std::io::Result<()> {
+        self[..HEADER_LENGTH].copy_from_slice(header);
+        Ok(())
+    }
+}
+
+/// A file being written: buffered appends, then the header in place.
+struct FileSink<'f>(std::io::BufWriter<&'f mut fs::File>);
+
+impl Sink for FileSink<'_> {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn write_header(&mut self, header: &[u8; HEADER_LENGTH]) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.0.flush()?;
+        let file = self.0.get_mut();
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(header)
+    }
+}
+
+/// The file bytes of `items`, in memory.
 fn encode<'a>(
     items: &[Item<'a>],
     parent: Option<&ParentFile<'a>>,
-    progress: &mut dyn FnMut(Progress),
+    options: &mut Writer<'_>,
 ) -> Result<Vec<u8>, FileError> {
+    let mut out = Vec::new();
+    encode_into(&mut out, &|e| unreachable!("writing into a Vec cannot fail: {e}"), items, parent, options)?;
+    Ok(out)
+}
+
+/// Encodes `items` into `sink` as frames compress: at most one batch of
+/// frames (16 per worker) is in memory at once, not the file. `io` names
+/// the file in a write error.
+fn encode_into<'a>(
+    sink: &mut dyn Sink,
+    io: &dyn Fn(std::io::Error) -> FileError,
+    items: &[Item<'a>],
+    parent: Option<&ParentFile<'a>>,
+    options: &mut Writer<'_>,
+) -> Result<(), FileError> {
+    let pool = Pool::new(options.threads);
     // Pass 1: the distinct page objects to store, in order of first
     // appearance, each with its xor base (the parent's page at the same
     // page number, if any); page maps name them by candidate number + 1.
@@ -461,10 +546,11 @@ fn encode<'a>(
     }
 
     // Pass 2: BLAKE3 of every candidate, on the worker threads.
-    let candidate_hashes: Vec<[u8; 32]> = in_parallel(0..candidates.len(), 256, |range| {
-        candidates[range].iter().map(|(p, _)| *blake3::hash(p.bytes()).as_bytes()).collect::<Vec<_>>()
-    })
-    .concat();
+    let candidate_hashes: Vec<[u8; 32]> = pool
+        .run(0..candidates.len(), 256, |range| {
+            candidates[range].iter().map(|(p, _)| *blake3::hash(p.bytes()).as_bytes()).collect::<Vec<_>>()
+        })
+        .concat();
 
     // Pass 3: one page record per distinct hash, in order of first
     // appearance (so a page's record keeps its first appearance's xor base);
@@ -500,51 +586,39 @@ fn encode<'a>(
         entry.5 = runs_of(&entries);
     }
 
-    // Frames: 16 bodies each, compressed on the worker threads in batches
-    // (each with one zstd context, same parameters as a fresh one, so the
-    // bytes never depend on the thread count).
-    let mut frames_area = Vec::new();
+    // Frames: 16 bodies each, compressed on the worker threads a batch at
+    // a time and appended as each batch is done.
+    sink.append(&[0; HEADER_LENGTH]).map_err(io)?;
     let mut frames = Vec::new();
+    let mut frames_length = 0u64;
     let frame_count = bodies.len().div_ceil(PAGES_PER_FRAME);
-    let batch_frames = FRAMES_PER_BATCH * threads();
-    for batch in (0..frame_count).step_by(batch_frames) {
-        let batch = batch..(batch + batch_frames).min(frame_count);
-        let parts = in_parallel(batch, FRAMES_PER_BATCH / 4, |range| {
-            // Invariant: creating a context with a valid level cannot fail.
-            let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context");
-            let mut raw = Vec::with_capacity(PAGES_PER_FRAME * PAGE);
-            let mut out = Vec::with_capacity(range.len());
-            for n in range {
-                let chunk = &bodies[n * PAGES_PER_FRAME..((n + 1) * PAGES_PER_FRAME).min(bodies.len())];
-                raw.clear();
-                for body in chunk {
-                    match body.base {
-                        None => raw.extend_from_slice(body.page.bytes()),
-                        Some(base) => {
-                            raw.extend(body.page.bytes().iter().zip(base.bytes().iter()).map(|(a, b)| a ^ b))
-                        }
-                    }
-                }
-                // Invariant: compressing a bounded in-memory buffer cannot fail.
-                let compressed = compressor.compress(&raw).expect("zstd compression of 64 KiB");
-                let checksum: [u8; 8] = blake3_prefix(&compressed);
-                out.push((chunk.len() as u8, compressed, checksum));
-            }
-            out
-        });
-        for (count, compressed, checksum) in parts.into_iter().flatten() {
-            frames.push(FrameRecord(
-                frames_area.len() as u64,
-                compressed.len() as u32,
-                count,
-                ByteBuf::from(checksum.to_vec()),
-            ));
-            frames_area.extend_from_slice(&compressed);
+    let fill = |n: usize, raw: &mut Vec<u8>| {
+        let body = &bodies[n];
+        match body.base {
+            None => raw.extend_from_slice(body.page.bytes()),
+            Some(base) => raw.extend(body.page.bytes().iter().zip(base.bytes().iter()).map(|(a, b)| a ^ b)),
         }
-        progress(Progress {
-            done: ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64,
-            total: (bodies.len() * PAGE) as u64,
-        });
+    };
+    for batch in (0..frame_count).step_by(pool.batch_frames()) {
+        let batch = batch..(batch + pool.batch_frames()).min(frame_count);
+        for frame in codec::compress_frames(pool, options.level, bodies.len(), batch, &fill) {
+            let length = frame.bytes.len() as u64;
+            frames.push(FrameRecord(
+                frames_length,
+                length as u32,
+                frame.pages,
+                ByteBuf::from(frame.checksum.to_vec()),
+            ));
+            sink.append(&frame.bytes).map_err(io)?;
+            frames_length += length;
+            limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
+        }
+        if let Some(progress) = options.progress.as_mut() {
+            progress(Progress {
+                done: ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64,
+                total: (bodies.len() * PAGE) as u64,
+            });
+        }
     }
     let pages: Vec<PageRecord> = hashes
         .iter()
@@ -569,14 +643,9 @@ fn encode<'a>(
     // Invariant: encoding plain values into a Vec cannot fail.
     let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
     // Never write a file a reader would refuse.
-    check_writer_limits(counts.0, counts.1, counts.2, frames_area.len() as u64, index.len() as u64)?;
-
-    let header = Header::new(parent.is_some(), frames_area.len() as u64, &index);
-    let mut out = Vec::with_capacity(HEADER_LENGTH + frames_area.len() + index.len());
-    out.extend_from_slice(&header.to_bytes());
-    out.extend_from_slice(&frames_area);
-    out.extend_from_slice(&index);
-    Ok(out)
+    check_writer_limits(counts.0, counts.1, counts.2, frames_length, index.len() as u64)?;
+    sink.append(&index).map_err(io)?;
+    sink.write_header(&Header::new(parent.is_some(), frames_length, &index).to_bytes()).map_err(io)
 }
 
 /// The reader's size limits (FORMAT.md §3.1, §6.1–§6.2), checked by the
@@ -599,7 +668,7 @@ fn check_writer_limits(
 /// How far a save or load has come, for a progress bar: bytes of page data
 /// compressed (save) or decompressed and checked (load) so far, of the total
 /// for the file. Reported after each batch of frames (16 frames, 1 MiB of
-/// pages, per worker thread; see [`set_threads`]); the last report has
+/// pages, per worker thread; see [`Writer::threads`]); the last report has
 /// `done == total`. A file with no stored pages reports nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -609,25 +678,26 @@ pub struct Progress {
     pub total: u64,
 }
 
-/// [`save`], calling `progress` as frames are compressed.
+/// [`save`], calling `progress` as frames are compressed
+/// ([`Writer::progress`]).
 pub fn save_with_progress(
     snapshot: &Snapshot,
     path: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), FileError> {
-    let bytes = encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, progress)?;
-    write_atomic(path, &bytes)
+    Writer::new().progress(progress).save(snapshot, path)
 }
 
 /// [`load`], calling `progress` as the file's frames are decompressed and
-/// checked (a parent chain is loaded first, without reports).
+/// checked (a parent chain is loaded first, without reports;
+/// [`Loader::progress`]).
 pub fn load_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, FileError> {
-    one_snapshot(read_chain(path, 1, progress)?.1)
+    Loader::new().progress(progress).load(path)
 }
 
 /// [`verify`], calling `progress` as the file's frames are checked.
 pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), FileError> {
-    read_chain(path, 1, progress).map(drop)
+    Loader::new().progress(progress).verify(path)
 }
 
 /// The file bytes of `snapshot` (exactly what [`save`] writes). Deterministic:
@@ -637,23 +707,14 @@ pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> 
 /// Fails only for a snapshot of a lazily opened file one of whose pages
 /// cannot be read ([`FileError::SourcePageUnavailable`]).
 pub fn to_bytes(snapshot: &Snapshot) -> Result<Vec<u8>, FileError> {
-    encode(&[Item { id: 0, name: None, parent: None, snapshot }], None, &mut |_| {})
+    Writer::new().to_bytes(snapshot)
 }
 
 /// The file bytes of a whole timeline (exactly what [`save_timeline`]
 /// writes): every entry in id order with its id, name and parent; pages
 /// shared by several snapshots are stored once. Fails as [`to_bytes`] does.
 pub fn timeline_to_bytes(timeline: &Timeline) -> Result<Vec<u8>, FileError> {
-    let items: Vec<Item<'_>> = timeline
-        .iter()
-        .map(|e| Item {
-            id: e.id.0,
-            name: e.name.as_deref(),
-            parent: e.parent.map(|p| p.0),
-            snapshot: &e.snapshot,
-        })
-        .collect();
-    encode(&items, None, &mut |_| {})
+    Writer::new().timeline_to_bytes(timeline)
 }
 
 // --------------------------------------------------------------- decode ----
@@ -701,67 +762,6 @@ fn check_parent_record(p: &ParentRecord) -> Result<(), FileError> {
 /// Finds the parent of an incremental file (its loaded snapshot), checking
 /// its identity.
 type Resolver<'r> = dyn FnMut(&ParentRecord) -> Result<Snapshot, FileError> + 'r;
-
-/// Frames handed to one worker at a time while decoding (1 MiB of pages).
-const FRAMES_PER_BATCH: usize = 16;
-
-/// Worker threads for compressing and decompressing frames (0: one per
-/// available core, at most 8).
-static THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets how many threads [`save`], [`load`], [`verify`] and the other
-/// encoders and decoders use for frames: `0` (the default) is one per
-/// available core, at most 8; `1` keeps all work on the calling thread. The
-/// bytes written never depend on it. Process-wide.
-pub fn set_threads(threads: usize) {
-    THREADS.store(threads, Ordering::Relaxed);
-}
-
-fn threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(8),
-        n => n,
-    }
-}
-
-/// Runs `work` over `range` split into at most [`threads`] contiguous parts
-/// of at least `min_part` items (the first on the calling thread), and
-/// returns the results in range order.
-fn in_parallel<R: Send>(
-    range: std::ops::Range<usize>,
-    min_part: usize,
-    work: impl Fn(std::ops::Range<usize>) -> R + Sync,
-) -> Vec<R> {
-    let parts = threads().min(range.len().div_ceil(min_part.max(1))).max(1);
-    if parts == 1 {
-        return vec![work(range)];
-    }
-    let step = range.len().div_ceil(parts);
-    let ranges: Vec<_> =
-        (range.start..range.end).step_by(step).map(|a| a..(a + step).min(range.end)).collect();
-    std::thread::scope(|scope| {
-        let work = &work;
-        let handles: Vec<_> = ranges[1..].iter().map(|r| scope.spawn(move || work(r.clone()))).collect();
-        let mut out = vec![work(ranges[0].clone())];
-        // Invariant: a worker only panics if `work` does, which is a bug;
-        // pass that panic on.
-        out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
-        out
-    })
-}
-
-/// A zstd decompression context and a frame buffer, one per worker.
-struct FrameDecoder {
-    zstd: zstd::bulk::Decompressor<'static>,
-    raw: Box<[u8]>,
-}
-
-impl FrameDecoder {
-    fn new() -> Result<Self, FileError> {
-        let zstd = zstd::bulk::Decompressor::new().map_err(|_| FileError::FrameCorrupt { frame: 0 })?;
-        Ok(FrameDecoder { zstd, raw: vec![0u8; PAGES_PER_FRAME * PAGE].into_boxed_slice() })
-    }
-}
 
 /// A frame record, compact: where the frame is, its pages, its checksum.
 #[derive(Clone, Copy)]
@@ -1047,7 +1047,7 @@ fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError>
 fn decode(
     bytes: &[u8],
     resolve: &mut Resolver<'_>,
-    progress: &mut dyn FnMut(Progress),
+    loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let (area, index_bytes, header) = split(bytes)?;
     let parsed = parse_index(index_bytes, &header)?;
@@ -1058,7 +1058,7 @@ fn decode(
     };
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
     let store = file_store(parent_version);
-    let stored = decode_frames(&parsed, area, parent_version, &store, progress)?;
+    let stored = decode_frames(&parsed, area, parent_version, &store, loader)?;
     build_snapshots(&parsed, &stored, parent_version, &store, None)
 }
 
@@ -1072,16 +1072,17 @@ fn decode_frames(
     area: &[u8],
     parent: Option<&Version>,
     store: &Arc<Store>,
-    progress: &mut dyn FnMut(Progress),
+    loader: &mut Loader<'_>,
 ) -> Result<Vec<PageRef>, FileError> {
+    let pool = Pool::new(loader.threads);
     let Parsed { frames, pages, owner, .. } = parsed;
     let mut stored: Vec<Option<PageRef>> = (0..pages.len()).map(|_| None).collect();
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
     let frames_ref = Frames { frames, checks: PageChecks::Records(pages), owner, parent };
-    for batch in (0..frames.len()).step_by(FRAMES_PER_BATCH * threads()) {
-        let batch = batch..(batch + FRAMES_PER_BATCH * threads()).min(frames.len());
-        let parts = in_parallel(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
+    for batch in (0..frames.len()).step_by(pool.batch_frames()) {
+        let batch = batch..(batch + pool.batch_frames()).min(frames.len());
+        let parts = pool.run(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
             let mut decoder = FrameDecoder::new()?;
             let mut out = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
             for n in range {
@@ -1099,7 +1100,7 @@ fn decode_frames(
             }
         }
         done += frames[batch].iter().map(|f| u64::from(f.pages)).sum::<u64>() * PAGE as u64;
-        progress(Progress { done, total: total_bytes });
+        loader.report(done, total_bytes);
     }
     // Invariant: every record has a slot (checked by `parse_index`) and
     // every slot was decoded.
@@ -1398,19 +1399,19 @@ fn one_snapshot(mut all: Vec<Decoded>) -> Result<Snapshot, FileError> {
 /// An incremental file needs its parent: use [`incremental_from_bytes`]
 /// (here it is [`FileError::ParentMissing`] with the file-name hint).
 pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
-    one_snapshot(decode(bytes, &mut no_parent, &mut |_| {})?)
+    one_snapshot(decode(bytes, &mut no_parent, &mut Loader::new())?)
 }
 
 /// Checks a self-contained file held in memory as [`verify`] does: header,
 /// index, every frame and every page hash, every snapshot's layout and page
 /// map (an incremental file is [`FileError::ParentMissing`]).
 pub fn verify_bytes(bytes: &[u8]) -> Result<(), FileError> {
-    decode(bytes, &mut no_parent, &mut |_| {}).map(drop)
+    decode(bytes, &mut no_parent, &mut Loader::new()).map(drop)
 }
 
 /// Decodes a timeline file held in memory (see [`load_timeline`]).
 pub fn timeline_from_bytes(bytes: &[u8]) -> Result<Timeline, FileError> {
-    timeline_of(decode(bytes, &mut no_parent, &mut |_| {})?)
+    timeline_of(decode(bytes, &mut no_parent, &mut Loader::new())?)
 }
 
 fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
@@ -1441,7 +1442,7 @@ pub fn incremental_to_bytes(
     // An invalid hint (absolute, empty, ...) is refused as a reader would.
     check_parent_record(&ParentRecord(ByteBuf::from(index_hash.to_vec()), hint.to_owned()))?;
     let item = Item { id: 0, name: None, parent: None, snapshot };
-    encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut |_| {})
+    encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut Writer::new())
 }
 
 /// Decodes an incremental file held in memory against its parent:
@@ -1461,7 +1462,7 @@ pub fn incremental_from_bytes(
         }
         Ok(parent.clone())
     };
-    one_snapshot(decode(bytes, &mut resolve, &mut |_| {})?)
+    one_snapshot(decode(bytes, &mut resolve, &mut Loader::new())?)
 }
 
 // ------------------------------------------------------------ file system ----
@@ -1767,6 +1768,16 @@ fn sweep_stale_temporaries(dir: &Path, prefix: &std::ffi::OsStr) {
 ///   leftovers of a save killed at any point) are removed; a save in
 ///   progress elsewhere keeps its file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_with(path, |file| file.write_all(bytes).map_err(io(path)))
+}
+
+/// [`write_atomic`] of what `write` writes into the temporary file (the
+/// same rules; `write`'s error is returned as it is, after the temporary
+/// file is removed).
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> Result<(), FileError>,
+) -> Result<(), FileError> {
     let dir = directory_of(path);
     let file_name = path.file_name().ok_or_else(|| FileError::Io {
         path: path.to_owned(),
@@ -1780,11 +1791,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     };
     let prefix = temporary_prefix(file_name);
     let (temp, mut file) = create_temporary(&dir, &prefix, existing.as_ref()).map_err(io(path))?;
-    let written = file.write_all(bytes).and_then(|_| file.sync_all());
+    let written = write(&mut file).and_then(|()| file.sync_all().map_err(io(path)));
     drop(file);
-    if let Err(e) = written.and_then(|_| fs::rename(&temp, path)) {
+    if let Err(e) = written.and_then(|()| fs::rename(&temp, path).map_err(io(path))) {
         let _ = fs::remove_file(&temp);
-        return Err(FileError::Io { path: path.to_owned(), source: e });
+        return Err(e);
     }
     #[cfg(unix)]
     fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(path))?;
@@ -1798,7 +1809,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 /// included, is [`FileError::NotAFile`]; a replaced file's mode and owner
 /// are kept). Time: as [`to_bytes`] plus the write.
 pub fn save(snapshot: &Snapshot, path: &Path) -> Result<(), FileError> {
-    write_atomic(path, &to_bytes(snapshot)?)
+    Writer::new().save(snapshot, path)
+}
+
+/// Encodes `items` (against `parent`) straight into a new file at `path`,
+/// atomically ([`write_atomic`]'s rules): frames are written as they are
+/// compressed, then the index, then the header in place; one `fsync`, the
+/// rename.
+fn save_items(
+    path: &Path,
+    items: &[Item<'_>],
+    parent: Option<&ParentFile<'_>>,
+    writer: &mut Writer<'_>,
+) -> Result<(), FileError> {
+    write_atomic_with(path, |file| {
+        let mut sink = FileSink(std::io::BufWriter::with_capacity(1 << 20, file));
+        let named = |e| FileError::Io { path: path.to_owned(), source: e };
+        encode_into(&mut sink, &named, items, parent, writer)?;
+        sink.0.flush().map_err(io(path))
+    })
+}
+
+/// The loader an incremental save reads its parent chain with: the
+/// writer's threads.
+fn writer_loader(writer: &Writer<'_>) -> Loader<'static> {
+    Loader::new().threads(writer.threads)
 }
 
 /// Opens the parent that the incremental file number `depth` of a chain
@@ -1849,19 +1884,20 @@ fn decode_chain(
     bytes: &[u8],
     depth: u64,
     chain: &mut Vec<PathBuf>,
-    progress: &mut dyn FnMut(Progress),
+    loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let dir = directory_of(path);
+    let mut quiet = loader.quiet();
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
         let (parent_path, canonical, head) = open_parent(&dir, p, depth, chain)?;
         let in_parent = in_parent(&parent_path);
         let parent_bytes = read_whole(&parent_path, head).map_err(&in_parent)?;
         chain.push(canonical);
-        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {});
+        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut quiet);
         chain.pop();
         one_snapshot(decoded.map_err(&in_parent)?).map_err(&in_parent)
     };
-    decode(bytes, &mut resolve, progress)
+    decode(bytes, &mut resolve, loader)
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -1877,11 +1913,11 @@ fn directory_of(path: &Path) -> PathBuf {
 fn read_chain(
     path: &Path,
     depth: u64,
-    progress: &mut dyn FnMut(Progress),
+    loader: &mut Loader<'_>,
 ) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
     let bytes = read(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    let decoded = decode_chain(path, &bytes, depth, &mut chain, progress)?;
+    let decoded = decode_chain(path, &bytes, depth, &mut chain, loader)?;
     Ok((bytes, decoded))
 }
 
@@ -1902,26 +1938,26 @@ fn read_chain(
 /// against its length and the limits, before its frames. Time: O(total size
 /// of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
-    one_snapshot(read_chain(path, 1, &mut |_| {})?.1)
+    Loader::new().load(path)
 }
 
 /// Checks the file at `path` completely (every frame decompressed, every page
 /// hash checked), parents included, without keeping anything.
 pub fn verify(path: &Path) -> Result<(), FileError> {
-    read_chain(path, 1, &mut |_| {}).map(drop)
+    Loader::new().verify(path)
 }
 
 /// Saves a whole timeline (snapshots, names, parent links) to one file,
 /// atomically; a page shared by several snapshots is stored once.
 pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> {
-    write_atomic(path, &timeline_to_bytes(timeline)?)
+    Writer::new().save_timeline(timeline, path)
 }
 
 /// Loads a timeline file: the snapshots in file order, with their names and
 /// parent links (ids are renumbered by [`Timeline::insert`]; the head is the
 /// last snapshot). Every page is checked against its hash.
 pub fn load_timeline(path: &Path) -> Result<Timeline, FileError> {
-    timeline_of(read_chain(path, 1, &mut |_| {})?.1)
+    Loader::new().load_timeline(path)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),
@@ -1951,6 +1987,16 @@ fn relative_path(from: &Path, to: &Path) -> Option<String> {
 /// [`MAX_CHAIN_LENGTH`] files ([`FileError::SizeLimit`]), `path` naming the
 /// parent itself ([`FileError::ParentCycle`]), I/O.
 pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Result<(), FileError> {
+    Writer::new().save_incremental(snapshot, parent, path)
+}
+
+/// [`save_incremental`] with `writer`'s options.
+fn save_incremental_with(
+    snapshot: &Snapshot,
+    parent: &Path,
+    path: &Path,
+    writer: &mut Writer<'_>,
+) -> Result<(), FileError> {
     // The parent is read as any file: a regular file, header and index
     // checked before its frames are read.
     let (parent_file, parent_length) = match open_regular(parent) {
@@ -1974,7 +2020,8 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
         return Err(FileError::ParentCycle { path: path.to_owned() });
     }
     let mut chain = vec![parent_canonical.clone()];
-    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}).map_err(&in_parent)?;
+    let decoded =
+        decode_chain(parent, &parent_bytes, 2, &mut chain, &mut writer_loader(writer)).map_err(&in_parent)?;
     let parent_snapshot = one_snapshot(decoded).map_err(&in_parent)?;
     let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
         path: parent.to_owned(),
@@ -1983,8 +2030,9 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
             "no relative path from the child's directory",
         ),
     })?;
-    let bytes = incremental_to_bytes(snapshot, &parent_snapshot, &parent_bytes, &hint)?;
-    write_atomic(path, &bytes)
+    let index_hash = index_hash(&parent_bytes)?;
+    let parent_file = ParentFile { snapshot: &parent_snapshot, index_hash, hint: &hint };
+    save_items(path, &[Item::one(snapshot)], Some(&parent_file), writer)
 }
 
 /// Merges the chain ending at `path` into one self-contained

@@ -727,12 +727,10 @@ fn save_and_load_report_progress_batch_by_batch() {
     let path = dir.join("progress.vmsnap");
     let total = 600 * 0x1000;
 
-    // One thread: a report per batch of 16 frames (256 pages). The thread
-    // count never changes the bytes, so other tests are unaffected.
-    vmsnap::file::set_threads(1);
+    // One thread: a report per batch of 16 frames (256 pages).
     let mut saved = Vec::new();
-    vmsnap::file::save_with_progress(&snapshot, &path, &mut |p| saved.push(p)).unwrap();
-    vmsnap::file::set_threads(0);
+    let mut report = |p| saved.push(p);
+    vmsnap::file::Writer::new().threads(1).progress(&mut report).save(&snapshot, &path).unwrap();
     let done: Vec<u64> = saved.iter().map(|p| p.done).collect();
     assert_eq!(done, vec![256 * 0x1000, 512 * 0x1000, total], "one report per 16-frame batch");
     assert!(saved.iter().all(|p| p.total == total));
@@ -876,4 +874,35 @@ proptest! {
         }
         prop_assert_eq!(file::timeline_to_bytes(&loaded).unwrap(), bytes);
     }
+}
+
+#[test]
+fn a_streamed_save_writes_what_to_bytes_returns_at_any_thread_count_and_a_bad_level_is_refused() {
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(0x10000, 0x200_0000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    // 2,000 distinct pages: several batches of frames at one thread.
+    for page in 0..2000u64 {
+        mm.write_memory(0x10000 + page * PAGE_SIZE, &(page * 7 + 1).to_le_bytes()).unwrap();
+    }
+    let snapshot = mm.snapshot();
+    let expected = file::to_bytes(&snapshot).unwrap();
+    let dir = common::temp_dir("file", "streamed");
+    let path = dir.join("streamed.vmsnap");
+    for threads in [1, 2, 3, 0] {
+        file::Writer::new().threads(threads).save(&snapshot, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected, "{threads} threads");
+        let loaded = file::Loader::new().threads(threads).load(&path).unwrap();
+        assert!(loaded.diff(&snapshot).is_empty());
+    }
+    // Another level: other bytes, the same snapshot.
+    let mut writer = file::Writer::new().level(19).unwrap();
+    writer.save(&snapshot, &path).unwrap();
+    assert_ne!(std::fs::read(&path).unwrap(), expected);
+    assert!(file::load(&path).unwrap().diff(&snapshot).is_empty());
+    for level in [0, 23, -1, i32::MIN] {
+        assert!(
+            matches!(file::Writer::new().level(level), Err(FileError::InvalidLevel { level: l }) if l == level)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

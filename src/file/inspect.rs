@@ -25,7 +25,7 @@ use std::path::Path;
 
 use super::{
     FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, MapResolver, PageRecord, Parsed, Progress,
-    SnapshotRecord, corrupt, parse_index, read_chain, split, timeline_of,
+    SnapshotRecord, corrupt, parse_index, split,
 };
 use crate::PAGE_SIZE;
 use crate::protection::meta;
@@ -225,7 +225,7 @@ pub fn load_timeline_with_progress(
     path: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Timeline, FileError> {
-    timeline_of(read_chain(path, 1, progress)?.1)
+    super::Loader::new().progress(progress).load_timeline(path)
 }
 
 #[cfg(test)]

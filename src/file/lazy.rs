@@ -242,7 +242,7 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     let parsed = parse_index(index_bytes, &header)?;
     let index_hash = *blake3::hash(index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
-        let decoded = decode(&bytes, &mut no_parent, &mut |_| {})?;
+        let decoded = decode(&bytes, &mut no_parent, &mut super::Loader::new())?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -264,7 +264,7 @@ fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> 
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let bytes = read_whole(path, head)?;
-        let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {})?;
+        let decoded = decode_chain(path, &bytes, depth, chain, &mut super::Loader::new())?;
         return Ok(LazyFile {
             decoded,
             source: None,
