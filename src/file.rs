@@ -60,13 +60,15 @@ mod header;
 mod inspect;
 mod lazy;
 mod options;
+mod source;
 use codec::{FRAMES_PER_BATCH, FrameDecoder, Pool};
 use header::{Header, split};
 pub use inspect::{
     FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
 };
-pub use lazy::{LazyFile, open_lazy, open_lazy_bytes};
+pub use lazy::{LazyFile, open, open_lazy, open_lazy_bytes, open_source};
 pub use options::{Loader, Writer};
+pub use source::{ByteSource, LocalFile};
 
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;

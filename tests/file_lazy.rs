@@ -336,3 +336,88 @@ proptest! {
         }
     }
 }
+
+/// A byte source that counts its reads and can be told to fail.
+struct Counting {
+    bytes: Vec<u8>,
+    reads: std::sync::atomic::AtomicUsize,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl file::ByteSource for Counting {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the store is down"));
+        }
+        let start = offset as usize;
+        buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
+        Ok(())
+    }
+
+    fn name(&self) -> &std::path::Path {
+        std::path::Path::new("bucket/key.vmsnap")
+    }
+}
+
+#[test]
+fn any_byte_source_opens_lazily_reading_the_header_the_index_and_one_frame_per_touch() {
+    use std::sync::atomic::Ordering;
+    let (_, s) = big();
+    let bytes = file::to_bytes(&s).unwrap();
+    let source = std::sync::Arc::new(Counting {
+        bytes: bytes.clone(),
+        reads: Default::default(),
+        fail: Default::default(),
+    });
+    let lazy = file::open_source(source.clone()).unwrap();
+    assert_eq!(source.reads.load(Ordering::Relaxed), 2, "the header, then the index");
+    let opened = lazy.snapshot().unwrap();
+    assert_eq!(page_number(&opened, 100), 100);
+    assert_eq!(source.reads.load(Ordering::Relaxed), 3, "one frame");
+    lazy.verify().unwrap();
+    assert_same(&opened, &s);
+
+    // A failing source: a typed error naming it, and the page unavailable.
+    let down = std::sync::Arc::new(Counting { bytes, reads: Default::default(), fail: Default::default() });
+    let lazy = file::open_source(down.clone()).unwrap();
+    down.fail.store(true, Ordering::Relaxed);
+    let opened = lazy.snapshot().unwrap();
+    let mut buf = [0u8; 8];
+    let at = BASE + 7 * PAGE_SIZE;
+    assert_eq!(opened.read_memory(at, &mut buf), Err(MemoryError::PageUnavailable { address: at }));
+    let e = lazy.take_error().unwrap();
+    assert!(matches!(&e, FileError::Io { path, .. } if path.ends_with("key.vmsnap")), "{e:?}");
+    assert!(lazy.verify().is_err());
+    down.fail.store(false, Ordering::Relaxed);
+    assert_eq!(page_number(&opened, 7), 7, "a retry reads again");
+}
+
+#[test]
+fn open_reads_a_local_file_lazily_and_verify_finds_a_damaged_frame() {
+    let (_, s) = big();
+    let dir = temp_dir("lazy", "open-verify");
+    let path = dir.join("s.vmsnap");
+    file::save(&s, &path).unwrap();
+    let lazy = file::open(&path).unwrap();
+    assert_eq!(lazy.frames_read(), 0);
+    lazy.verify().unwrap();
+    assert_same(&lazy.snapshot().unwrap(), &s);
+
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = frame_offset(&bytes, 2) + 10;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let lazy = file::open(&path).unwrap();
+    assert!(matches!(lazy.verify(), Err(FileError::FrameCorrupt { frame: 2 })));
+    // The same damage through a LocalFile source.
+    let local = file::LocalFile::open(&path).unwrap();
+    let lazy = file::open_source(std::sync::Arc::new(local)).unwrap();
+    assert!(matches!(lazy.load_all(), Err(FileError::FrameCorrupt { frame: 2 })));
+    std::fs::remove_dir_all(&dir).ok();
+}

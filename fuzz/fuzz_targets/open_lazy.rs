@@ -1,7 +1,9 @@
 //! Fuzzes `vmsnap::file::open_lazy_bytes` and reads through the lazy pages:
 //! any input must give an error, or a file whose every committed page reads
 //! either the bytes an eager load gives or `PageUnavailable`, and whose
-//! `load_all` succeeds exactly when `verify_bytes` does.
+//! `load_all` and `verify` succeed exactly when `verify_bytes` does. The
+//! other sources (`Arc<[u8]>` through `open_source`, a local file through
+//! `open`) must accept and refuse exactly the same inputs.
 //!
 //! Run: `cargo fuzz run open_lazy` (from the repository root).
 #![no_main]
@@ -22,7 +24,14 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(data);
     }
     let eager = vmsnap::file::load_from_bytes(&buf).ok();
-    let Ok(lazy) = vmsnap::file::open_lazy_bytes(buf.clone()) else { return };
+    let opened = vmsnap::file::open_lazy_bytes(buf.clone());
+    let shared: std::sync::Arc<[u8]> = buf.clone().into();
+    let from_shared = vmsnap::file::open_source(std::sync::Arc::new(shared));
+    assert_eq!(opened.is_ok(), from_shared.is_ok(), "Vec and Arc<[u8]> sources disagree");
+    let path = std::env::temp_dir().join(format!("vmsnap-fuzz-open-{}.vmsnap", std::process::id()));
+    std::fs::write(&path, &buf).expect("a temporary file");
+    assert_eq!(opened.is_ok(), vmsnap::file::open(&path).is_ok(), "bytes and a local file disagree");
+    let Ok(lazy) = opened else { return };
     let Ok(snapshot) = lazy.snapshot() else { return };
     let mut page = [0u8; 4096];
     for region in snapshot.reserved_regions() {
@@ -43,6 +52,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if lazy.is_lazy() {
-        assert_eq!(lazy.load_all().is_ok(), vmsnap::file::verify_bytes(&buf).is_ok());
+        let verified = vmsnap::file::verify_bytes(&buf).is_ok();
+        assert_eq!(lazy.verify().is_ok(), verified);
+        assert_eq!(lazy.load_all().is_ok(), verified);
     }
 });

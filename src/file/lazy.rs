@@ -1,6 +1,5 @@
 //! Lazily opened snapshot files (see [`LazyFile`]).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 
@@ -80,34 +79,9 @@ impl std::fmt::Debug for LazyFile {
     }
 }
 
-/// Where a lazily opened file's frames are read from.
-enum Reader {
-    File { file: Mutex<fs::File>, path: PathBuf },
-    Bytes(Vec<u8>),
-}
-
-impl Reader {
-    /// Reads `buf.len()` bytes at absolute offset `offset`.
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FileError> {
-        match self {
-            Reader::File { file, path } => {
-                let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-                file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(buf)).map_err(io(path))
-            }
-            Reader::Bytes(bytes) => {
-                // Invariant: frames lie inside the file (checked by
-                // `parse_index` against the header, and the header against
-                // the length).
-                buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
-                Ok(())
-            }
-        }
-    }
-}
-
 /// The lazy pages' store: one per lazily opened file.
 struct Source {
-    reader: Reader,
+    reader: Arc<dyn ByteSource>,
     /// What reading a frame needs of the index (the decoded index itself
     /// is dropped once the snapshots are built).
     index: LazyIndex,
@@ -141,7 +115,7 @@ impl Source {
         };
         let FrameInfo { offset, length, .. } = self.index.frames[n];
         buf.resize(length as usize, 0);
-        self.reader.read_at(HEADER_LENGTH as u64 + offset, buf)?;
+        self.reader.read_at(HEADER_LENGTH as u64 + offset, buf).map_err(io(self.reader.name()))?;
         let frames = Frames { parent: self.parent.as_ref().map(Snapshot::version), ..self.index.frames() };
         // Checked whole before any page is filled.
         let mut pages: Vec<(u32, Box<PageBytes>)> = Vec::with_capacity(PAGES_PER_FRAME);
@@ -210,8 +184,27 @@ impl LazyFile {
     /// access touches the file. Parents are loaded as far as these pages'
     /// xor bases need.
     pub fn load_all(&self) -> Result<(), FileError> {
+        self.read_frames(true)
+    }
+
+    /// Checks every frame of the file as [`verify`](super::verify) does (its
+    /// checksum, every page's BLAKE3 hash and fingerprint), reading each
+    /// once, without keeping the bytes of pages not read yet; the first
+    /// failure is returned. A parent chain's pages are checked as far as
+    /// this file's xor bases need them. Time: O(file size).
+    pub fn verify(&self) -> Result<(), FileError> {
+        self.read_frames(false)
+    }
+
+    /// Reads frames: with `fill`, those with unread pages, filling them;
+    /// without, every frame, filling nothing.
+    fn read_frames(&self, fill: bool) -> Result<(), FileError> {
         let (Some(source), Some((store, records))) = (&self.source, &self.records) else { return Ok(()) };
         for (n, owners) in source.index.owner.iter().enumerate() {
+            if !fill {
+                source.load_frame(n, &mut |_, _| {})?;
+                continue;
+            }
             let unread = owners.iter().filter(|&&r| r != 0).any(|&r| !records.is_loaded(store, r - 1));
             if unread {
                 source.load_frame(n, &mut |r, bytes| records.fill(store, r, bytes))?;
@@ -234,14 +227,35 @@ pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
     open_parts(path, head, 1, &mut chain)
 }
 
+/// Opens the snapshot file at `path` lazily: [`open_lazy`] under its short
+/// name, the entry point of reading a file (then [`LazyFile::snapshot`],
+/// [`LazyFile::timeline`], [`LazyFile::load_all`], [`LazyFile::verify`]).
+pub fn open(path: &Path) -> Result<LazyFile, FileError> {
+    open_lazy(path)
+}
+
 /// [`open_lazy`] for a file held in memory (self-contained files; an
 /// incremental one is [`FileError::ParentMissing`] with its hint, as
 /// [`load_from_bytes`] says).
 pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
-    let (_, index_bytes, header) = split(&bytes)?;
-    let parsed = parse_index(index_bytes, &header)?;
-    let index_hash = *blake3::hash(index_bytes).as_bytes();
+    open_source(Arc::new(bytes))
+}
+
+/// Opens a file lazily from any [`ByteSource`] (a local file, bytes in
+/// memory, an object in a store): reads and checks its header and index
+/// (at most 64 bytes before the header's checks, then the index), and
+/// reads each frame on first touch, as [`open_lazy`]. Self-contained files
+/// only: an incremental one is [`FileError::ParentMissing`] with its hint
+/// (its parent cannot be found from here). A read failure is
+/// [`FileError::Io`] naming [`ByteSource::name`]. Time: O(index size).
+pub fn open_source(source: Arc<dyn ByteSource>) -> Result<LazyFile, FileError> {
+    let (header, index_bytes) = read_head_from(&*source)?;
+    let parsed = parse_index(&index_bytes, &header)?;
+    let index_hash = *blake3::hash(&index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
+        // No fingerprints: read it all now, as `load` does.
+        let mut bytes = vec![0u8; usize::try_from(source.len()).map_err(|_| corrupt("file too large"))?];
+        source.read_at(0, &mut bytes).map_err(io(source.name()))?;
         let decoded = decode(&bytes, &mut no_parent, &mut super::Loader::new())?;
         return Ok(LazyFile {
             decoded,
@@ -254,7 +268,23 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     if let Some(p) = &parsed.parent {
         return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
     }
-    finish(Reader::Bytes(bytes), parsed, None, index_hash)
+    finish(source, parsed, None, index_hash)
+}
+
+/// The checked header and index of a source: the header's first
+/// `min(64, length)` bytes are checked against the length and the limits
+/// before the index is read.
+fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileError> {
+    let length = source.len();
+    let mut raw = [0u8; HEADER_LENGTH];
+    let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
+    source.read_at(0, head).map_err(io(source.name()))?;
+    let header = Header::parse(head, length)?;
+    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `Header::parse`).
+    let mut index = vec![0u8; header.index_length as usize];
+    source.read_at(header.index_offset, &mut index).map_err(io(source.name()))?;
+    header.check_index(&index)?;
+    Ok((header, index))
 }
 
 /// The rest of [`open_lazy`] for file number `depth` of a chain.
@@ -283,12 +313,14 @@ fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> 
             Some(opened.and_then(|f| f.snapshot()).map_err(in_parent(&parent_path))?)
         }
     };
-    finish(Reader::File { file: Mutex::new(head.file), path: path.to_owned() }, parsed, parent, index_hash)
+    let length = head.header.index_offset + head.header.index_length;
+    let source: Arc<dyn ByteSource> = Arc::new(LocalFile::from_parts(head.file, length, path));
+    finish(source, parsed, parent, index_hash)
 }
 
 /// Makes a lazy page per page record and builds the snapshots.
 fn finish(
-    reader: Reader,
+    reader: Arc<dyn ByteSource>,
     parsed: Parsed,
     parent: Option<Snapshot>,
     index_hash: [u8; 32],
