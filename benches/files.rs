@@ -6,7 +6,9 @@
 //! (default 256; the figure is 1024). Ratios:
 //! `python3 benches/ratios.py --baseline raw_write file_save`,
 //! `python3 benches/ratios.py --baseline raw_read file_load` and
-//! `python3 benches/ratios.py --baseline load file_open_lazy`. Compression
+//! `python3 benches/ratios.py --baseline load file_open_lazy`; the
+//! `file_incremental` rows are time per changed page (1,000 changed pages
+//! over a 64 and a 256 MiB parent opened lazily). Compression
 //! ratios are printed on stderr. `vmsnap` rows use every core (frames are
 //! compressed and checked in parallel), `vmsnap_1_thread` rows one;
 //! `floor_*` rows are the codec alone on one core (zstd level 3 over the same
@@ -282,5 +284,59 @@ fn files(c: &mut Criterion) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-criterion_group!(benches, files);
+/// Incremental saves of 1,000 changed pages against parents of growing size,
+/// opened lazily and run from (a fuzzer's or a recorder's increments): the
+/// time per changed page should not grow with the parent.
+fn incremental(c: &mut Criterion) {
+    const CHANGED: u64 = 1000;
+    let dir = std::env::temp_dir().join(format!("vmsnap-bench-inc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut group = c.benchmark_group("file_incremental");
+    group.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(CHANGED));
+    for mib in [64usize, 256] {
+        let (snap, _) = build(mib, 100, 0);
+        let (parent, child) = (dir.join(format!("parent-{mib}.vmsnap")), dir.join("child.vmsnap"));
+        vmsnap::file::save(&snap, &parent).unwrap();
+        drop(snap);
+        let opened = vmsnap::file::open(&parent).unwrap();
+        let base = opened.snapshot().unwrap();
+        let mut mm = MemoryManager::new();
+        let pages = (mib * 256) as u64;
+        let mut rng = Rng(mib as u64);
+        // `save_incremental` opens the parent each time; `from_opened`
+        // saves against the file the run was restored from.
+        for (name, reopen) in [("save_1000_changed", true), ("save_1000_changed_from_opened", false)] {
+            group.bench_function(BenchmarkId::new(name, format!("{mib}MiB")), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        // 1,000 fresh changes against the parent each time.
+                        mm.restore(&base);
+                        for _ in 0..CHANGED {
+                            let page = rng.next() % pages;
+                            mm.write_memory(BASE + page * PAGE as u64 + 16, &rng.next().to_le_bytes())
+                                .unwrap();
+                        }
+                        let snapshot = mm.snapshot();
+                        let started = std::time::Instant::now();
+                        if reopen {
+                            vmsnap::file::save_incremental(&snapshot, &parent, &child).unwrap();
+                        } else {
+                            vmsnap::file::Writer::new()
+                                .save_incremental_from(&snapshot, &opened, &parent, &child)
+                                .unwrap();
+                        }
+                        total += started.elapsed();
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+criterion_group!(benches, files, incremental);
 criterion_main!(benches);

@@ -526,18 +526,23 @@ fn encode_into<'a>(
         v.pages.for_each_stored(|page, m, frozen| {
             let Some(frozen) = stored_bytes(m, Some(frozen)) else { return };
             let base = parent_version.and_then(|pv| stored_page(pv, page));
+            // Inherited from the parent: decided by identity or origin
+            // (the same record of the parent's file, as a snapshot restored
+            // from a lazily opened parent has), else by fingerprint, so an
+            // unchanged page of a lazy parent is never read.
+            if base.is_some_and(|b| b.same_bytes(frozen)) {
+                full.push((page, 0));
+                return;
+            }
+            // A changed page: its bytes, and its base's for the XOR.
             if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
                 unavailable.get_or_insert(page * PAGE as u64);
                 return;
             }
-            let index = if base.is_some_and(|b| b.same_bytes(frozen)) {
-                0 // inherited from the parent
-            } else {
-                *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
-                    candidates.push((frozen, base.map(|b| (page, b))));
-                    candidates.len() as u32
-                })
-            };
+            let index = *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
+                candidates.push((frozen, base.map(|b| (page, b))));
+                candidates.len() as u32
+            });
             full.push((page, index));
         });
         maps.push(MapDraft::Whole(full));
@@ -1832,12 +1837,6 @@ fn save_items(
     })
 }
 
-/// The loader an incremental save reads its parent chain with: the
-/// writer's threads.
-fn writer_loader(writer: &Writer<'_>) -> Loader<'static> {
-    Loader::new().threads(writer.threads)
-}
-
 /// Opens the parent that the incremental file number `depth` of a chain
 /// (in directory `dir`; the chain's files so far are `chain`) names with
 /// `p`, with the checks of FORMAT.md §6.6 up to its identity, in this
@@ -1999,42 +1998,94 @@ fn save_incremental_with(
     path: &Path,
     writer: &mut Writer<'_>,
 ) -> Result<(), FileError> {
-    // The parent is read as any file: a regular file, header and index
-    // checked before its frames are read.
-    let (parent_file, parent_length) = match open_regular(parent) {
-        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FileError::ParentMissing { path: parent.to_owned() });
-        }
-        opened => opened?,
-    };
-    let in_parent = in_parent(parent);
-    let parent_bytes = head_of(parent, parent_file, parent_length)
-        .and_then(|head| read_whole(parent, head))
-        .map_err(&in_parent)?;
-    let parent_canonical = fs::canonicalize(parent).map_err(io(parent))?;
-    let dir = directory_of(path);
-    let dir_canonical = fs::canonicalize(&dir).map_err(io(&dir))?;
-    let file_name = path.file_name().ok_or_else(|| FileError::Io {
-        path: path.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
-    })?;
-    if dir_canonical.join(file_name) == parent_canonical {
-        return Err(FileError::ParentCycle { path: path.to_owned() });
+    let target = IncrementalTarget::check(parent, path)?;
+    // Opened lazily: its frames are read only for the pages that changed
+    // (their XOR bases), so the cost follows the changes, not the parent.
+    let mut chain = vec![target.parent_canonical.clone()];
+    let parent_file =
+        lazy::open_parts(parent, target.parent_head, 2, &mut chain).map_err(in_parent(parent))?;
+    save_against(snapshot, &parent_file, parent, &target.hint, path, writer)
+}
+
+/// [`Writer::save_incremental_from`]: against a parent already opened.
+fn save_incremental_from(
+    snapshot: &Snapshot,
+    opened: &LazyFile,
+    parent: &Path,
+    path: &Path,
+    writer: &mut Writer<'_>,
+) -> Result<(), FileError> {
+    let target = IncrementalTarget::check(parent, path)?;
+    if *blake3::hash(&target.parent_head.index).as_bytes() != opened.index_hash() {
+        return Err(FileError::ParentMismatch { path: parent.to_owned() });
     }
-    let mut chain = vec![parent_canonical.clone()];
-    let decoded =
-        decode_chain(parent, &parent_bytes, 2, &mut chain, &mut writer_loader(writer)).map_err(&in_parent)?;
-    let parent_snapshot = one_snapshot(decoded).map_err(&in_parent)?;
-    let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
-        path: parent.to_owned(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "no relative path from the child's directory",
-        ),
-    })?;
-    let index_hash = index_hash(&parent_bytes)?;
-    let parent_file = ParentFile { snapshot: &parent_snapshot, index_hash, hint: &hint };
-    save_items(path, &[Item::one(snapshot)], Some(&parent_file), writer)
+    save_against(snapshot, opened, parent, &target.hint, path, writer)
+}
+
+/// The checks of an incremental save before its parent is opened.
+struct IncrementalTarget {
+    /// The parent's header and index, checked.
+    parent_head: Head,
+    parent_canonical: PathBuf,
+    /// The parent's path relative to the child's directory.
+    hint: String,
+}
+
+impl IncrementalTarget {
+    /// The parent is read as any file: a regular file
+    /// ([`FileError::ParentMissing`], [`FileError::NotAFile`]), header and
+    /// index checked ([`FileError::InParent`]) before anything else; `path`
+    /// may not name it ([`FileError::ParentCycle`]).
+    fn check(parent: &Path, path: &Path) -> Result<IncrementalTarget, FileError> {
+        let (parent_file, parent_length) = match open_regular(parent) {
+            Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(FileError::ParentMissing { path: parent.to_owned() });
+            }
+            opened => opened?,
+        };
+        let parent_head = head_of(parent, parent_file, parent_length).map_err(in_parent(parent))?;
+        let parent_canonical = fs::canonicalize(parent).map_err(io(parent))?;
+        let dir = directory_of(path);
+        let dir_canonical = fs::canonicalize(&dir).map_err(io(&dir))?;
+        let file_name = path.file_name().ok_or_else(|| FileError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
+        })?;
+        if dir_canonical.join(file_name) == parent_canonical {
+            return Err(FileError::ParentCycle { path: path.to_owned() });
+        }
+        let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
+            path: parent.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no relative path from the child's directory",
+            ),
+        })?;
+        Ok(IncrementalTarget { parent_head, parent_canonical, hint })
+    }
+}
+
+/// Saves `snapshot` at `path` as an increment over the opened `parent_file`
+/// (at `parent`, named by `hint`).
+fn save_against(
+    snapshot: &Snapshot,
+    parent_file: &LazyFile,
+    parent: &Path,
+    hint: &str,
+    path: &Path,
+    writer: &mut Writer<'_>,
+) -> Result<(), FileError> {
+    let in_parent = in_parent(parent);
+    let parent_snapshot = parent_file.snapshot().map_err(&in_parent)?;
+    let parent_record = ParentFile { snapshot: &parent_snapshot, index_hash: parent_file.index_hash(), hint };
+    save_items(path, &[Item::one(snapshot)], Some(&parent_record), writer).map_err(|e| match e {
+        // A base page the parent could not give: the parent's own failure.
+        FileError::SourcePageUnavailable { .. } => match parent_file.take_error() {
+            Some(cause) => in_parent(cause),
+            None => e,
+        },
+        e => e,
+    })
 }
 
 /// Merges the chain ending at `path` into one self-contained

@@ -412,3 +412,73 @@ fn parent_cycle() {
     assert_eq!(std::fs::read(&p[0]).unwrap(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_incremental_save_reads_only_the_changed_pages_frames_of_its_parent() {
+    const PAGES: u64 = 4096; // 256 frames
+    let dir = common::temp_dir("incremental", "reads-changed");
+    let (parent, child) = (dir.join("parent.vmsnap"), dir.join("child.vmsnap"));
+    let mut mm = MemoryManager::new();
+    mm.allocate_memory_at(BASE, PAGES * PAGE_SIZE, Protection::READ_WRITE, false, RegionKind::Private)
+        .unwrap();
+    for page in 0..PAGES {
+        mm.write_memory(BASE + page * PAGE_SIZE, &noise(page, 64)).unwrap();
+    }
+    file::save(&mm.snapshot(), &parent).unwrap();
+
+    // A run from the parent opened lazily changes ten pages of one frame
+    // (records 48..64: frame 3).
+    let opened = file::open(&parent).unwrap();
+    let mut run = MemoryManager::new();
+    run.restore(&opened.snapshot().unwrap());
+    for page in 50..60 {
+        run.write_memory(BASE + page * PAGE_SIZE + 8, b"changed!").unwrap();
+    }
+    let snapshot = run.snapshot();
+    file::save_incremental(&snapshot, &parent, &child).unwrap();
+    let clean = std::fs::read(&child).unwrap();
+    assert_same(&file::load(&child).unwrap(), &snapshot);
+
+    // Damage every frame but frame 3 (the index, and so the parent's
+    // identity, stay intact): the same save still succeeds with the same
+    // bytes, so it read no other frame of the parent, and none of the run's
+    // unchanged pages.
+    let mut bytes = std::fs::read(&parent).unwrap();
+    let (head, index) = split(&bytes);
+    assert_eq!(index.0.len(), 256);
+    for (n, frame) in index.0.iter().enumerate().filter(|&(n, _)| n != 3) {
+        bytes[64 + frame.0 as usize + (n % 7)] ^= 0x55;
+    }
+    std::fs::write(&parent, &bytes).unwrap();
+    std::fs::remove_file(&child).unwrap();
+    file::save_incremental(&snapshot, &parent, &child).unwrap();
+    assert_eq!(std::fs::read(&child).unwrap(), clean);
+    assert!(file::verify(&child).is_err(), "the damaged parent fails the child's full check");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_increment_saved_from_the_opened_parent_equals_one_that_opens_it_and_checks_its_identity() {
+    let dir = common::temp_dir("incremental", "from-opened");
+    let (parent, other, child) = (dir.join("p.vmsnap"), dir.join("o.vmsnap"), dir.join("c.vmsnap"));
+    let [s1, s2, _] = three();
+    file::save(&s1, &parent).unwrap();
+    file::save(&s2, &other).unwrap();
+    let opened = file::open(&parent).unwrap();
+    let mut run = MemoryManager::new();
+    run.restore(&opened.snapshot().unwrap());
+    run.write_memory(BASE + 8, b"a change").unwrap();
+    let snapshot = run.snapshot();
+
+    file::save_incremental(&snapshot, &parent, &child).unwrap();
+    let reopened = std::fs::read(&child).unwrap();
+    file::Writer::new().save_incremental_from(&snapshot, &opened, &parent, &child).unwrap();
+    assert_eq!(std::fs::read(&child).unwrap(), reopened);
+    assert_same(&file::load(&child).unwrap(), &snapshot);
+
+    // The opened file must be the one at the parent path.
+    let e = file::Writer::new().save_incremental_from(&snapshot, &opened, &other, &child).unwrap_err();
+    assert!(matches!(&e, FileError::ParentMismatch { path } if path == &other), "{e:?}");
+    assert_eq!(std::fs::read(&child).unwrap(), reopened, "nothing written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

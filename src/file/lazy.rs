@@ -288,7 +288,12 @@ fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileErro
 }
 
 /// The rest of [`open_lazy`] for file number `depth` of a chain.
-fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> Result<LazyFile, FileError> {
+pub(super) fn open_parts(
+    path: &Path,
+    head: Head,
+    depth: u64,
+    chain: &mut Vec<PathBuf>,
+) -> Result<LazyFile, FileError> {
     let parsed = parse_index(&head.index, &head.header)?;
     let index_hash = *blake3::hash(&head.index).as_bytes();
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
@@ -344,7 +349,7 @@ fn finish(
     // an incremental file): a fingerprint and a place, no bytes yet.
     let parent_version = source.parent.as_ref().map(Snapshot::version);
     let store = file_store(parent_version);
-    let records = store.add_source(&as_source, &fingerprints);
+    let records = store.add_source(&as_source, &fingerprints, index_hash);
     let stored: Vec<PageRef> =
         (0..fingerprints.len() as u32).map(|i| PageRef::retained(&store, records.get(i))).collect();
     let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source))?;

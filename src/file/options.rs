@@ -106,6 +106,25 @@ impl<'p> Writer<'p> {
         super::save_incremental_with(snapshot, parent, path, self)
     }
 
+    /// [`save_incremental`](Self::save_incremental) against a parent the
+    /// caller opened already (the file a run was restored from, say): the
+    /// parent is not opened again, the pages it has read stay read, and a
+    /// page of `snapshot` that is one of `opened`'s is known unchanged by
+    /// identity. `parent` must be the path of that file (checked by the
+    /// BLAKE3 of its index: [`FileError::ParentMismatch`]). The cost of a
+    /// save is then the changed pages (and one pass over the page map),
+    /// not the parent: what a fuzzer or a recorder saving increments of one
+    /// base wants.
+    pub fn save_incremental_from(
+        &mut self,
+        snapshot: &Snapshot,
+        opened: &super::LazyFile,
+        parent: &Path,
+        path: &Path,
+    ) -> Result<(), FileError> {
+        super::save_incremental_from(snapshot, opened, parent, path, self)
+    }
+
     /// [`file::to_bytes`](super::to_bytes) with these options.
     pub fn to_bytes(&mut self, snapshot: &Snapshot) -> Result<Vec<u8>, FileError> {
         super::encode(&[Item::one(snapshot)], None, self)

@@ -170,11 +170,24 @@ impl<'a> Page<'a> {
         fingerprint_of(self.store, self.rec())
     }
 
+    /// Where a lazily loaded page comes from (see [`Store::origin`]).
+    pub(crate) fn origin(&self) -> Option<([u8; 32], u32)> {
+        self.store.origin(self.rec())
+    }
+
     /// True when both pages hold the same bytes (fingerprints first). A page
     /// whose bytes cannot be read equals only itself.
     pub(crate) fn same_bytes(&self, other: Page<'_>) -> bool {
         if self.ptr == other.ptr {
             return true;
+        }
+        if let (Some((file_a, record_a)), Some((file_b, record_b))) = (self.origin(), other.origin())
+            && file_a == file_b
+        {
+            // Records of one file (perhaps two opens of it): a file stores
+            // each distinct page once, so the same record is the same bytes
+            // and another record other bytes, and nothing is read.
+            return record_a == record_b;
         }
         match (self.fingerprint(), other.fingerprint()) {
             (Some(a), Some(b)) if a == b => {

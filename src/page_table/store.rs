@@ -147,6 +147,9 @@ struct Source {
     source: std::sync::Weak<dyn LazySource>,
     records: NonNull<PageRec>,
     len: u32,
+    /// What the source's records hold: equal identities and record
+    /// numbers mean equal bytes (a file's index hash).
+    identity: [u8; 32],
     /// Serializes this source's reads, so a frame is read once. One lock per
     /// source: loading a child file's frame may read its parent's pages.
     loading: Mutex<()>,
@@ -219,8 +222,14 @@ impl Store {
 
     /// Registers a lazy source with `len` page records (numbered `0..len`),
     /// returning a handle to each record's page: records start unreferenced
-    /// and without bytes, with the given fingerprints.
-    pub(crate) fn add_source(&self, source: &Arc<dyn LazySource>, fingerprints: &[u64]) -> LazyRecords {
+    /// and without bytes, with the given fingerprints. `identity` names what
+    /// the records hold (see [`Store::origin`]).
+    pub(crate) fn add_source(
+        &self,
+        source: &Arc<dyn LazySource>,
+        fingerprints: &[u64],
+        identity: [u8; 32],
+    ) -> LazyRecords {
         let len = u32::try_from(fingerprints.len()).expect("record counts are bounded by the format");
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         let id = u16::try_from(sources.len() + 1).expect("fewer than 65,535 sources per store");
@@ -241,9 +250,22 @@ impl Store {
             source: Arc::downgrade(source),
             records,
             len,
+            identity,
             loading: Mutex::new(()),
         }));
         LazyRecords { records, len }
+    }
+
+    /// Where a lazily loaded page comes from: its source's identity and its
+    /// record number there (`None` for any other page). Two pages with the
+    /// same origin hold the same bytes, in any store, without reading them.
+    /// Time: O(1) (the sources' lock).
+    pub(crate) fn origin(&self, rec: &PageRec) -> Option<([u8; 32], u32)> {
+        if rec.source == 0 {
+            return None;
+        }
+        let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        Some((sources[usize::from(rec.source) - 1].identity, rec.record))
     }
 
     /// The bytes of `rec`, reading its frame first when it is a lazily

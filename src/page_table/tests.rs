@@ -112,7 +112,7 @@ fn lazy_pages_load_once_per_frame_and_fail_without_lying() {
     let dynamic: Arc<dyn LazySource> = source.clone();
     let store = Store::new();
     let fps: Vec<u64> = (0..4).map(|r| fingerprint(&page_of(r))).collect();
-    let records = store.add_source(&dynamic, &fps);
+    let records = store.add_source(&dynamic, &fps, [7; 32]);
     let pages: Vec<PageRef> = (0..4).map(|r| PageRef::retained(&store, records.get(r))).collect();
     let page = |i: usize| pages[i].page();
     assert!(!page(2).is_loaded());
@@ -159,7 +159,7 @@ fn one_read_per_frame_under_concurrency() {
     let dynamic: Arc<dyn LazySource> = source.clone();
     let store = Store::new();
     let fps: Vec<u64> = (0..1024).map(|r| fingerprint(&page_of(r))).collect();
-    let records = store.add_source(&dynamic, &fps);
+    let records = store.add_source(&dynamic, &fps, [7; 32]);
     let pages: Vec<PageRef> = (0..1024).map(|r| PageRef::retained(&store, records.get(r))).collect();
     std::thread::scope(|s| {
         for t in 0..8u32 {
