@@ -444,7 +444,7 @@ fn an_incremental_save_reads_only_the_changed_pages_frames_of_its_parent() {
     // bytes, so it read no other frame of the parent, and none of the run's
     // unchanged pages.
     let mut bytes = std::fs::read(&parent).unwrap();
-    let (head, index) = split(&bytes);
+    let (_, index) = split(&bytes);
     assert_eq!(index.0.len(), 256);
     for (n, frame) in index.0.iter().enumerate().filter(|&(n, _)| n != 3) {
         bytes[64 + frame.0 as usize + (n % 7)] ^= 0x55;
