@@ -4,10 +4,9 @@
 //! length of a valid file; and a property test over mutated files (no
 //! panic, and a refused file changes nothing).
 
-#[path = "support/pe.rs"]
-mod pe;
+mod common;
 
-use pe::*;
+use common::pe::*;
 use proptest::prelude::*;
 use vmsnap::image::{ImageError, MAX_IMAGE_SIZE, MAX_SECTIONS, map_image};
 use vmsnap::{MemoryManager, Protection, RegionKind, ReservedRegion};

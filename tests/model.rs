@@ -128,14 +128,8 @@ fn noise() -> &'static [u8; 2 * NOISE_PERIOD] {
     static NOISE: OnceLock<[u8; 2 * NOISE_PERIOD]> = OnceLock::new();
     NOISE.get_or_init(|| {
         let mut out = [0u8; 2 * NOISE_PERIOD];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..NOISE_PERIOD {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out[i] = (x >> 24) as u8;
-            out[i + NOISE_PERIOD] = out[i];
-        }
+        common::Rng(0x9e37_79b9_7f4a_7c15).fill(&mut out[..NOISE_PERIOD]);
+        out.copy_within(..NOISE_PERIOD, NOISE_PERIOD);
         out
     })
 }

@@ -1,49 +1,26 @@
-//! Helpers shared by the integration tests (each test binary uses a subset).
+//! Helpers shared by the integration tests: each test binary that needs
+//! one includes this module (`mod common;`, or `#[path = "../common/mod.rs"]
+//! mod common;` from a binary of several modules) and uses a subset.
+//!
+//! - [`Rng`]: the deterministic random generator (`rng.rs`);
+//! - [`temp_dir`]: a temporary directory removed on drop (`tmp.rs`);
+//! - [`pe`]: a PE writer for the image tests;
+//! - [`nt`]: the `nt` calls wrapped with Windows' failure rules;
+//! - address-space checks: [`read_vec`], [`assert_same`], [`free_info`].
 #![allow(dead_code)]
-
-use std::path::PathBuf;
 
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind, Snapshot};
 
 pub mod nt;
+pub mod pe;
+mod rng;
+mod tmp;
 
-/// xorshift64*: a deterministic, dependency-free random source.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True `percent` times out of 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// Fills `buf` with random bytes.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-
-    /// One of `items`.
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
+// Each binary uses a subset: an unused re-export is not a mistake.
+#[allow(unused_imports)]
+pub use rng::Rng;
+#[allow(unused_imports)]
+pub use tmp::{TempDir, temp_dir};
 
 /// `len` bytes at `address` through the host view (panics if unreadable).
 pub fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
@@ -77,14 +54,6 @@ pub fn assert_same(a: &Snapshot, b: &Snapshot) {
     }
     assert_eq!(a.compute_memory_stats().committed_memory, b.compute_memory_stats().committed_memory);
     assert!(a.diff(b).changed_pages().next().is_none());
-}
-
-/// A fresh, empty directory for one test: `vmsnap-<prefix>-<pid>-<name>`.
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmsnap-{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// What `region_info` reports for free memory from `start`, `length` bytes
