@@ -679,7 +679,7 @@ fn a_file_naming_a_snapshot_with_a_leading_hash_is_refused() {
 // ------------------------------------------------------------- proptest ----
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(256))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
@@ -808,7 +808,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(128))]
 
     /// Random recordings with branches, saved as a timeline (delta page maps)
     /// and loaded back, eagerly and lazily: every snapshot is the same.

@@ -298,7 +298,7 @@ fn lazy_open_refuses_what_load_refuses_before_reading_frames() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(64))]
 
     /// A flipped bit anywhere in a file: either opening fails, or every
     /// committed page reads exactly as saved or is `PageUnavailable` —

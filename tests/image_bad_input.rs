@@ -476,7 +476,7 @@ fn mutation(len: usize, headers: usize) -> impl Strategy<Value = Mutation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(1024))]
 
     /// Any mutation of a valid PE32+ or PE32 file: no panic; a refused file
     /// changes nothing; an accepted one is a consistent image allocation.

@@ -1353,13 +1353,12 @@ fn run(ops: &Ops) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(Config {
-        // PROPTEST_CASES overrides the number of cases for a deeper run.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES),
         // Stored beside this file, as tests/model.proptest-regressions.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         max_shrink_iters: 20_000,
         max_shrink_time: 120_000,
-        ..Config::default()
+        // CASES cases, or PROPTEST_CASES for a deeper run.
+        ..common::proptest_config(CASES)
     })]
 
     /// `CASES` x `OPS_PER_CASE` random operations, compared with the model

@@ -4,11 +4,14 @@
 //!
 //! - [`Rng`]: the deterministic random generator (`rng.rs`);
 //! - [`temp_dir`]: a temporary directory removed on drop (`tmp.rs`);
+//! - [`proptest_config`]: a proptest configuration that honours
+//!   `PROPTEST_CASES`;
 //! - [`pe`]: a PE writer for the image tests;
 //! - [`nt`]: the `nt` calls wrapped with Windows' failure rules;
 //! - address-space checks: [`read_vec`], [`assert_same`], [`free_info`].
 #![allow(dead_code)]
 
+use proptest::test_runner::Config as ProptestConfig;
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind, Snapshot};
 
 pub mod nt;
@@ -21,6 +24,22 @@ mod tmp;
 pub use rng::Rng;
 #[allow(unused_imports)]
 pub use tmp::{TempDir, temp_dir};
+
+/// A proptest configuration of `PROPTEST_CASES` cases when that variable is
+/// set (a deeper run: `.ci/soak`, or the issue's `PROPTEST_CASES=2560`),
+/// else `default_cases`. `ProptestConfig::with_cases(n)` alone would ignore
+/// the variable; the other fields are proptest's defaults (which read the
+/// other `PROPTEST_*` variables).
+pub fn proptest_config(default_cases: u32) -> ProptestConfig {
+    ProptestConfig { cases: cases_from_env().unwrap_or(default_cases), ..ProptestConfig::default() }
+}
+
+/// `PROPTEST_CASES`, if set and not empty (a value that is not a number is
+/// an error, not a silent default).
+pub fn cases_from_env() -> Option<u32> {
+    let value = std::env::var("PROPTEST_CASES").ok().filter(|v| !v.trim().is_empty())?;
+    Some(value.trim().parse().unwrap_or_else(|_| panic!("PROPTEST_CASES={value:?} is not a number of cases")))
+}
 
 /// `len` bytes at `address` through the host view (panics if unreadable).
 pub fn read_vec(mm: &MemoryManager, address: u64, len: usize) -> Vec<u8> {
