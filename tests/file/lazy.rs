@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use vmsnap::file::{self, FileError};
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
 
-mod common;
+use crate::common;
 use common::{Rng, assert_same, temp_dir};
 
 const BASE: u64 = 0x100_0000;

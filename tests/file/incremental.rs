@@ -7,7 +7,7 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
-mod common;
+use crate::common;
 use common::{Rng, assert_same};
 
 // ------------------------------------------------------------- helpers ----

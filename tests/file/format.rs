@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
 
-mod common;
+use crate::common;
 use common::assert_same;
 
 // ------------------------------------------------------------- helpers ----

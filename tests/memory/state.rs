@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, STATE_FORMAT_VERSION};
 
-mod common;
+use crate::common;
 
 fn sample() -> MemoryManager {
     let mut mm = MemoryManager::new();

@@ -4,7 +4,7 @@
 //! length of a valid file; and a property test over mutated files (no
 //! panic, and a refused file changes nothing).
 
-mod common;
+use crate::common;
 
 use common::pe::*;
 use proptest::prelude::*;

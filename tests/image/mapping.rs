@@ -7,7 +7,7 @@
 //! reports for image views (WINDOWS-SEMANTICS §11): AllocationProtect 0x80
 //! (PAGE_EXECUTE_WRITECOPY), the header page 0x02, Type MEM_IMAGE.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
