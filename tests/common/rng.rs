@@ -10,8 +10,9 @@ impl Rng {
     /// A generator for any `seed` (0 included), mixed so that nearby seeds
     /// give unrelated streams.
     pub fn new(seed: u64) -> Rng {
-        // The splitmix64 finalizer: a bijection, so distinct seeds give
-        // distinct states; 0 is the only state xorshift cannot leave.
+        // The splitmix64 finalizer, a bijection: distinct seeds give
+        // distinct states, but for the one seed mixed to 0 (the only state
+        // xorshift cannot leave), which takes another's.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
