@@ -19,16 +19,15 @@ const GIB: u64 = 1 << 30;
 const BASE: u64 = 0x1_0000_0000;
 const RANDOM_OFFSETS: usize = 1 << 20;
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
+// The tests' generator (tests/common/rng.rs), shared with the benches.
+#[allow(dead_code)]
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn random_offsets(align: u64) -> Vec<u64> {
-    let mut s = 0x9E37_79B9_7F4A_7C15;
-    (0..RANDOM_OFFSETS).map(|_| (xorshift(&mut s) % GIB) & !(align - 1)).collect()
+    let mut s = Rng(0x9E37_79B9_7F4A_7C15);
+    (0..RANDOM_OFFSETS).map(|_| (s.next() % GIB) & !(align - 1)).collect()
 }
 
 fn setup() -> (MemoryManager, Vec<u8>) {
@@ -58,12 +57,12 @@ fn setup() -> (MemoryManager, Vec<u8>) {
 /// at a random 8-byte slot past the page's first 16 bytes.
 fn chase_order() -> Vec<u64> {
     let pages = (CHASE_BYTES / PAGE_SIZE) as usize;
-    let mut s = 0x0DDB_1A5E_5BAD_5EEDu64;
+    let mut s = Rng(0x0DDB_1A5E_5BAD_5EED);
     let mut order: Vec<u64> = (0..pages as u64).collect();
     for i in (1..pages).rev() {
-        order.swap(i, (xorshift(&mut s) % (i as u64 + 1)) as usize);
+        order.swap(i, (s.next() % (i as u64 + 1)) as usize);
     }
-    order.iter().map(|&p| p * PAGE_SIZE + 16 + (xorshift(&mut s) % 510) * 8).collect()
+    order.iter().map(|&p| p * PAGE_SIZE + 16 + (s.next() % 510) * 8).collect()
 }
 
 const CHASE_BYTES: u64 = 256 << 20;

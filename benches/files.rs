@@ -29,6 +29,12 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
+// The tests' generator (tests/common/rng.rs), shared with the benches.
+#[allow(dead_code)]
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
+
 /// Counts the heap bytes alive, for the lazy-open memory figure.
 struct Counting;
 
@@ -57,17 +63,6 @@ fn live_heap() -> isize {
 
 const BASE: u64 = 0x1_0000_0000;
 const PAGE: usize = PAGE_SIZE as usize;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 const WORDS: [&str; 16] = [
     "name", "value", "buffer", "handle", "window", "class", "module", "thread", "event", "file", "path",

@@ -17,12 +17,11 @@ use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 const BASE: u64 = 0x1_0000_0000;
 const PAGE: usize = PAGE_SIZE as usize;
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
+// The tests' generator (tests/common/rng.rs), shared with the benches.
+#[allow(dead_code)]
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A manager with `bytes` committed and every page written, frozen.
 fn filled(bytes: u64) -> (MemoryManager, Snapshot) {
@@ -40,14 +39,14 @@ fn filled(bytes: u64) -> (MemoryManager, Snapshot) {
 /// `sets` lists of `k` page numbers below `pages`: random, or `k`
 /// consecutive pages from a random start.
 fn page_sets(pages: u64, k: usize, clustered: bool, sets: usize, seed: u64) -> Vec<Vec<u64>> {
-    let mut s = seed;
+    let mut s = Rng(seed);
     (0..sets)
         .map(|_| {
             if clustered {
-                let start = xorshift(&mut s) % (pages - k as u64 + 1);
+                let start = s.next() % (pages - k as u64 + 1);
                 (start..start + k as u64).collect()
             } else {
-                let mut v: Vec<u64> = (0..k).map(|_| xorshift(&mut s) % pages).collect();
+                let mut v: Vec<u64> = (0..k).map(|_| s.next() % pages).collect();
                 v.sort_unstable();
                 v.dedup();
                 v

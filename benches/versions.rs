@@ -15,12 +15,11 @@ use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 const BASE: u64 = 0x1_0000_0000;
 const PAGE: usize = PAGE_SIZE as usize;
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
+// The tests' generator (tests/common/rng.rs), shared with the benches.
+#[allow(dead_code)]
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A manager with `bytes` committed and every page written (non-zero), frozen.
 fn filled(bytes: u64) -> (MemoryManager, Snapshot) {
@@ -52,14 +51,14 @@ fn snapshot(c: &mut Criterion) {
 /// Pages to dirty per iteration: `k` random pages, or `k` consecutive pages
 /// from a random start ("clustered"), a fresh set each iteration.
 fn page_sets(pages: u64, k: usize, clustered: bool, sets: usize) -> Vec<Vec<u64>> {
-    let mut s = 0x2545_F491_4F6C_DD1D;
+    let mut s = Rng(0x2545_F491_4F6C_DD1D);
     (0..sets)
         .map(|_| {
             if clustered {
-                let start = xorshift(&mut s) % (pages - k as u64);
+                let start = s.next() % (pages - k as u64);
                 (start..start + k as u64).collect()
             } else {
-                (0..k).map(|_| xorshift(&mut s) % pages).collect()
+                (0..k).map(|_| s.next() % pages).collect()
             }
         })
         .collect()
@@ -167,16 +166,16 @@ fn restore_history(c: &mut Criterion) {
     const PAGES_PER_STEP: usize = 4;
     let pages = MEMORY / PAGE_SIZE;
     let (mut mm, _) = filled(MEMORY);
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut s = Rng(0x9E37_79B9_7F4A_7C15);
     let mut history = Vec::with_capacity(VERSIONS);
     for step in 0..VERSIONS as u64 {
         for _ in 0..PAGES_PER_STEP {
-            let p = xorshift(&mut s) % pages;
+            let p = s.next() % pages;
             mm.write_memory(BASE + p * PAGE_SIZE + 128, &step.to_le_bytes()).unwrap();
         }
         history.push(mm.snapshot());
     }
-    let targets: Vec<usize> = (0..1024).map(|_| (xorshift(&mut s) % VERSIONS as u64) as usize).collect();
+    let targets: Vec<usize> = (0..1024).map(|_| (s.next() % VERSIONS as u64) as usize).collect();
     // Pages that differ between consecutive targets (what a restore "moves").
     let differing: usize =
         targets.windows(2).map(|w| history[w[0]].diff(&history[w[1]]).changed_pages().count()).sum::<usize>()
@@ -196,7 +195,7 @@ fn restore_history(c: &mut Criterion) {
     // moves bytes must do at least), from a pristine buffer.
     let pristine = vec![0x11u8; MEMORY as usize];
     let mut memory = pristine.clone();
-    let copies: Vec<u64> = (0..differing.max(1)).map(|_| xorshift(&mut s) % pages).collect();
+    let copies: Vec<u64> = (0..differing.max(1)).map(|_| s.next() % pages).collect();
     group.bench_function(BenchmarkId::new("memcpy_differing_pages", "random_version"), |b| {
         b.iter(|| {
             for &p in &copies {
@@ -220,7 +219,7 @@ fn diff(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("diff");
     group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    let mut s = 0xD1B5_4A32_D192_ED03u64;
+    let mut s = Rng(0xD1B5_4A32_D192_ED03);
     let mut flat_b = flat_a.clone();
     for k in [1usize, 10, 100, 1000] {
         // A version with base's bytes that is not `changed`'s parent (a layout
@@ -232,8 +231,8 @@ fn diff(c: &mut Criterion) {
         mm.restore(&base);
         flat_b.copy_from_slice(&flat_a);
         for _ in 0..k {
-            let p = xorshift(&mut s) % pages;
-            let off = xorshift(&mut s) % PAGE_SIZE;
+            let p = s.next() % pages;
+            let off = s.next() % PAGE_SIZE;
             mm.write_memory(BASE + p * PAGE_SIZE + off, &[0xEE]).unwrap();
             flat_b[(p * PAGE_SIZE + off) as usize] = 0xEE;
         }

@@ -43,5 +43,4 @@ fn lazily_opened_pages_are_freed_with_their_last_holder() {
         drop((lazy, opened, mm, later));
         assert_eq!(frozen_pages_alive(), start, "round {round}: every page freed");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -128,14 +128,8 @@ fn noise() -> &'static [u8; 2 * NOISE_PERIOD] {
     static NOISE: OnceLock<[u8; 2 * NOISE_PERIOD]> = OnceLock::new();
     NOISE.get_or_init(|| {
         let mut out = [0u8; 2 * NOISE_PERIOD];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..NOISE_PERIOD {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out[i] = (x >> 24) as u8;
-            out[i + NOISE_PERIOD] = out[i];
-        }
+        common::Rng(0x9e37_79b9_7f4a_7c15).fill(&mut out[..NOISE_PERIOD]);
+        out.copy_within(..NOISE_PERIOD, NOISE_PERIOD);
         out
     })
 }
@@ -1359,13 +1353,12 @@ fn run(ops: &Ops) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(Config {
-        // PROPTEST_CASES overrides the number of cases for a deeper run.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES),
         // Stored beside this file, as tests/model.proptest-regressions.
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         max_shrink_iters: 20_000,
         max_shrink_time: 120_000,
-        ..Config::default()
+        // CASES cases, or PROPTEST_CASES for a deeper run.
+        ..common::proptest_config(CASES)
     })]
 
     /// `CASES` x `OPS_PER_CASE` random operations, compared with the model

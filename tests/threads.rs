@@ -2,6 +2,13 @@
 //! its own manager restored from it (the fuzzing case); a thread reading
 //! snapshots while the owning manager goes on; MMIO handlers kept across
 //! restores in workers.
+//!
+//! Soak mode (`.ci/soak`): `VMSNAP_SOAK_THREADS` and `VMSNAP_SOAK_CYCLES`
+//! set the workers and steps per worker of the base-sharing test (default
+//! `WORKERS` x `ITERATIONS`); when either is set, that test also samples the
+//! process's resident set (`/proc/self/statm`) and requires it flat: at most
+//! `RSS_GROWTH_BOUND` more at the end than at 10 % of the steps. Its own
+//! binary, since RSS is the whole process's.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -31,6 +38,12 @@ const M: u64 = 0x2020_0000;
 const M_LEN: u64 = 0x2000;
 const WORKERS: u64 = 4;
 const ITERATIONS: u64 = 3000;
+/// Soak mode: how much the resident set may grow from the sample at 10 % of
+/// the steps to the last one. Every worker's own state (a manager of 20
+/// pages, its model, one kept snapshot) is well under 1 MiB and does not
+/// grow with the steps; a leak of even 16 bytes a step would pass this
+/// bound within 8 x 200,000 steps.
+const RSS_GROWTH_BOUND: u64 = 16 << 20;
 const PROTS: [Protection; 6] = [
     RW,
     R,
@@ -42,6 +55,35 @@ const PROTS: [Protection; 6] = [
 
 fn page(i: u64) -> u64 {
     X + i * PAGE_SIZE
+}
+
+// -------------------------------------------------------- soak mode
+
+/// `name` from the environment, if set: a positive number.
+fn soak_var(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
+    match value.trim().parse() {
+        Ok(n) if n > 0 => Some(n),
+        _ => panic!("{name}={value:?} is not a positive number"),
+    }
+}
+
+/// The base-sharing test's size: (workers, steps per worker, soak mode).
+fn soak_size() -> (u64, u64, bool) {
+    let (threads, cycles) = (soak_var("VMSNAP_SOAK_THREADS"), soak_var("VMSNAP_SOAK_CYCLES"));
+    (threads.unwrap_or(WORKERS), cycles.unwrap_or(ITERATIONS), threads.is_some() || cycles.is_some())
+}
+
+/// This process's resident set in bytes, from `/proc/self/statm` (its
+/// second field, in pages).
+fn rss_bytes() -> u64 {
+    let statm =
+        std::fs::read_to_string("/proc/self/statm").expect("soak mode reads /proc/self/statm (Linux)");
+    let pages: u64 =
+        statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm's resident field");
+    // SAFETY: sysconf only reads a system constant.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page_size).expect("the page size")
 }
 
 // -------------------------------------------------------------- MMIO
@@ -243,10 +285,17 @@ struct Counts {
     layout_changes: u64,
 }
 
-/// One worker: its own manager restored from `base`, thousands of
-/// deterministic steps, its view checked after every one, the base checked
-/// as it goes.
-fn worker(id: u64, base: &Snapshot, base_model: &Model) -> Counts {
+/// One worker: its own manager restored from `base`, `steps` deterministic
+/// steps, its view checked after every one, the base checked as it goes.
+/// With `rss`, samples the resident set (step, bytes) every 5 % of the steps
+/// and at the last one.
+fn worker(
+    id: u64,
+    base: &Snapshot,
+    base_model: &Model,
+    steps: u64,
+    mut rss: Option<&mut Vec<(u64, u64)>>,
+) -> Counts {
     let mut rng = Rng(0x1234_5678 + id * 0x9E37_79B9);
     let mut counts = Counts::default();
     let mut mm = MemoryManager::new();
@@ -256,7 +305,7 @@ fn worker(id: u64, base: &Snapshot, base_model: &Model) -> Counts {
     let mut own: Option<(Snapshot, Model)> = None;
     let mut buf = vec![0u8; PAGE];
 
-    for step in 0..ITERATIONS {
+    for step in 0..steps {
         let what = || format!("worker {id} step {step}");
         let p = page(rng.below(X_PAGES));
         let hi = (p + (1 + rng.below(3)) * PAGE_SIZE).min(page(X_PAGES));
@@ -405,6 +454,11 @@ fn worker(id: u64, base: &Snapshot, base_model: &Model) -> Counts {
         if step % 500 == 0 {
             check_view(base, base_model, &|| format!("worker {id} step {step}: base"));
         }
+        if let Some(samples) = rss.as_deref_mut()
+            && ((step + 1) % (steps / 20).max(1) == 0 || step + 1 == steps)
+        {
+            samples.push((step + 1, rss_bytes()));
+        }
     }
     if let Some((s, sm)) = &own {
         check_view(s, sm, &|| format!("worker {id}: own snapshot"));
@@ -414,27 +468,57 @@ fn worker(id: u64, base: &Snapshot, base_model: &Model) -> Counts {
 
 #[test]
 fn workers_restored_from_one_shared_base_snapshot() {
+    let (workers, steps, soak) = soak_size();
     let (base, base_model) = base();
+    let mut rss = Vec::new();
     let results: Vec<Counts> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..WORKERS)
+        let mut rss = soak.then_some(&mut rss);
+        let handles: Vec<_> = (0..workers)
             .map(|id| {
                 let (base, base_model) = (&base, &base_model);
+                // Worker 0 samples the resident set in soak mode.
+                let rss = if id == 0 { rss.take() } else { None };
                 if id % 2 == 0 {
                     // Shared by reference...
-                    scope.spawn(move || worker(id, base, base_model))
+                    scope.spawn(move || worker(id, base, base_model, steps, rss))
                 } else {
                     // ...or by a clone moved into the thread.
                     let mine = base.clone();
-                    scope.spawn(move || worker(id, &mine, base_model))
+                    scope.spawn(move || worker(id, &mine, base_model, steps, rss))
                 }
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    // Every kind of step ran often: these bounds are for ITERATIONS steps,
+    // scaled to the steps run.
+    let often = |n: u64| n * steps / ITERATIONS;
     for (id, c) in results.iter().enumerate() {
-        assert!(c.base_restores > 50 && c.own_restores > 20, "worker {id}: {c:?}");
-        assert!(c.guards > 5 && c.mmio_calls > 50 && c.writes > 500, "worker {id}: {c:?}");
-        assert!(c.layout_changes > 500, "worker {id}: {c:?}");
+        assert!(c.base_restores > often(50) && c.own_restores > often(20), "worker {id}: {c:?}");
+        assert!(
+            c.guards > often(5) && c.mmio_calls > often(50) && c.writes > often(500),
+            "worker {id}: {c:?}"
+        );
+        assert!(c.layout_changes > often(500), "worker {id}: {c:?}");
+    }
+    if soak {
+        // The resident set stays flat: from the sample at 10 % of the steps
+        // (every structure warm) to the last one.
+        let early = rss.iter().find(|&&(step, _)| step >= steps / 10).expect("a sample at 10 %").1;
+        let last = rss.last().expect("a last sample").1;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let samples: Vec<String> = rss.iter().map(|&(step, b)| format!("{step}: {:.1}", mib(b))).collect();
+        eprintln!(
+            "soak: {workers} workers x {steps} steps; worker 0's RSS samples (step: MiB): {}",
+            samples.join(", ")
+        );
+        assert!(
+            last <= early + RSS_GROWTH_BOUND,
+            "RSS grew from {:.1} MiB at 10 % of the steps to {:.1} MiB at the end (bound: +{:.0} MiB)",
+            mib(early),
+            mib(last),
+            mib(RSS_GROWTH_BOUND)
+        );
     }
     check_view(&base, &base_model, &|| "base after the workers".to_owned());
     // Every worker's manager and snapshot is gone: the base is the only version left.

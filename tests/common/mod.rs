@@ -1,48 +1,44 @@
-//! Helpers shared by the integration tests (each test binary uses a subset).
+//! Helpers shared by the integration tests: each test binary that needs
+//! one includes this module (`mod common;`, or `#[path = "../common/mod.rs"]
+//! mod common;` from a binary of several modules) and uses a subset.
+//!
+//! - [`Rng`]: the deterministic random generator (`rng.rs`);
+//! - [`temp_dir`]: a temporary directory removed on drop (`tmp.rs`);
+//! - [`proptest_config`]: a proptest configuration that honours
+//!   `PROPTEST_CASES`;
+//! - [`pe`]: a PE writer for the image tests;
+//! - [`nt`]: the `nt` calls wrapped with Windows' failure rules;
+//! - address-space checks: [`read_vec`], [`assert_same`], [`free_info`].
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
+use proptest::test_runner::Config as ProptestConfig;
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind, Snapshot};
 
 pub mod nt;
+pub mod pe;
+mod rng;
+mod tmp;
 
-/// xorshift64*: a deterministic, dependency-free random source.
-pub struct Rng(pub u64);
+// Each binary uses a subset: an unused re-export is not a mistake.
+#[allow(unused_imports)]
+pub use rng::Rng;
+#[allow(unused_imports)]
+pub use tmp::{TempDir, temp_dir};
 
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+/// A proptest configuration of `PROPTEST_CASES` cases when that variable is
+/// set (a deeper run: `.ci/soak`, or the issue's `PROPTEST_CASES=2560`),
+/// else `default_cases`. `ProptestConfig::with_cases(n)` alone would ignore
+/// the variable; the other fields are proptest's defaults (which read the
+/// other `PROPTEST_*` variables).
+pub fn proptest_config(default_cases: u32) -> ProptestConfig {
+    ProptestConfig { cases: cases_from_env().unwrap_or(default_cases), ..ProptestConfig::default() }
+}
 
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True `percent` times out of 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// Fills `buf` with random bytes.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-
-    /// One of `items`.
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
+/// `PROPTEST_CASES`, if set and not empty (a value that is not a number is
+/// an error, not a silent default).
+pub fn cases_from_env() -> Option<u32> {
+    let value = std::env::var("PROPTEST_CASES").ok().filter(|v| !v.trim().is_empty())?;
+    Some(value.trim().parse().unwrap_or_else(|_| panic!("PROPTEST_CASES={value:?} is not a number of cases")))
 }
 
 /// `len` bytes at `address` through the host view (panics if unreadable).
@@ -77,14 +73,6 @@ pub fn assert_same(a: &Snapshot, b: &Snapshot) {
     }
     assert_eq!(a.compute_memory_stats().committed_memory, b.compute_memory_stats().committed_memory);
     assert!(a.diff(b).changed_pages().next().is_none());
-}
-
-/// A fresh, empty directory for one test: `vmsnap-<prefix>-<pid>-<name>`.
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmsnap-{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// What `region_info` reports for free memory from `start`, `length` bytes

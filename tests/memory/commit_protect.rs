@@ -4,7 +4,7 @@
 
 use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionInfo, RegionKind};
 
-mod common;
+use crate::common;
 use common::read_vec;
 
 const RW: Protection = Protection::READ_WRITE;

@@ -3,7 +3,7 @@
 
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind};
 
-mod common;
+use crate::common;
 use common::read_vec;
 
 const RW: Protection = Protection::READ_WRITE;

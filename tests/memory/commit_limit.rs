@@ -5,7 +5,7 @@
 
 use vmsnap::nt::*;
 
-mod common;
+use crate::common;
 use common::nt::*;
 use vmsnap::{
     DEFAULT_COMMIT_LIMIT, MIN_ALLOCATION_ADDRESS, MemoryError, MemoryManager, PAGE_SIZE, Protection,

@@ -7,12 +7,11 @@
 //! reports for image views (docs/windows-semantics.md §11): AllocationProtect 0x80
 //! (PAGE_EXECUTE_WRITECOPY), the header page 0x02, Type MEM_IMAGE.
 
-#[path = "support/pe.rs"]
-mod pe;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use pe::*;
+use common::pe::*;
 use vmsnap::image::{self, ImageError, MappedImage, map_image, section_protection};
 use vmsnap::nt::{
     MEM_COMMIT, MEM_IMAGE, NtStatus, PAGE_EXECUTE_READ, PAGE_EXECUTE_READWRITE, PAGE_EXECUTE_WRITECOPY,

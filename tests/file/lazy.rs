@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use vmsnap::file::{self, FileError};
 use vmsnap::{Access, MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
 
-mod common;
+use crate::common;
 use common::{Rng, assert_same, temp_dir};
 
 const BASE: u64 = 0x100_0000;
@@ -105,7 +105,6 @@ fn a_manager_runs_straight_from_a_lazily_opened_file() {
     // Saving a lazily opened snapshot reads it and writes the same bytes.
     let again = file::to_bytes(&lazy.snapshot().unwrap()).unwrap();
     assert_eq!(again, std::fs::read(&path).unwrap());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -167,7 +166,6 @@ fn an_incremental_chain_opens_lazily() {
         file::open_lazy_bytes(std::fs::read(&p1).unwrap()),
         Err(FileError::ParentMissing { .. })
     ));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Offset of frame `n` of a file (from its index).
@@ -269,7 +267,6 @@ fn an_io_error_after_opening_is_page_unavailable_and_a_retry_reads_again() {
     // Put the bytes back in place (same file): the next read goes through.
     std::fs::write(&path, &bytes).unwrap();
     assert_eq!(page_number(&opened, 900), 900);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -282,7 +279,6 @@ fn an_atomic_save_over_an_open_file_does_not_change_what_it_serves() {
     mm.write_memory(BASE + 500 * PAGE_SIZE, &[0xEE; 8]).unwrap();
     file::save(&mm.snapshot(), &path).unwrap();
     assert_eq!(page_number(&lazy.snapshot().unwrap(), 500), 500);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -302,7 +298,7 @@ fn lazy_open_refuses_what_load_refuses_before_reading_frames() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(64))]
 
     /// A flipped bit anywhere in a file: either opening fails, or every
     /// committed page reads exactly as saved or is `PageUnavailable` —

@@ -7,22 +7,14 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot};
 
-mod common;
-use common::assert_same;
+use crate::common;
+use common::{Rng, assert_same};
 
 // ------------------------------------------------------------- helpers ----
 
 /// Deterministic, poorly compressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Rng::new(seed).bytes(len)
 }
 
 /// The index, as a test sees it (mirror of FORMAT.md §5, 1.2).
@@ -135,7 +127,7 @@ fn chain_of_three_round_trips() {
     let child =
         file::incremental_from_bytes(&std::fs::read(&p[2]).unwrap(), &s2, &std::fs::read(&p[1]).unwrap());
     assert_same(&s[2], &child.unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -183,7 +175,7 @@ fn incremental_file_is_much_smaller_than_the_changed_pages() {
     );
     assert!(child_size * 10 <= changed_bytes, "{child_size} > {changed_bytes} / 10");
     assert_same(&child, &file::load(&dir.join("child.vmsnap")).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -205,7 +197,7 @@ fn rebase_is_byte_identical_to_a_full_save() {
     let (s, p) = save_three(&dir);
     file::rebase(&p[1], &p[1]).unwrap();
     assert_eq!(std::fs::read(&p[1]).unwrap(), file::to_bytes(&s[1]).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 // --------------------------------------------------------- failure modes ----
@@ -235,7 +227,7 @@ fn missing_parent() {
     let child = std::fs::read(&p[1]).unwrap();
     assert!(matches!(file::load_from_bytes(&child), Err(FileError::ParentMissing { .. })));
     assert!(matches!(file::verify_bytes(&child), Err(FileError::ParentMissing { .. })));
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -254,7 +246,7 @@ fn mismatched_parent() {
         file::incremental_from_bytes(&child, &s[0], &other),
         Err(FileError::ParentMismatch { .. })
     ));
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -284,7 +276,7 @@ fn corrupted_parent_is_reported_by_verify_of_the_child() {
     // Repaired: fine again.
     std::fs::write(&p[0], &good).unwrap();
     file::verify(&p[2]).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -321,7 +313,7 @@ fn truncated_or_bit_flipped_child_at_every_offset() {
     }
     std::fs::write(dir.join("c.vmsnap"), &good).unwrap();
     file::verify(&dir.join("c.vmsnap")).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -392,7 +384,7 @@ fn chain_too_deep() {
         "{err}"
     );
     assert!(!path(max + 1).exists());
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -410,7 +402,7 @@ fn parent_cycle() {
     let before = std::fs::read(&p[0]).unwrap();
     assert!(matches!(file::save_incremental(&s[1], &p[0], &p[0]), Err(FileError::ParentCycle { .. })));
     assert_eq!(std::fs::read(&p[0]).unwrap(), before);
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]

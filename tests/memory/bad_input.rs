@@ -11,7 +11,7 @@ use vmsnap::{
     Protection, RegionInfo, RegionKind, ReservedRegion, USER_SPACE_END, page_down, page_up,
 };
 
-mod common;
+use crate::common;
 
 const RW: Protection = Protection::READ_WRITE;
 /// Lowest allocation: [LOW, LOW + 0x10000), committed.

@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use vmsnap::file::{self, FileError};
 use vmsnap::{MemoryManager, PAGE_SIZE, Protection, RegionKind, Snapshot, Timeline};
 
-mod common;
+use crate::common;
 use common::assert_same;
 
 // ------------------------------------------------------------- helpers ----
@@ -88,7 +88,7 @@ fn round_trip_through_the_file_system() {
     assert_same(&s, &file::load(&path).unwrap());
     // No temporary file left behind.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn timeline_round_trip_dedups_across_snapshots() {
     let dir = common::temp_dir("file", "timeline");
     file::save_timeline(&t, &dir.join("t.vmsnap")).unwrap();
     assert_eq!(file::load_timeline(&dir.join("t.vmsnap")).unwrap().len(), 3);
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 // ---------------------------------------------------------- atomic write ----
@@ -189,7 +189,7 @@ fn failed_save_leaves_no_file_and_keeps_the_old_one() {
     file::save(&small(), &path).unwrap();
     assert_same(&small_loaded(&path), &small());
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
-    std::fs::remove_dir_all(&dir).unwrap();
+    dir.close().unwrap();
 }
 
 fn small_loaded(path: &Path) -> Snapshot {
@@ -679,7 +679,7 @@ fn a_file_naming_a_snapshot_with_a_leading_hash_is_refused() {
 // ------------------------------------------------------------- proptest ----
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(256))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
@@ -758,7 +758,6 @@ fn save_and_load_report_progress_batch_by_batch() {
     let mut reports = 0;
     vmsnap::file::save_with_progress(&empty, &path, &mut |_| reports += 1).unwrap();
     assert_eq!(reports, 0);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// One step of a random recording.
@@ -807,7 +806,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(128))]
 
     /// Random recordings with branches, saved as a timeline (delta page maps)
     /// and loaded back, eagerly and lazily: every snapshot is the same.

@@ -8,6 +8,8 @@ use vmsnap::{
     MemoryError, MemoryManager, PAGE_SIZE, Protection, RegionKind, STATE_FORMAT_VERSION, StateError,
 };
 
+use crate::common;
+
 fn sample() -> MemoryManager {
     let mut mm = MemoryManager::new();
     mm.allocate_memory_at(0x10000, 0x6000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
@@ -184,7 +186,7 @@ fn assert_consistent(mm: &MemoryManager) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(256))]
 
     #[test]
     fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512), layout_only: bool) {

@@ -43,7 +43,7 @@
 
 use vmsnap::nt::*;
 
-mod common;
+use crate::common;
 use common::nt::*;
 use vmsnap::{
     Access, MAX_ALLOCATION_ADDRESS, MIN_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection,

@@ -4,10 +4,9 @@
 //! length of a valid file; and a property test over mutated files (no
 //! panic, and a refused file changes nothing).
 
-#[path = "support/pe.rs"]
-mod pe;
+use crate::common;
 
-use pe::*;
+use common::pe::*;
 use proptest::prelude::*;
 use vmsnap::image::{ImageError, MAX_IMAGE_SIZE, MAX_SECTIONS, map_image};
 use vmsnap::{MemoryManager, Protection, RegionKind, ReservedRegion};
@@ -477,7 +476,7 @@ fn mutation(len: usize, headers: usize) -> impl Strategy<Value = Mutation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(1024))]
 
     /// Any mutation of a valid PE32+ or PE32 file: no panic; a refused file
     /// changes nothing; an accepted one is a consistent image allocation.

@@ -7,7 +7,7 @@ use vmsnap::{
     ReservedRegion, USER_SPACE_END,
 };
 
-mod common;
+use crate::common;
 use common::{free_info, read_vec};
 
 const RW: Protection = Protection::READ_WRITE;

@@ -3,14 +3,14 @@
 //! NtFreeVirtualMemory / NtProtectVirtualMemory / NtQueryVirtualMemory do on
 //! views, against docs/windows-semantics.md §11 (and the view rules of §4.3, §5,
 //! §6.1, §8). Test names start with the rule's evidence tag and section, as
-//! in `nt_virtual_memory.rs`: `w_11_...` is a [W] rule of §11, `r_` a
+//! in `virtual_memory.rs`: `w_11_...` is a [W] rule of §11, `r_` a
 //! ReactOS one; untagged tests cover this crate's choices, coherence across
 //! versions and hostile inputs.
 //!
 //! [W] rules of §11 NOT tested here, and why:
 //! * "Image views: AllocationProtect is 0x80, the header page 0x02" and "on
 //!   image views VirtualProtect turns RW requests into WC": image mapping is
-//!   `vmsnap::image` (tests/image.rs); the nt face keeps its Image-kind
+//!   `vmsnap::image` (tests/image/); the nt face keeps its Image-kind
 //!   behaviour.
 //! * NtMapViewOfSection with a NULL process (STATUS_INVALID_HANDLE), zero_bits
 //!   22 (STATUS_INVALID_PARAMETER_4) and AT_ROUND_TO_PAGE
@@ -22,7 +22,7 @@
 
 use vmsnap::nt::*;
 
-mod common;
+use crate::common;
 use common::nt::*;
 use vmsnap::{
     Access, MAX_ALLOCATION_ADDRESS, MemoryError, MemoryManager, Protection, RegionKind, USER_SPACE_END,
