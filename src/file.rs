@@ -22,8 +22,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! MMIO regions are saved as layout only and left out on load (their
-//! handlers cannot be serialized), as `deserialize_memory_state` does.
+//! MMIO regions are saved as layout only (their handlers cannot be
+//! serialized) and come back on load as they are in the layout — kind
+//! `Mmio`, committed, `READ | WRITE`, counted in the statistics — but
+//! *unbound*: an access to one is
+//! [`MemoryError::MmioUnbound`](crate::MemoryError::MmioUnbound), never
+//! zeros, as after `deserialize_memory_state`. The owner binds handlers
+//! after a restore ([`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio)),
+//! or at load time with a binder: [`load_with`], [`load_from_bytes_with`],
+//! [`load_timeline_with`], [`timeline_from_bytes_with`], [`open_lazy_with`],
+//! [`open_lazy_bytes_with`]. A diff does not compare handlers, so a loaded
+//! snapshot diffs empty against the one saved.
 //!
 //! Incremental files (1.1, [`save_incremental`]) store only the pages that
 //! differ from a parent file's snapshot (each XORed with the parent's page
@@ -49,6 +58,7 @@ use serde_bytes::ByteBuf;
 use crate::error::StateError;
 use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
 use crate::protection::meta;
+use crate::region_map::{MmioHandlers, RegionMap};
 use crate::snapshot::Snapshot;
 use crate::timeline::{SnapshotId, Timeline};
 use crate::version::{Lineage, Version};
@@ -58,7 +68,7 @@ mod lazy;
 pub use inspect::{
     FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
 };
-pub use lazy::{LazyFile, open_lazy, open_lazy_bytes};
+pub use lazy::{LazyFile, open_lazy, open_lazy_bytes, open_lazy_bytes_with, open_lazy_with};
 
 /// Major version of the file format this crate writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
@@ -630,12 +640,12 @@ pub fn save_with_progress(
 /// [`load`], calling `progress` as the file's frames are decompressed and
 /// checked (a parent chain is loaded first, without reports).
 pub fn load_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Snapshot, FileError> {
-    one_snapshot(read_chain(path, 1, progress)?.1)
+    one_snapshot(read_chain(path, 1, progress, &mut Binding::none())?.1)
 }
 
 /// [`verify`], calling `progress` as the file's frames are checked.
 pub fn verify_with_progress(path: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), FileError> {
-    read_chain(path, 1, progress).map(drop)
+    read_chain(path, 1, progress, &mut Binding::none()).map(drop)
 }
 
 /// The file bytes of `snapshot` (exactly what [`save`] writes). Deterministic:
@@ -1141,6 +1151,7 @@ fn decode(
     bytes: &[u8],
     resolve: &mut Resolver<'_>,
     progress: &mut dyn FnMut(Progress),
+    binding: &mut Binding<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let (area, index_bytes, header) = split(bytes)?;
     let parsed = parse_index(index_bytes, &header)?;
@@ -1152,7 +1163,7 @@ fn decode(
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
     let store = file_store(parent_version);
     let stored = decode_frames(&parsed, area, parent_version, &store, progress)?;
-    build_snapshots(&parsed, &stored, parent_version, &store, None)
+    build_snapshots(&parsed, &stored, parent_version, &store, None, binding)
 }
 
 /// Every frame: checksum, bounded decompression; then every page in it:
@@ -1306,6 +1317,7 @@ fn build_snapshots(
     parent_version: Option<&Version>,
     store: &Arc<Store>,
     keep: Option<&Arc<dyn LazySource>>,
+    binding: &mut Binding<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let Parsed { pages, snapshots, .. } = parsed;
     let lineage = Lineage::default();
@@ -1314,7 +1326,7 @@ fn build_snapshots(
     let mut first_use: Vec<Option<u64>> = vec![None; pages.len()];
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
-    let mut out = Vec::with_capacity(snapshots.len());
+    let mut built = Vec::with_capacity(snapshots.len());
     // Delta page maps (1.2): each parent's table and layout-only table are
     // kept while a later record names it.
     let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
@@ -1466,12 +1478,48 @@ fn build_snapshots(
             layout.layout_version,
             &lineage,
         );
-        out.push(Decoded { id: *id, name: name.clone(), parent: *parent, snapshot: Snapshot::new(version) });
+        built.push((*id, name.clone(), *parent, version));
     }
     if referenced.iter().any(|r| !r) {
         return Err(corrupt("a stored page is referenced by no snapshot"));
     }
+    // The file is checked: its MMIO regions may be bound now.
+    let mut out = Vec::with_capacity(built.len());
+    for (id, name, parent, mut version) in built {
+        binding.bind(&mut version.regions);
+        out.push(Decoded { id, name, parent, snapshot: Snapshot::new(version) });
+    }
     Ok(out)
+}
+
+/// What a loader does with the MMIO regions of the snapshots it builds,
+/// which a file holds without handlers: nothing (they stay unbound), or
+/// what a caller's binder says ([`load_with`]), asked once per distinct
+/// region and shared by every snapshot of the file that has it.
+struct Binding<'b> {
+    binder: Option<&'b mut dyn FnMut(u64, u64) -> Option<MmioHandlers>>,
+    asked: HashMap<(u64, u64), Option<Arc<MmioHandlers>>>,
+}
+
+impl<'b> Binding<'b> {
+    /// Leaves every region unbound.
+    fn none() -> Self {
+        Binding { binder: None, asked: HashMap::new() }
+    }
+
+    /// Binds with `binder(base, length)`.
+    fn with(binder: &'b mut dyn FnMut(u64, u64) -> Option<MmioHandlers>) -> Self {
+        Binding { binder: Some(binder), asked: HashMap::new() }
+    }
+
+    /// Binds the unbound MMIO regions of `regions`. Time: nothing without a
+    /// binder; O(allocations) with one, plus a call per new region.
+    fn bind(&mut self, regions: &mut RegionMap) {
+        let Binding { binder: Some(binder), asked } = self else { return };
+        regions.bind_unbound(&mut |base, length| {
+            asked.entry((base, length)).or_insert_with(|| binder(base, length).map(Arc::new)).clone()
+        });
+    }
 }
 
 /// The resolver of the in-memory forms: they have no parent to offer.
@@ -1491,19 +1539,38 @@ fn one_snapshot(mut all: Vec<Decoded>) -> Result<Snapshot, FileError> {
 /// An incremental file needs its parent: use [`incremental_from_bytes`]
 /// (here it is [`FileError::ParentMissing`] with the file-name hint).
 pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
-    one_snapshot(decode(bytes, &mut no_parent, &mut |_| {})?)
+    one_snapshot(decode(bytes, &mut no_parent, &mut |_| {}, &mut Binding::none())?)
+}
+
+/// [`load_from_bytes`] that binds the file's MMIO regions with `binder`,
+/// as [`load_with`] does. Time: as `load_from_bytes`, plus the binder's.
+pub fn load_from_bytes_with(
+    bytes: &[u8],
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Snapshot, FileError> {
+    one_snapshot(decode(bytes, &mut no_parent, &mut |_| {}, &mut Binding::with(binder))?)
 }
 
 /// Checks a self-contained file held in memory as [`verify`] does: header,
 /// index, every frame and every page hash, every snapshot's layout and page
 /// map (an incremental file is [`FileError::ParentMissing`]).
 pub fn verify_bytes(bytes: &[u8]) -> Result<(), FileError> {
-    decode(bytes, &mut no_parent, &mut |_| {}).map(drop)
+    decode(bytes, &mut no_parent, &mut |_| {}, &mut Binding::none()).map(drop)
 }
 
 /// Decodes a timeline file held in memory (see [`load_timeline`]).
 pub fn timeline_from_bytes(bytes: &[u8]) -> Result<Timeline, FileError> {
-    timeline_of(decode(bytes, &mut no_parent, &mut |_| {})?)
+    timeline_of(decode(bytes, &mut no_parent, &mut |_| {}, &mut Binding::none())?)
+}
+
+/// [`timeline_from_bytes`] that binds the file's MMIO regions with
+/// `binder`, as [`load_timeline_with`] does. Time: as `timeline_from_bytes`,
+/// plus the binder's.
+pub fn timeline_from_bytes_with(
+    bytes: &[u8],
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Timeline, FileError> {
+    timeline_of(decode(bytes, &mut no_parent, &mut |_| {}, &mut Binding::with(binder))?)
 }
 
 fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
@@ -1554,7 +1621,7 @@ pub fn incremental_from_bytes(
         }
         Ok(parent.clone())
     };
-    one_snapshot(decode(bytes, &mut resolve, &mut |_| {})?)
+    one_snapshot(decode(bytes, &mut resolve, &mut |_| {}, &mut Binding::none())?)
 }
 
 // ------------------------------------------------------------ file system ----
@@ -1905,6 +1972,7 @@ fn decode_chain(
     depth: u64,
     chain: &mut Vec<PathBuf>,
     progress: &mut dyn FnMut(Progress),
+    binding: &mut Binding<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let dir = directory_of(path);
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
@@ -1912,11 +1980,12 @@ fn decode_chain(
         let in_parent = in_parent(&parent_path);
         let parent_bytes = read_whole(&parent_path, head).map_err(&in_parent)?;
         chain.push(canonical);
-        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {});
+        let decoded =
+            decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut |_| {}, &mut Binding::none());
         chain.pop();
         one_snapshot(decoded.map_err(&in_parent)?).map_err(&in_parent)
     };
-    decode(bytes, &mut resolve, progress)
+    decode(bytes, &mut resolve, progress, binding)
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -1933,17 +2002,18 @@ fn read_chain(
     path: &Path,
     depth: u64,
     progress: &mut dyn FnMut(Progress),
+    binding: &mut Binding<'_>,
 ) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
     let bytes = read(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    let decoded = decode_chain(path, &bytes, depth, &mut chain, progress)?;
+    let decoded = decode_chain(path, &bytes, depth, &mut chain, progress, binding)?;
     Ok((bytes, decoded))
 }
 
 /// Loads the snapshot saved at `path`, checking the header, the index, and
 /// every page against its BLAKE3 hash. The result reads, queries and diffs as
-/// the saved snapshot did (MMIO regions excepted: they are left out). It
-/// starts a lineage of its own.
+/// the saved snapshot did, except that its MMIO regions are unbound (module
+/// docs; [`load_with`] binds them). It starts a lineage of its own.
 ///
 /// An incremental file (since format 1.1) is loaded with its parent chain: each
 /// parent is found by its file-name hint relative to the child's directory
@@ -1957,13 +2027,49 @@ fn read_chain(
 /// against its length and the limits, before its frames. Time: O(total size
 /// of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
-    one_snapshot(read_chain(path, 1, &mut |_| {})?.1)
+    one_snapshot(read_chain(path, 1, &mut |_| {}, &mut Binding::none())?.1)
+}
+
+/// [`load`] that binds the file's MMIO regions: `binder(base, length)` is
+/// called once per distinct MMIO region (base and length) of the file's
+/// snapshots, in file order, once the whole file is checked (never for a
+/// corrupt file; not for the regions of an incremental file's parents,
+/// which are read for their pages only). The handlers it gives are bound
+/// in every snapshot that has that region; a region it answers `None` for
+/// stays unbound ([`MemoryError::MmioUnbound`](crate::MemoryError::MmioUnbound)
+/// on access, [`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio)
+/// after a restore). Time: as `load`, plus O(allocations) per snapshot and
+/// one binder call per distinct region.
+///
+/// ```
+/// use vmsnap::{MemoryManager, MmioHandlers};
+/// # let dir = std::env::temp_dir().join(format!("vmsnap-load-with-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("kuser.vmsnap");
+/// let mut mm = MemoryManager::new();
+/// mm.allocate_mmio(0x7FFE_0000, 0x1000, |offset, buf| buf.fill(offset as u8), |_, _| {})?;
+/// vmsnap::file::save(&mm.snapshot(), &path)?;
+///
+/// let snapshot = vmsnap::file::load_with(&path, &mut |base, _length| {
+///     (base == 0x7FFE_0000).then(|| MmioHandlers::new(|offset, buf| buf.fill(offset as u8), |_, _| {}))
+/// })?;
+/// let mut buf = [0u8; 1];
+/// snapshot.read_memory(0x7FFE_0020, &mut buf)?;
+/// assert_eq!(buf, [0x20]);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn load_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Snapshot, FileError> {
+    one_snapshot(read_chain(path, 1, &mut |_| {}, &mut Binding::with(binder))?.1)
 }
 
 /// Checks the file at `path` completely (every frame decompressed, every page
 /// hash checked), parents included, without keeping anything.
 pub fn verify(path: &Path) -> Result<(), FileError> {
-    read_chain(path, 1, &mut |_| {}).map(drop)
+    read_chain(path, 1, &mut |_| {}, &mut Binding::none()).map(drop)
 }
 
 /// Saves a whole timeline (snapshots, names, parent links) to one file,
@@ -1976,7 +2082,18 @@ pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> 
 /// parent links (ids are renumbered by [`Timeline::insert`]; the head is the
 /// last snapshot). Every page is checked against its hash.
 pub fn load_timeline(path: &Path) -> Result<Timeline, FileError> {
-    timeline_of(read_chain(path, 1, &mut |_| {})?.1)
+    timeline_of(read_chain(path, 1, &mut |_| {}, &mut Binding::none())?.1)
+}
+
+/// [`load_timeline`] that binds the file's MMIO regions with `binder`, as
+/// [`load_with`] does: once per distinct region, the same handlers in every
+/// snapshot that has it. Time: as `load_timeline`, plus O(allocations) per
+/// snapshot and one binder call per distinct region.
+pub fn load_timeline_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Timeline, FileError> {
+    timeline_of(read_chain(path, 1, &mut |_| {}, &mut Binding::with(binder))?.1)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),
@@ -2029,7 +2146,8 @@ pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Resu
         return Err(FileError::ParentCycle { path: path.to_owned() });
     }
     let mut chain = vec![parent_canonical.clone()];
-    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}).map_err(&in_parent)?;
+    let decoded = decode_chain(parent, &parent_bytes, 2, &mut chain, &mut |_| {}, &mut Binding::none())
+        .map_err(&in_parent)?;
     let parent_snapshot = one_snapshot(decoded).map_err(&in_parent)?;
     let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
         path: parent.to_owned(),

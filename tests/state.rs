@@ -93,16 +93,19 @@ fn layout_version_never_repeats() {
 }
 
 #[test]
-fn mmio_regions_are_left_out() {
+fn mmio_regions_come_back_unbound() {
     let mut mm = sample();
     mm.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
     let buf = serialize(&mm, false);
     let mut copy = MemoryManager::new();
     copy.deserialize_memory_state(&buf, false).unwrap();
-    assert_eq!(copy.region_kind(0x7FFE_0000), RegionKind::Free);
-    // Its owner registers it again, and the state is the original one.
-    copy.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    assert_eq!(copy.region_kind(0x7FFE_0000), RegionKind::Mmio);
     assert_eq!(copy.reserved_regions().collect::<Vec<_>>(), mm.reserved_regions().collect::<Vec<_>>());
+    // Its owner binds its handlers again, and it reads as the original.
+    copy.bind_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    let mut byte = [0u8];
+    copy.read_memory(0x7FFE_0000, &mut byte).unwrap();
+    assert_eq!(byte, [1]);
 }
 
 #[test]

@@ -229,20 +229,47 @@ impl LazyFile {
 /// files is opened). Pages are read on first touch (module docs).
 /// Time: O(index size) per file of the chain.
 pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
+    open_lazy_binding(path, &mut Binding::none())
+}
+
+/// [`open_lazy`] that binds the file's MMIO regions with `binder`, as
+/// [`load_with`] does (called once the header and index are checked).
+/// Time: as `open_lazy`, plus what [`load_with`] says of the binder.
+pub fn open_lazy_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<LazyFile, FileError> {
+    open_lazy_binding(path, &mut Binding::with(binder))
+}
+
+fn open_lazy_binding(path: &Path, binding: &mut Binding<'_>) -> Result<LazyFile, FileError> {
     let head = read_head(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    open_parts(path, head, 1, &mut chain)
+    open_parts(path, head, 1, &mut chain, binding)
 }
 
 /// [`open_lazy`] for a file held in memory (self-contained files; an
 /// incremental one is [`FileError::ParentMissing`] with its hint, as
 /// [`load_from_bytes`] says).
 pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
+    open_lazy_bytes_binding(bytes, &mut Binding::none())
+}
+
+/// [`open_lazy_bytes`] that binds the file's MMIO regions with `binder`, as
+/// [`open_lazy_with`] does. Time: as `open_lazy_bytes`, plus the binder's.
+pub fn open_lazy_bytes_with(
+    bytes: Vec<u8>,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<LazyFile, FileError> {
+    open_lazy_bytes_binding(bytes, &mut Binding::with(binder))
+}
+
+fn open_lazy_bytes_binding(bytes: Vec<u8>, binding: &mut Binding<'_>) -> Result<LazyFile, FileError> {
     let (_, index_bytes, header) = split(&bytes)?;
     let parsed = parse_index(index_bytes, &header)?;
     let index_hash = *blake3::hash(index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
-        let decoded = decode(&bytes, &mut no_parent, &mut |_| {})?;
+        let decoded = decode(&bytes, &mut no_parent, &mut |_| {}, binding)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -254,17 +281,23 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     if let Some(p) = &parsed.parent {
         return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
     }
-    finish(Reader::Bytes(bytes), parsed, None, index_hash)
+    finish(Reader::Bytes(bytes), parsed, None, index_hash, binding)
 }
 
 /// The rest of [`open_lazy`] for file number `depth` of a chain.
-fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> Result<LazyFile, FileError> {
+fn open_parts(
+    path: &Path,
+    head: Head,
+    depth: u64,
+    chain: &mut Vec<PathBuf>,
+    binding: &mut Binding<'_>,
+) -> Result<LazyFile, FileError> {
     let parsed = parse_index(&head.index, &head.header)?;
     let index_hash = *blake3::hash(&head.index).as_bytes();
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let bytes = read_whole(path, head)?;
-        let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {})?;
+        let decoded = decode_chain(path, &bytes, depth, chain, &mut |_| {}, binding)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -278,12 +311,13 @@ fn open_parts(path: &Path, head: Head, depth: u64, chain: &mut Vec<PathBuf>) -> 
         Some(p) => {
             let (parent_path, canonical, parent_head) = open_parent(&directory_of(path), p, depth, chain)?;
             chain.push(canonical);
-            let opened = open_parts(&parent_path, parent_head, depth + 1, chain);
+            let opened = open_parts(&parent_path, parent_head, depth + 1, chain, &mut Binding::none());
             chain.pop();
             Some(opened.and_then(|f| f.snapshot()).map_err(in_parent(&parent_path))?)
         }
     };
-    finish(Reader::File { file: Mutex::new(head.file), path: path.to_owned() }, parsed, parent, index_hash)
+    let reader = Reader::File { file: Mutex::new(head.file), path: path.to_owned() };
+    finish(reader, parsed, parent, index_hash, binding)
 }
 
 /// Makes a lazy page per page record and builds the snapshots.
@@ -292,6 +326,7 @@ fn finish(
     parsed: Parsed,
     parent: Option<Snapshot>,
     index_hash: [u8; 32],
+    binding: &mut Binding<'_>,
 ) -> Result<LazyFile, FileError> {
     let frames = parsed.frames.len() as u64;
     let fingerprints = parsed
@@ -315,7 +350,7 @@ fn finish(
     let records = store.add_source(&as_source, &fingerprints);
     let stored: Vec<PageRef> =
         (0..fingerprints.len() as u32).map(|i| PageRef::retained(&store, records.get(i))).collect();
-    let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source))?;
+    let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source), binding)?;
     Ok(LazyFile { decoded, source: Some(source), records: Some((store, records)), index_hash, frames })
 }
 
