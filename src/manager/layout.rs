@@ -270,7 +270,9 @@ impl MemoryManager {
     /// `size` rounded up to pages, no byte of it allocated yet. The region reports committed,
     /// `READ | WRITE`, kind `Mmio`. Every access to it calls a handler once per
     /// contiguous run, with the offset from the region's base. Snapshots keep
-    /// the handlers, not bytes. Time: O(log n + levels).
+    /// the handlers, not bytes; snapshot files and state buffers keep the
+    /// region but not its handlers (see [`bind_mmio`](Self::bind_mmio)).
+    /// Time: O(log n + levels).
     ///
     /// ```
     /// # use vmsnap::{MemoryManager, RegionKind};
