@@ -111,6 +111,26 @@ pub enum MemoryError {
         /// Base of the MMIO region.
         base: u64,
     },
+    /// An access to an MMIO region that has no handlers: one loaded from a
+    /// snapshot file or a state buffer (which hold its layout, not its
+    /// handlers) and not bound since
+    /// ([`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio), or a
+    /// binder given to the loader). Nothing was read or written.
+    #[error("no MMIO handlers are bound at {address:#x}")]
+    MmioUnbound {
+        /// First byte of the access inside the unbound region.
+        address: u64,
+    },
+    /// [`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio) found no
+    /// unbound MMIO region based at `address` of `size` bytes (rounded up to
+    /// pages): none there, another size, another kind, or already bound.
+    #[error("no unbound MMIO region at {address:#x} of {size:#x} bytes")]
+    NoUnboundMmio {
+        /// The base given.
+        address: u64,
+        /// The size given.
+        size: u64,
+    },
     /// No section with this id (never created, or its handle was closed).
     #[error("no open section {id}")]
     UnknownSection {
@@ -256,7 +276,8 @@ mod tests {
             | NotAView { address } => {
                 vec![hex(*address)]
             }
-            PageUnavailable { address } => vec![hex(*address)],
+            PageUnavailable { address } | MmioUnbound { address } => vec![hex(*address)],
+            NoUnboundMmio { address, size } => vec![hex(*address), hex(*size)],
             Misaligned { address, alignment } => vec![hex(*address), hex(*alignment)],
             RangeOverflow { address, size }
             | OutsideUserSpace { address, size }
@@ -318,6 +339,8 @@ mod tests {
             CommitLimitExceeded { requested: 0xF_1000, committed: 0xF2_0000, limit: 0xF30_0000 },
             NoFreeSpace { size: 0x1_0000_0000_0000, start: 0x2_0000_0000 },
             PageUnavailable { address: 0x11_0000_0000 },
+            MmioUnbound { address: 0x12_0000_0320 },
+            NoUnboundMmio { address: 0x13_0000_0000, size: 0x13_1000 },
             State(StateError::UnsupportedVersion { found: 77, supported: 1 }),
             State(StateError::BadMagic),
             State(StateError::ModeMismatch { buffer_has_contents: true }),

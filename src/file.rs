@@ -22,8 +22,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! MMIO regions are saved as layout only and left out on load (their
-//! handlers cannot be serialized), as `deserialize_memory_state` does.
+//! MMIO regions are saved as layout only (their handlers cannot be
+//! serialized) and come back on load as they are in the layout — kind
+//! `Mmio`, committed, `READ | WRITE`, counted in the statistics — but
+//! *unbound*: an access to one is
+//! [`MemoryError::MmioUnbound`](crate::MemoryError::MmioUnbound), never
+//! zeros, as after `deserialize_memory_state`. The owner binds handlers
+//! after a restore ([`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio)),
+//! or at load time with a binder: [`load_with`], [`load_from_bytes_with`],
+//! [`load_timeline_with`], [`timeline_from_bytes_with`], [`open_lazy_with`],
+//! [`open_lazy_bytes_with`]. A diff does not compare handlers, so a loaded
+//! snapshot diffs empty against the one saved.
 //!
 //! Incremental files (1.1, [`save_incremental`]) store only the pages that
 //! differ from a parent file's snapshot (each XORed with the parent's page
@@ -51,6 +60,7 @@ use serde_bytes::ByteBuf;
 use crate::error::StateError;
 use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
 use crate::protection::meta;
+use crate::region_map::{MmioHandlers, RegionMap};
 use crate::snapshot::Snapshot;
 use crate::timeline::{SnapshotId, Timeline};
 use crate::version::{Lineage, Version};
@@ -66,7 +76,9 @@ use header::{Header, split};
 pub use inspect::{
     FileInfo, ParentInfo, SnapshotSummary, inspect, inspect_bytes, load_timeline_with_progress,
 };
-pub use lazy::{LazyFile, open, open_lazy, open_lazy_bytes, open_source};
+pub use lazy::{
+    LazyFile, open, open_lazy, open_lazy_bytes, open_lazy_bytes_with, open_lazy_with, open_source,
+};
 pub use options::{Loader, Writer};
 pub use source::{ByteSource, LocalFile};
 
@@ -1066,7 +1078,7 @@ fn decode(
     let parent_version = parent_snapshot.as_ref().map(Snapshot::version);
     let store = file_store(parent_version);
     let stored = decode_frames(&parsed, area, parent_version, &store, loader)?;
-    build_snapshots(&parsed, &stored, parent_version, &store, None)
+    build_snapshots(&parsed, &stored, parent_version, &store, None, &mut loader.binding)
 }
 
 /// Every frame: checksum, bounded decompression; then every page in it:
@@ -1221,6 +1233,7 @@ fn build_snapshots(
     parent_version: Option<&Version>,
     store: &Arc<Store>,
     keep: Option<&Arc<dyn LazySource>>,
+    binding: &mut Binding<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let Parsed { pages, snapshots, .. } = parsed;
     let lineage = Lineage::default();
@@ -1229,7 +1242,7 @@ fn build_snapshots(
     let mut first_use: Vec<Option<u64>> = vec![None; pages.len()];
     let mut ids: HashSet<u64> = HashSet::new();
     let mut names: HashSet<&str> = HashSet::new();
-    let mut out = Vec::with_capacity(snapshots.len());
+    let mut built = Vec::with_capacity(snapshots.len());
     // Delta page maps (1.2): each parent's table and layout-only table are
     // kept while a later record names it.
     let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
@@ -1381,12 +1394,49 @@ fn build_snapshots(
             layout.layout_version,
             &lineage,
         );
-        out.push(Decoded { id: *id, name: name.clone(), parent: *parent, snapshot: Snapshot::new(version) });
+        built.push((*id, name.clone(), *parent, version));
     }
     if referenced.iter().any(|r| !r) {
         return Err(corrupt("a stored page is referenced by no snapshot"));
     }
+    // The file is checked: its MMIO regions may be bound now.
+    let mut out = Vec::with_capacity(built.len());
+    for (id, name, parent, mut version) in built {
+        binding.bind(&mut version.regions);
+        out.push(Decoded { id, name, parent, snapshot: Snapshot::new(version) });
+    }
     Ok(out)
+}
+
+/// What a loader does with the MMIO regions of the snapshots it builds,
+/// which a file holds without handlers: nothing (they stay unbound), or
+/// what a caller's binder says ([`load_with`]), asked once per distinct
+/// region and shared by every snapshot of the file that has it.
+#[derive(Default)]
+struct Binding<'b> {
+    binder: Option<&'b mut dyn FnMut(u64, u64) -> Option<MmioHandlers>>,
+    asked: HashMap<(u64, u64), Option<Arc<MmioHandlers>>>,
+}
+
+impl<'b> Binding<'b> {
+    /// Leaves every region unbound.
+    fn none() -> Self {
+        Binding { binder: None, asked: HashMap::new() }
+    }
+
+    /// Binds with `binder(base, length)`.
+    fn with(binder: &'b mut dyn FnMut(u64, u64) -> Option<MmioHandlers>) -> Self {
+        Binding { binder: Some(binder), asked: HashMap::new() }
+    }
+
+    /// Binds the unbound MMIO regions of `regions`. Time: nothing without a
+    /// binder; O(allocations) with one, plus a call per new region.
+    fn bind(&mut self, regions: &mut RegionMap) {
+        let Binding { binder: Some(binder), asked } = self else { return };
+        regions.bind_unbound(&mut |base, length| {
+            asked.entry((base, length)).or_insert_with(|| binder(base, length).map(Arc::new)).clone()
+        });
+    }
 }
 
 /// The resolver of the in-memory forms: they have no parent to offer.
@@ -1409,6 +1459,15 @@ pub fn load_from_bytes(bytes: &[u8]) -> Result<Snapshot, FileError> {
     one_snapshot(decode(bytes, &mut no_parent, &mut Loader::new())?)
 }
 
+/// [`load_from_bytes`] that binds the file's MMIO regions with `binder`,
+/// as [`load_with`] does. Time: as `load_from_bytes`, plus the binder's.
+pub fn load_from_bytes_with(
+    bytes: &[u8],
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Snapshot, FileError> {
+    one_snapshot(decode(bytes, &mut no_parent, &mut Loader::new().binder(binder))?)
+}
+
 /// Checks a self-contained file held in memory as [`verify`] does: header,
 /// index, every frame and every page hash, every snapshot's layout and page
 /// map (an incremental file is [`FileError::ParentMissing`]).
@@ -1419,6 +1478,16 @@ pub fn verify_bytes(bytes: &[u8]) -> Result<(), FileError> {
 /// Decodes a timeline file held in memory (see [`load_timeline`]).
 pub fn timeline_from_bytes(bytes: &[u8]) -> Result<Timeline, FileError> {
     timeline_of(decode(bytes, &mut no_parent, &mut Loader::new())?)
+}
+
+/// [`timeline_from_bytes`] that binds the file's MMIO regions with
+/// `binder`, as [`load_timeline_with`] does. Time: as `timeline_from_bytes`,
+/// plus the binder's.
+pub fn timeline_from_bytes_with(
+    bytes: &[u8],
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Timeline, FileError> {
+    timeline_of(decode(bytes, &mut no_parent, &mut Loader::new().binder(binder))?)
 }
 
 fn timeline_of(decoded: Vec<Decoded>) -> Result<Timeline, FileError> {
@@ -1924,8 +1993,8 @@ fn read_chain(
 
 /// Loads the snapshot saved at `path`, checking the header, the index, and
 /// every page against its BLAKE3 hash. The result reads, queries and diffs as
-/// the saved snapshot did (MMIO regions excepted: they are left out). It
-/// starts a lineage of its own.
+/// the saved snapshot did, except that its MMIO regions are unbound (module
+/// docs; [`load_with`] binds them). It starts a lineage of its own.
 ///
 /// An incremental file (since format 1.1) is loaded with its parent chain: each
 /// parent is found by its file-name hint relative to the child's directory
@@ -1940,6 +2009,42 @@ fn read_chain(
 /// of the chain's files).
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
     Loader::new().load(path)
+}
+
+/// [`load`] that binds the file's MMIO regions: `binder(base, length)` is
+/// called once per distinct MMIO region (base and length) of the file's
+/// snapshots, in file order, once the whole file is checked (never for a
+/// corrupt file; not for the regions of an incremental file's parents,
+/// which are read for their pages only). The handlers it gives are bound
+/// in every snapshot that has that region; a region it answers `None` for
+/// stays unbound ([`MemoryError::MmioUnbound`](crate::MemoryError::MmioUnbound)
+/// on access, [`MemoryManager::bind_mmio`](crate::MemoryManager::bind_mmio)
+/// after a restore). Time: as `load`, plus O(allocations) per snapshot and
+/// one binder call per distinct region.
+///
+/// ```
+/// use vmsnap::{MemoryManager, MmioHandlers};
+/// # let dir = std::env::temp_dir().join(format!("vmsnap-load-with-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("kuser.vmsnap");
+/// let mut mm = MemoryManager::new();
+/// mm.allocate_mmio(0x7FFE_0000, 0x1000, |offset, buf| buf.fill(offset as u8), |_, _| {})?;
+/// vmsnap::file::save(&mm.snapshot(), &path)?;
+///
+/// let snapshot = vmsnap::file::load_with(&path, &mut |base, _length| {
+///     (base == 0x7FFE_0000).then(|| MmioHandlers::new(|offset, buf| buf.fill(offset as u8), |_, _| {}))
+/// })?;
+/// let mut buf = [0u8; 1];
+/// snapshot.read_memory(0x7FFE_0020, &mut buf)?;
+/// assert_eq!(buf, [0x20]);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn load_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Snapshot, FileError> {
+    Loader::new().binder(binder).load(path)
 }
 
 /// Checks the file at `path` completely (every frame decompressed, every page
@@ -1959,6 +2064,17 @@ pub fn save_timeline(timeline: &Timeline, path: &Path) -> Result<(), FileError> 
 /// last snapshot). Every page is checked against its hash.
 pub fn load_timeline(path: &Path) -> Result<Timeline, FileError> {
     Loader::new().load_timeline(path)
+}
+
+/// [`load_timeline`] that binds the file's MMIO regions with `binder`, as
+/// [`load_with`] does: once per distinct region, the same handlers in every
+/// snapshot that has it. Time: as `load_timeline`, plus O(allocations) per
+/// snapshot and one binder call per distinct region.
+pub fn load_timeline_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<Timeline, FileError> {
+    Loader::new().binder(binder).load_timeline(path)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),
@@ -2002,8 +2118,14 @@ fn save_incremental_with(
     // Opened lazily: its frames are read only for the pages that changed
     // (their XOR bases), so the cost follows the changes, not the parent.
     let mut chain = vec![target.parent_canonical.clone()];
-    let parent_file =
-        lazy::open_parts(parent, target.parent_head, 2, &mut chain).map_err(in_parent(parent))?;
+    let parent_file = lazy::open_parts(
+        parent,
+        target.parent_head,
+        2,
+        &mut chain,
+        &mut Loader::new().threads(writer.threads),
+    )
+    .map_err(in_parent(parent))?;
     save_against(snapshot, &parent_file, parent, &target.hint, path, writer)
 }
 

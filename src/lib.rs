@@ -183,9 +183,9 @@
 //!   142 MiB/s and loads 421 MiB/s of such pages. `save` builds the file in
 //!   memory before writing it and `load` reads the whole file; a file holds at
 //!   most 2^24 distinct pages (64 GiB) and 2^20 snapshots. MMIO regions are
-//!   saved as layout only, without their handlers, and left out on load. The
-//!   first reads of one lazily opened file are serialized, one frame at a
-//!   time.
+//!   saved as layout only, without their handlers: they load unbound (an
+//!   access fails until the owner binds handlers again). The first reads of
+//!   one lazily opened file are serialized, one frame at a time.
 //! * **Windows semantics only.** Reserve/commit, 64 KiB granularity and
 //!   `PAGE_*` protections; no Linux `mmap` / `mprotect` model, no file-backed
 //!   sections, no write watching, no `NtAllocateVirtualMemoryEx`.
@@ -217,6 +217,7 @@ pub use manager::{DEFAULT_COMMIT_LIMIT, MemoryManager, SectionId, SectionInfo};
 pub use page_table::frozen_pages_alive;
 pub use protection::{Access, Protection, RegionKind};
 pub use query::{AddressSpace, MemoryStats, RegionInfo, ReservedRegion, SpaceView};
+pub use region_map::MmioHandlers;
 pub use snapshot::Snapshot;
 pub use state::STATE_FORMAT_VERSION;
 pub use timeline::{SnapshotId, Timeline, TimelineEntry, TimelineError, VersionMemory};

@@ -157,7 +157,8 @@ impl<'a> SpaceView<'a> {
     }
 
     /// Host read (see [`MemoryManager::read_memory`](crate::MemoryManager::read_memory)):
-    /// protection ignored, MMIO ranges call their handler. Time: O(pages
+    /// protection ignored, MMIO ranges call their handler (an unbound one,
+    /// loaded from a file, is [`MemoryError::MmioUnbound`]). Time: O(pages
     /// touched · levels).
     pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         match self.pages {
@@ -372,7 +373,9 @@ pub(crate) enum Denied {
 
 /// Checks that `[address, address + len)` can be accessed: by the host
 /// (`access == None`: every page committed) or by the guest (protection
-/// allows `access`; the first guard page stops it). Time: O(pages).
+/// allows `access`; the first guard page stops it), and that every MMIO
+/// page it allows has handlers (`MmioUnbound` otherwise). Time: O(pages),
+/// plus O(log n) per MMIO region met.
 pub(crate) fn check_range(
     src: &impl PageSource,
     regions: &RegionMap,
@@ -396,6 +399,8 @@ pub(crate) fn check_range(
         return Err(Denied::Error(MemoryError::RangeOverflow { address, size: len as u64 }));
     };
     let mut page = page_down(address);
+    // MMIO pages below this address are known to have handlers.
+    let mut bound_to = 0;
     while page < end {
         let at = page.max(address);
         if page >= USER_SPACE_END {
@@ -416,18 +421,27 @@ pub(crate) fn check_range(
                 return Err(Denied::Guard { address: at });
             }
         }
+        // An access the page allows would call a handler: there must be one.
+        if m & meta::MMIO != 0 && page >= bound_to {
+            match regions.containing(page) {
+                Some(a @ Allocation { backing: Backing::Mmio(Some(_)), .. }) => bound_to = a.end(),
+                _ => return Err(Denied::Error(MemoryError::MmioUnbound { address: at })),
+            }
+        }
         page += PAGE_SIZE;
     }
     Ok(())
 }
 
-/// The MMIO allocation containing `address` (a page whose state says MMIO).
+/// The MMIO allocation containing `address` (a page whose state says MMIO,
+/// in a range [`check_range`] allowed).
 fn mmio_at(regions: &RegionMap, address: u64) -> (&Allocation, &crate::region_map::MmioHandlers) {
     // Invariant: a page carries the MMIO state bit only inside an MMIO
-    // allocation, and every MMIO allocation has handlers.
+    // allocation, and `check_range` refused the range if that allocation
+    // has no handlers.
     let a = regions.containing(address).expect("MMIO page inside an allocation");
-    let Backing::Mmio(handlers) = &a.backing else {
-        unreachable!("an MMIO page state outside an MMIO region")
+    let Backing::Mmio(Some(handlers)) = &a.backing else {
+        unreachable!("an MMIO page of a checked range outside a bound MMIO region")
     };
     (a, handlers)
 }

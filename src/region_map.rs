@@ -11,7 +11,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 
 use crate::address::granule_up;
-use crate::protection::{Protection, RegionKind};
+use crate::protection::{Protection, RegionKind, meta};
 use crate::{MIN_ALLOCATION_ADDRESS, USER_SPACE_END};
 
 /// Read handler of an MMIO region: `(offset from the region base, buffer)`.
@@ -19,11 +19,35 @@ pub(crate) type MmioRead = dyn Fn(u64, &mut [u8]) + Send + Sync;
 /// Write handler of an MMIO region: `(offset from the region base, data)`.
 pub(crate) type MmioWrite = dyn Fn(u64, &[u8]) + Send + Sync;
 
-/// The handlers of an MMIO region.
-pub(crate) struct MmioHandlers {
+/// The read and write handlers of an MMIO region, as
+/// [`MemoryManager::allocate_mmio`](crate::MemoryManager::allocate_mmio)
+/// takes them: what a binder gives for a region loaded without its handlers
+/// ([`MemoryManager::deserialize_memory_state_with`](crate::MemoryManager::deserialize_memory_state_with),
+/// [`file::load_with`](crate::file::load_with) and the other `_with` loaders).
+pub struct MmioHandlers {
     pub(crate) read: Box<MmioRead>,
     pub(crate) write: Box<MmioWrite>,
 }
+
+impl MmioHandlers {
+    /// Handlers from a read handler `(offset from the region base, buffer
+    /// to fill)` and a write handler `(offset, data)`. Time: O(1).
+    pub fn new(
+        read: impl Fn(u64, &mut [u8]) + Send + Sync + 'static,
+        write: impl Fn(u64, &[u8]) + Send + Sync + 'static,
+    ) -> Self {
+        MmioHandlers { read: Box::new(read), write: Box::new(write) }
+    }
+}
+
+impl fmt::Debug for MmioHandlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmioHandlers").finish_non_exhaustive()
+    }
+}
+
+/// The page state of every page of an MMIO region: committed, `READ | WRITE`.
+pub(crate) const MMIO_PAGE: u8 = meta::COMMITTED | meta::MMIO | Protection::READ_WRITE.bits();
 
 /// One allocation (a VAD, in NT terms).
 #[derive(Clone)]
@@ -44,7 +68,9 @@ pub(crate) enum Backing {
     /// Its own pages in the page table (private and image memory).
     Private,
     /// An MMIO region: every access calls its handlers, no bytes are kept.
-    Mmio(Arc<MmioHandlers>),
+    /// `None`: unbound (loaded from a file or a state buffer, which cannot
+    /// hold handlers): every access to it fails until handlers are bound.
+    Mmio(Option<Arc<MmioHandlers>>),
     /// A view of a section: the section's pages (`initial` is the view's
     /// protection and its maximum).
     View(ViewOf),
@@ -94,7 +120,9 @@ impl Allocation {
 }
 
 impl PartialEq for Allocation {
-    /// Same range, kind and initial protection; MMIO handlers by identity.
+    /// Same range, kind, initial protection, attributes and backing; MMIO
+    /// handlers by identity: two unbound regions of the same range are equal,
+    /// a bound one never equals an unbound one.
     fn eq(&self, other: &Self) -> bool {
         self.base == other.base
             && self.length == other.length
@@ -103,7 +131,8 @@ impl PartialEq for Allocation {
             && self.attributes == other.attributes
             && match (&self.backing, &other.backing) {
                 (Backing::Private, Backing::Private) => true,
-                (Backing::Mmio(a), Backing::Mmio(b)) => Arc::ptr_eq(a, b),
+                (Backing::Mmio(Some(a)), Backing::Mmio(Some(b))) => Arc::ptr_eq(a, b),
+                (Backing::Mmio(None), Backing::Mmio(None)) => true,
                 (Backing::View(a), Backing::View(b)) => a == b,
                 _ => false,
             }
@@ -208,6 +237,35 @@ impl RegionMap {
     /// The views of section `id`, in address order. Time: O(allocations).
     pub(crate) fn views_of(&self, id: u64) -> impl Iterator<Item = &Allocation> + '_ {
         self.map.values().filter(move |a| a.backing.view().is_some_and(|v| v.section == id))
+    }
+
+    /// Binds `handlers` to the unbound MMIO region based at `base` of
+    /// `length` bytes; false (nothing changed) when there is none.
+    /// Time: O(log n).
+    pub(crate) fn bind_mmio(&mut self, base: u64, length: u64, handlers: Arc<MmioHandlers>) -> bool {
+        let Some(a) = self.map.get(&base) else { return false };
+        if a.length != length || !matches!(a.backing, Backing::Mmio(None)) {
+            return false;
+        }
+        let bound = Allocation { backing: Backing::Mmio(Some(handlers)), ..a.clone() };
+        self.map.insert(base, bound);
+        true
+    }
+
+    /// Binds every unbound MMIO region for which `bind(base, length)` gives
+    /// handlers. Time: O(allocations), plus O(log n) per region bound.
+    pub(crate) fn bind_unbound(&mut self, bind: &mut dyn FnMut(u64, u64) -> Option<Arc<MmioHandlers>>) {
+        let unbound: Vec<(u64, u64)> = self
+            .map
+            .values()
+            .filter(|a| matches!(a.backing, Backing::Mmio(None)))
+            .map(|a| (a.base, a.length))
+            .collect();
+        for (base, length) in unbound {
+            if let Some(handlers) = bind(base, length) {
+                self.bind_mmio(base, length, handlers);
+            }
+        }
     }
 
     /// Restores the section bookkeeping (deserialization): the highest

@@ -58,7 +58,8 @@ impl Snapshot {
     }
 
     /// Reads bytes as the manager's host view did when the snapshot was taken
-    /// (MMIO ranges call the region's handler). Time: O(pages touched · levels).
+    /// (MMIO ranges call the region's handler; an unbound one, loaded from a
+    /// file, is [`MemoryError::MmioUnbound`]). Time: O(pages touched · levels).
     pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.view().read_memory(address, buf)
     }
@@ -102,7 +103,10 @@ impl Snapshot {
     /// versions in either order: allocations made and released, runs of pages
     /// committed, decommitted or reprotected, and the pages whose bytes differ
     /// (including pages committed or decommitted in between). A page rewritten
-    /// with identical bytes is not reported.
+    /// with identical bytes is not reported. MMIO handlers are not compared
+    /// (they are not memory): a region with handlers and the same region
+    /// unbound (loaded from a file) are the same region, and an MMIO page
+    /// never has changed bytes.
     ///
     /// Time: O(changed page-table paths + changed allocations): subtrees the two
     /// versions share by pointer are skipped, so the cost follows what changed,

@@ -23,7 +23,7 @@ use crate::address::vpn;
 use crate::error::StateError;
 use crate::page_table::{PAGE, PageRef, PageTable, RangeOp, Store, VPN_LIMIT};
 use crate::protection::{Protection, RegionKind, meta};
-use crate::region_map::{Allocation, Backing, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
+use crate::region_map::{Allocation, Backing, MMIO_PAGE, RegionMap, SECTION_KEY_BASE, Section, ViewOf};
 use crate::{MIN_ALLOCATION_ADDRESS, PAGE_SIZE, USER_SPACE_END};
 
 /// The format version of
@@ -158,7 +158,8 @@ fn page_runs(table: &PageTable) -> Vec<RunRecord> {
 pub(crate) struct DecodedState {
     /// True for a contents-mode buffer.
     pub(crate) contents: bool,
-    /// The allocations and sections (MMIO regions left out).
+    /// The allocations and sections (MMIO regions unbound: a buffer holds
+    /// no handlers).
     pub(crate) regions: RegionMap,
     /// Page states, and in contents mode the pages' bytes; every other
     /// committed page reads zeros.
@@ -220,7 +221,8 @@ fn build(
         return Err(corrupt("section counters behind the sections"));
     }
     regions.set_section_counters(next_section, next_key);
-    let mut mmio: Vec<(u64, u64)> = Vec::new();
+    // Pages of MMIO regions: in all, and met in the page runs.
+    let (mut mmio_pages, mut mmio_covered) = (0u64, 0u64);
     let mut previous_end = 0u64;
     for &AllocationRecord(base, length, initial, kind, attributes, view) in &record.allocations {
         let end = base.checked_add(length).ok_or(corrupt("allocation range overflows"))?;
@@ -251,17 +253,24 @@ fn build(
                 Backing::View(ViewOf { section, key })
             }
         };
-        match kind {
+        let backing = match kind {
             RegionKind::Free => return Err(corrupt("allocation of kind Free")),
-            RegionKind::Mmio => mmio.push((base, end)),
-            _ => regions.insert(Allocation { base, length, initial, kind, attributes, backing }),
-        }
+            RegionKind::Mmio if initial != Protection::READ_WRITE => {
+                return Err(corrupt("MMIO region not created read-write"));
+            }
+            // Its handlers are not in the buffer: it is left unbound.
+            RegionKind::Mmio => {
+                mmio_pages += length / PAGE_SIZE;
+                Backing::Mmio(None)
+            }
+            _ => backing,
+        };
+        regions.insert(Allocation { base, length, initial, kind, attributes, backing });
     }
 
     let mut table = PageTable::in_store(store.clone());
     let mut committed = 0u64;
     let mut previous_end = 0u64;
-    let mut mmio_covered = vec![0u64; mmio.len()];
     for &RunRecord(first, count, m) in &record.runs {
         let end = first.checked_add(count).ok_or(corrupt("page run overflows"))?;
         if count == 0 || first < previous_end || end > VPN_LIMIT {
@@ -290,17 +299,19 @@ fn build(
         let mut page = first;
         while page < end {
             let at = page * PAGE_SIZE;
-            let piece_end;
-            if let Some(i) = mmio.iter().position(|&(b, e)| b <= at && at < e) {
-                piece_end = end.min(mmio[i].1 / PAGE_SIZE);
+            let a = regions.containing(at).ok_or(corrupt("committed pages outside an allocation"))?;
+            let piece_end = end.min(a.end() / PAGE_SIZE);
+            if a.kind == RegionKind::Mmio {
                 if m & meta::MMIO == 0 || m & meta::VIEW != 0 {
                     return Err(corrupt("MMIO region with a non-MMIO page state"));
                 }
-                mmio_covered[i] += piece_end - page;
-                // MMIO regions are left out (see deserialize_memory_state).
+                if m != MMIO_PAGE {
+                    return Err(corrupt("MMIO pages not committed read-write"));
+                }
+                mmio_covered += piece_end - page;
+                table.update(page, piece_end, RangeOp::Set(m));
+                committed += piece_end - page;
             } else {
-                let a = regions.containing(at).ok_or(corrupt("committed pages outside an allocation"))?;
-                piece_end = end.min(a.end() / PAGE_SIZE);
                 if m & meta::MMIO != 0 {
                     return Err(corrupt("MMIO page state outside an MMIO region"));
                 }
@@ -321,8 +332,10 @@ fn build(
             page = piece_end;
         }
     }
-    // Every MMIO allocation must be wholly committed as MMIO.
-    if mmio.iter().zip(&mmio_covered).any(|(&(b, e), &covered)| covered != (e - b) / PAGE_SIZE) {
+    // Every MMIO allocation must be wholly committed as MMIO: the runs are
+    // disjoint, so they cover every MMIO page exactly when they cover as
+    // many as there are.
+    if mmio_covered != mmio_pages {
         return Err(corrupt("MMIO region not wholly committed"));
     }
 
@@ -336,7 +349,7 @@ fn build(
         }
         previous = Some(*page);
         let m = if *page < VPN_LIMIT { table.get(*page).meta } else { 0 };
-        if m & meta::COMMITTED == 0 || m & meta::VIEW != 0 {
+        if !meta::holds_bytes(m) {
             return Err(corrupt("page bytes for a page that is not committed"));
         }
         let bytes: &[u8; PAGE] =

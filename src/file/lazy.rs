@@ -222,9 +222,24 @@ impl LazyFile {
 /// files is opened). Pages are read on first touch (module docs).
 /// Time: O(index size) per file of the chain.
 pub fn open_lazy(path: &Path) -> Result<LazyFile, FileError> {
+    open_with_loader(path, &mut super::Loader::new())
+}
+
+/// [`open_lazy`] that binds the file's MMIO regions with `binder`, as
+/// [`load_with`] does (called once the header and index are checked).
+/// Time: as `open_lazy`, plus what [`load_with`] says of the binder.
+pub fn open_lazy_with(
+    path: &Path,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<LazyFile, FileError> {
+    open_with_loader(path, &mut super::Loader::new().binder(binder))
+}
+
+/// [`open_lazy`] with `loader`'s binder (and threads, for a file read whole).
+pub(super) fn open_with_loader(path: &Path, loader: &mut super::Loader<'_>) -> Result<LazyFile, FileError> {
     let head = read_head(path)?;
     let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    open_parts(path, head, 1, &mut chain)
+    open_parts(path, head, 1, &mut chain, loader)
 }
 
 /// Opens the snapshot file at `path` lazily: [`open_lazy`] under its short
@@ -241,6 +256,15 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
     open_source(Arc::new(bytes))
 }
 
+/// [`open_lazy_bytes`] that binds the file's MMIO regions with `binder`, as
+/// [`open_lazy_with`] does. Time: as `open_lazy_bytes`, plus the binder's.
+pub fn open_lazy_bytes_with(
+    bytes: Vec<u8>,
+    binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+) -> Result<LazyFile, FileError> {
+    open_source_with_loader(Arc::new(bytes), &mut super::Loader::new().binder(binder))
+}
+
 /// Opens a file lazily from any [`ByteSource`] (a local file, bytes in
 /// memory, an object in a store): reads and checks its header and index
 /// (at most 64 bytes before the header's checks, then the index), and
@@ -249,6 +273,14 @@ pub fn open_lazy_bytes(bytes: Vec<u8>) -> Result<LazyFile, FileError> {
 /// (its parent cannot be found from here). A read failure is
 /// [`FileError::Io`] naming [`ByteSource::name`]. Time: O(index size).
 pub fn open_source(source: Arc<dyn ByteSource>) -> Result<LazyFile, FileError> {
+    open_source_with_loader(source, &mut super::Loader::new())
+}
+
+/// [`open_source`] with `loader`'s binder.
+fn open_source_with_loader(
+    source: Arc<dyn ByteSource>,
+    loader: &mut super::Loader<'_>,
+) -> Result<LazyFile, FileError> {
     let (header, index_bytes) = read_head_from(&*source)?;
     let parsed = parse_index(&index_bytes, &header)?;
     let index_hash = *blake3::hash(&index_bytes).as_bytes();
@@ -256,7 +288,7 @@ pub fn open_source(source: Arc<dyn ByteSource>) -> Result<LazyFile, FileError> {
         // No fingerprints: read it all now, as `load` does.
         let mut bytes = vec![0u8; usize::try_from(source.len()).map_err(|_| corrupt("file too large"))?];
         source.read_at(0, &mut bytes).map_err(io(source.name()))?;
-        let decoded = decode(&bytes, &mut no_parent, &mut super::Loader::new())?;
+        let decoded = decode(&bytes, &mut no_parent, loader)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -268,7 +300,7 @@ pub fn open_source(source: Arc<dyn ByteSource>) -> Result<LazyFile, FileError> {
     if let Some(p) = &parsed.parent {
         return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
     }
-    finish(source, parsed, None, index_hash)
+    finish(source, parsed, None, index_hash, &mut loader.binding)
 }
 
 /// The checked header and index of a source: the header's first
@@ -293,13 +325,14 @@ pub(super) fn open_parts(
     head: Head,
     depth: u64,
     chain: &mut Vec<PathBuf>,
+    loader: &mut super::Loader<'_>,
 ) -> Result<LazyFile, FileError> {
     let parsed = parse_index(&head.index, &head.header)?;
     let index_hash = *blake3::hash(&head.index).as_bytes();
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let bytes = read_whole(path, head)?;
-        let decoded = decode_chain(path, &bytes, depth, chain, &mut super::Loader::new())?;
+        let decoded = decode_chain(path, &bytes, depth, chain, loader)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -313,14 +346,14 @@ pub(super) fn open_parts(
         Some(p) => {
             let (parent_path, canonical, parent_head) = open_parent(&directory_of(path), p, depth, chain)?;
             chain.push(canonical);
-            let opened = open_parts(&parent_path, parent_head, depth + 1, chain);
+            let opened = open_parts(&parent_path, parent_head, depth + 1, chain, &mut loader.quiet());
             chain.pop();
             Some(opened.and_then(|f| f.snapshot()).map_err(in_parent(&parent_path))?)
         }
     };
     let length = head.header.index_offset + head.header.index_length;
     let source: Arc<dyn ByteSource> = Arc::new(LocalFile::from_parts(head.file, length, path));
-    finish(source, parsed, parent, index_hash)
+    finish(source, parsed, parent, index_hash, &mut loader.binding)
 }
 
 /// Makes a lazy page per page record and builds the snapshots.
@@ -329,6 +362,7 @@ fn finish(
     parsed: Parsed,
     parent: Option<Snapshot>,
     index_hash: [u8; 32],
+    binding: &mut Binding<'_>,
 ) -> Result<LazyFile, FileError> {
     let frames = parsed.frames.len() as u64;
     let fingerprints = parsed
@@ -352,7 +386,7 @@ fn finish(
     let records = store.add_source(&as_source, &fingerprints, index_hash);
     let stored: Vec<PageRef> =
         (0..fingerprints.len() as u32).map(|i| PageRef::retained(&store, records.get(i))).collect();
-    let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source))?;
+    let decoded = build_snapshots(&parsed, &stored, parent_version, &store, Some(&as_source), binding)?;
     Ok(LazyFile { decoded, source: Some(source), records: Some((store, records)), index_hash, frames })
 }
 

@@ -137,12 +137,13 @@ impl<'p> Writer<'p> {
     }
 }
 
-/// Loads and checks snapshot files with its options (threads, progress).
-/// The bytes loaded never depend on them.
+/// Loads and checks snapshot files with its options (threads, progress, an
+/// MMIO binder). The bytes loaded never depend on them.
 #[derive(Default)]
 pub struct Loader<'p> {
     pub(super) threads: usize,
     pub(super) progress: Option<&'p mut dyn FnMut(Progress)>,
+    pub(super) binding: super::Binding<'p>,
 }
 
 impl std::fmt::Debug for Loader<'_> {
@@ -174,9 +175,17 @@ impl<'p> Loader<'p> {
         self
     }
 
-    /// The same threads, no progress: for a parent chain.
+    /// Binds the MMIO regions of what is loaded with `binder(base,
+    /// length)`, as [`file::load_with`](super::load_with) describes.
+    pub fn binder(mut self, binder: &'p mut dyn FnMut(u64, u64) -> Option<crate::MmioHandlers>) -> Self {
+        self.binding = super::Binding::with(binder);
+        self
+    }
+
+    /// The same threads, no progress, no binder: for a parent chain (its
+    /// regions are read for their pages only).
     pub(super) fn quiet(&self) -> Loader<'static> {
-        Loader { threads: self.threads, progress: None }
+        Loader { threads: self.threads, progress: None, binding: super::Binding::none() }
     }
 
     /// Reports `done` of `total` bytes, if asked to.
@@ -194,6 +203,12 @@ impl<'p> Loader<'p> {
     /// [`file::load_timeline`](super::load_timeline) with these options.
     pub fn load_timeline(&mut self, path: &Path) -> Result<Timeline, FileError> {
         super::timeline_of(super::read_chain(path, 1, self)?.1)
+    }
+
+    /// [`file::open`](super::open) with these options (the progress is not
+    /// used: nothing is read but the header and the index).
+    pub fn open(&mut self, path: &Path) -> Result<super::LazyFile, FileError> {
+        super::lazy::open_with_loader(path, self)
     }
 
     /// [`file::verify`](super::verify) with these options.

@@ -13,7 +13,8 @@ impl MemoryManager {
     /// Reads `buf.len()` bytes at `address`, ignoring protection. Fails with
     /// `NotAllocated` / `NotCommitted` (at the first byte that cannot be read)
     /// when any byte is free or only reserved; MMIO ranges call their read
-    /// handler. A zero-length read succeeds. Never fires or clears a guard page.
+    /// handler (`MmioUnbound`, reading nothing, for a region without one:
+    /// see [`bind_mmio`](Self::bind_mmio)). A zero-length read succeeds. Never fires or clears a guard page.
     ///
     /// Time: O(pages touched); a read inside one recently used page is a TLB
     /// hit (a compare and a copy).
@@ -43,7 +44,8 @@ impl MemoryManager {
 
     /// Writes `data` at `address`, ignoring protection. Fails, writing
     /// nothing, when any byte is free or only reserved. MMIO ranges call their
-    /// write handler.
+    /// write handler (`MmioUnbound`, writing nothing, for a region without
+    /// one).
     ///
     /// Time: O(pages touched). The first write to a page since the last
     /// `snapshot()`/`restore()` copies it (4 KiB) into the live overlay; later

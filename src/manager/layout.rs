@@ -9,7 +9,7 @@ use crate::error::MemoryError;
 use crate::page_table::{PageTable, RangeOp};
 use crate::protection::{Protection, RegionKind, meta};
 use crate::query::{MemoryStats, RegionInfo, ReservedRegion};
-use crate::region_map::{Allocation, Backing, MmioHandlers, RegionMap};
+use crate::region_map::{Allocation, Backing, MMIO_PAGE, MmioHandlers, RegionMap};
 use crate::{ALLOCATION_GRANULARITY, MIN_ALLOCATION_ADDRESS, PAGE_SIZE};
 
 fn check_protection(protection: Protection) -> Result<u8, MemoryError> {
@@ -270,7 +270,9 @@ impl MemoryManager {
     /// `size` rounded up to pages, no byte of it allocated yet. The region reports committed,
     /// `READ | WRITE`, kind `Mmio`. Every access to it calls a handler once per
     /// contiguous run, with the offset from the region's base. Snapshots keep
-    /// the handlers, not bytes. Time: O(log n + levels).
+    /// the handlers, not bytes; snapshot files and state buffers keep the
+    /// region but not its handlers (see [`bind_mmio`](Self::bind_mmio)).
+    /// Time: O(log n + levels).
     ///
     /// ```
     /// # use vmsnap::{MemoryManager, RegionKind};
@@ -302,9 +304,54 @@ impl MemoryManager {
             initial: Protection::READ_WRITE,
             kind: RegionKind::Mmio,
             attributes: 0,
-            backing: Backing::Mmio(Arc::new(MmioHandlers { read: Box::new(read), write: Box::new(write) })),
+            backing: Backing::Mmio(Some(Arc::new(MmioHandlers::new(read, write)))),
         });
-        self.apply(address, end, RangeOp::Set(meta::COMMITTED | meta::MMIO | Protection::READ_WRITE.bits()));
+        self.apply(address, end, RangeOp::Set(MMIO_PAGE));
+        self.bump_layout();
+        Ok(())
+    }
+
+    /// Binds handlers to the unbound MMIO region based at `address` whose
+    /// size is `size` rounded up to pages (the arguments that allocated it):
+    /// a region of a snapshot file or a state buffer, which keep its layout
+    /// but cannot keep its handlers, reached by [`restore`](Self::restore)
+    /// or [`deserialize_memory_state`](Self::deserialize_memory_state).
+    /// Until then every access to it is [`MemoryError::MmioUnbound`].
+    ///
+    /// Fails with [`MemoryError::NoUnboundMmio`], changing nothing, when
+    /// there is no such region: nothing based there, another size, not
+    /// MMIO, or already bound (handlers are bound once; release and
+    /// allocate the region again to replace them). A layout change;
+    /// snapshots taken before keep the region as it was in them (unbound).
+    /// Time: O(log n).
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryError, MemoryManager, RegionKind};
+    /// let mut mm = MemoryManager::new();
+    /// mm.allocate_mmio(0x7FFE_0000, 0x1000, |_, buf| buf.fill(7), |_, _| {})?;
+    /// let file = vmsnap::file::to_bytes(&mm.snapshot()).unwrap();
+    ///
+    /// let mut run = MemoryManager::new();
+    /// run.restore(&vmsnap::file::load_from_bytes(&file).unwrap());
+    /// assert_eq!(run.region_kind(0x7FFE_0000), RegionKind::Mmio); // the layout came back...
+    /// let mut buf = [0u8; 4];
+    /// assert_eq!(run.read_memory(0x7FFE_0000, &mut buf), Err(MemoryError::MmioUnbound { address: 0x7FFE_0000 }));
+    /// run.bind_mmio(0x7FFE_0000, 0x1000, |_, buf| buf.fill(7), |_, _| {})?; // ...the handlers are the owner's
+    /// run.read_memory(0x7FFE_0000, &mut buf)?;
+    /// assert_eq!(buf, [7; 4]);
+    /// # Ok::<(), MemoryError>(())
+    /// ```
+    pub fn bind_mmio(
+        &mut self,
+        address: u64,
+        size: u64,
+        read: impl Fn(u64, &mut [u8]) + Send + Sync + 'static,
+        write: impl Fn(u64, &[u8]) + Send + Sync + 'static,
+    ) -> Result<(), MemoryError> {
+        let length = page_up(size).ok_or(MemoryError::NoUnboundMmio { address, size })?;
+        if !self.regions.bind_mmio(address, length, Arc::new(MmioHandlers::new(read, write))) {
+            return Err(MemoryError::NoUnboundMmio { address, size });
+        }
         self.bump_layout();
         Ok(())
     }

@@ -264,7 +264,7 @@ impl MemoryManager {
     }
 
     /// A number that grows on every successful layout change (allocate,
-    /// commit, decommit, release, protect, MMIO, unmap-all, restore,
+    /// commit, decommit, release, protect, MMIO and its binding, unmap-all, restore,
     /// deserialize, a guard page firing) and never repeats for this manager.
     /// Time: O(1).
     pub fn layout_version(&self) -> u64 {
@@ -308,8 +308,9 @@ impl MemoryManager {
     }
 
     /// Returns to `snapshot` (any earlier one, from any branch): bytes,
-    /// allocations, protections and guard bits, MMIO regions (with their
-    /// handlers), default allocation address. The layout version moves forward
+    /// allocations, protections and guard bits, MMIO regions (with the
+    /// handlers they have in the snapshot: none, unbound, for one loaded from
+    /// a file), default allocation address. The layout version moves forward
     /// (it never repeats). Time: O(pages written since the last snapshot or
     /// restore), independent of memory size and of history length.
     pub fn restore(&mut self, snapshot: &Snapshot) {

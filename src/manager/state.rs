@@ -1,17 +1,21 @@
 //! `serialize_memory_state` / `deserialize_memory_state` (the buffer format
 //! is in `crate::state`).
 
+use std::sync::Arc;
+
 use super::MemoryManager;
 use crate::error::{MemoryError, StateError};
 use crate::live::LivePages;
 use crate::protection::meta;
+use crate::region_map::MmioHandlers;
 use crate::state;
 
 impl MemoryManager {
     /// Appends the manager's state to `buffer`. `is_snapshot == true`: the
     /// layout only (allocations, page states, default allocation address,
     /// layout version); `false`: the layout and the bytes of every committed
-    /// page. MMIO regions are recorded as layout (no bytes). The encoding is
+    /// page. MMIO regions are recorded as layout (no bytes, no handlers: a
+    /// deserialized state has them unbound). The encoding is
     /// deterministic. Does not change the layout version.
     ///
     /// Time: O(allocations + committed pages) (contents mode also copies every
@@ -67,8 +71,12 @@ impl MemoryManager {
     /// ([`StateError::ModeMismatch`] otherwise). In layout mode the
     /// bytes are not in the buffer: a page committed both now and in the
     /// buffer keeps its current bytes, every other committed page reads zeros.
-    /// MMIO regions are left out of the restored state (their handlers cannot
-    /// be serialized): their owners register them again.
+    /// MMIO regions come back in the layout (kind `Mmio`, committed,
+    /// `READ | WRITE`, counted as committed) but *unbound*: their handlers
+    /// cannot be serialized, so every access to them is
+    /// [`MemoryError::MmioUnbound`] until their owner binds them
+    /// ([`bind_mmio`](Self::bind_mmio)), or binds them here with
+    /// [`deserialize_memory_state_with`](Self::deserialize_memory_state_with).
     ///
     /// The layout version becomes the buffer's, or one more than the current
     /// one if that is greater, so it never repeats.
@@ -78,13 +86,48 @@ impl MemoryManager {
     /// allocations, invalid protections, pages of the wrong size) gives an
     /// error. Time: O(buffer size + committed pages).
     pub fn deserialize_memory_state(&mut self, buffer: &[u8], is_snapshot: bool) -> Result<(), MemoryError> {
+        self.deserialize_memory_state_with(buffer, is_snapshot, &mut |_, _| None)
+    }
+
+    /// [`deserialize_memory_state`](Self::deserialize_memory_state) that binds
+    /// the buffer's MMIO regions: `binder(base, length)` is called once per
+    /// MMIO region of the buffer, in address order, after the buffer is
+    /// checked (never for a refused one); the handlers it gives are bound,
+    /// and a region it answers `None` for is left unbound. The same
+    /// errors, and a failed call changes nothing. Time: as
+    /// `deserialize_memory_state`, plus one binder call and O(log n) per MMIO
+    /// region.
+    ///
+    /// ```
+    /// # use vmsnap::{MemoryManager, MmioHandlers};
+    /// let mut mm = MemoryManager::new();
+    /// mm.allocate_mmio(0x7FFE_0000, 0x1000, |offset, buf| buf.fill(offset as u8), |_, _| {})?;
+    /// let mut buffer = Vec::new();
+    /// mm.serialize_memory_state(&mut buffer, false);
+    ///
+    /// let mut copy = MemoryManager::new();
+    /// copy.deserialize_memory_state_with(&buffer, false, &mut |base, _length| {
+    ///     (base == 0x7FFE_0000).then(|| MmioHandlers::new(|offset, buf| buf.fill(offset as u8), |_, _| {}))
+    /// })?;
+    /// let mut buf = [0u8; 1];
+    /// copy.read_memory(0x7FFE_0009, &mut buf)?;
+    /// assert_eq!(buf, [9]);
+    /// # Ok::<(), vmsnap::MemoryError>(())
+    /// ```
+    pub fn deserialize_memory_state_with(
+        &mut self,
+        buffer: &[u8],
+        is_snapshot: bool,
+        binder: &mut dyn FnMut(u64, u64) -> Option<MmioHandlers>,
+    ) -> Result<(), MemoryError> {
         // The new table lives in the live table's store, so the pages kept
         // below are shared, not copied.
         let store = self.pages.table().clone().store().clone();
-        let decoded = state::decode_state(buffer, store)?;
+        let mut decoded = state::decode_state(buffer, store)?;
         if decoded.contents == is_snapshot {
             return Err(StateError::ModeMismatch { buffer_has_contents: decoded.contents }.into());
         }
+        decoded.regions.bind_unbound(&mut |base, length| binder(base, length).map(Arc::new));
         let mut table = decoded.table;
         if is_snapshot {
             // Keep the current bytes of pages committed before and after.

@@ -903,5 +903,234 @@ fn a_streamed_save_writes_what_to_bytes_returns_at_any_thread_count_and_a_bad_le
             matches!(file::Writer::new().level(level), Err(FileError::InvalidLevel { level: l }) if l == level)
         );
     }
+}
+
+// ----------------------------------------------------------- MMIO regions ----
+
+/// A KUSER_SHARED_DATA-like MMIO page whose reads give `fill`.
+const KUSER: u64 = 0x7FFE_0000;
+
+/// `small()`'s layout plus an MMIO page at `KUSER` reading `fill`, and a
+/// two-page MMIO region at 0x7FFD_0000.
+fn with_mmio(fill: u8) -> MemoryManager {
+    let mut mm = MemoryManager::new();
+    mm.restore(&small());
+    mm.allocate_mmio(KUSER, PAGE_SIZE, move |_, b| b.fill(fill), |_, _| {}).unwrap();
+    mm.allocate_mmio(0x7FFD_0000, 2 * PAGE_SIZE, |_, b| b.fill(0xDD), |_, _| {}).unwrap();
+    mm
+}
+
+/// The handlers a binder gives for the KUSER page: reads give `fill`.
+fn kuser_handlers(fill: u8) -> vmsnap::MmioHandlers {
+    vmsnap::MmioHandlers::new(move |_, b| b.fill(fill), |_, _| {})
+}
+
+/// `loaded` has `original`'s layout, MMIO regions included, with every
+/// MMIO region unbound: queries, statistics and the diff agree, accesses
+/// to them are `MmioUnbound`.
+fn assert_loaded_unbound(original: &Snapshot, loaded: &Snapshot) {
+    assert_eq!(
+        loaded.reserved_regions().collect::<Vec<_>>(),
+        original.reserved_regions().collect::<Vec<_>>()
+    );
+    assert_eq!(loaded.layout_version(), original.layout_version());
+    let mut mmio = 0;
+    for r in original.reserved_regions() {
+        for page in (r.base..r.base + r.length).step_by(PAGE_SIZE as usize) {
+            assert_eq!(loaded.region_info(page), original.region_info(page), "region at {page:#x}");
+            let mut byte = [0u8];
+            if r.kind == RegionKind::Mmio {
+                mmio += 1;
+                assert_eq!(loaded.region_info(page).permissions, Protection::READ_WRITE);
+                assert_eq!(
+                    loaded.read_memory(page + 1, &mut byte),
+                    Err(vmsnap::MemoryError::MmioUnbound { address: page + 1 })
+                );
+            }
+        }
+    }
+    assert_eq!(mmio, 3, "three MMIO pages");
+    let (a, b) = (loaded.compute_memory_stats(), original.compute_memory_stats());
+    assert_eq!(
+        (a.reserved_memory, a.committed_memory, a.allocation_count),
+        (b.reserved_memory, b.committed_memory, b.allocation_count)
+    );
+    // Handlers are not part of a diff: nothing changed either way.
+    assert!(original.diff(loaded).is_empty(), "{:?}", original.diff(loaded));
+    assert!(loaded.diff(original).is_empty());
+}
+
+#[test]
+fn a_loaded_snapshot_keeps_its_mmio_regions_unbound() {
+    let original = with_mmio(0x11).snapshot();
+    let bytes = file::to_bytes(&original).unwrap();
+    let dir = common::temp_dir("file", "mmio-load");
+    let path = dir.join("mmio.vmsnap");
+    file::save(&original, &path).unwrap();
+    // Lazily opened: the regions are in the index, and a refused access
+    // reads no frame.
+    let lazy = file::open_lazy(&path).unwrap();
+    let s = lazy.snapshot().unwrap();
+    assert_eq!((s.region_info(KUSER), s.region_kind(KUSER)), (original.region_info(KUSER), RegionKind::Mmio));
+    assert_eq!(s.compute_memory_stats().committed_memory, original.compute_memory_stats().committed_memory);
+    assert_eq!(s.read_memory(KUSER, &mut [0; 4]), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER }));
+    assert_eq!(lazy.frames_read(), 0);
+    for loaded in [
+        file::load_from_bytes(&bytes).unwrap(),
+        file::load(&path).unwrap(),
+        lazy.snapshot().unwrap(),
+        file::open_lazy_bytes(bytes.clone()).unwrap().snapshot().unwrap(),
+    ] {
+        assert_loaded_unbound(&original, &loaded);
+        // Saved again, the file is the same bytes: the regions are layout.
+        assert_eq!(file::to_bytes(&loaded).unwrap(), bytes);
+    }
+    // inspect counts the regions as the loaded snapshot does.
+    assert_eq!(file::inspect_bytes(&bytes).unwrap().snapshots[0].allocations, 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_manager_restored_from_a_file_binds_its_mmio_regions() {
+    let original = with_mmio(0x11).snapshot();
+    let loaded = file::load_from_bytes(&file::to_bytes(&original).unwrap()).unwrap();
+    let mut mm = MemoryManager::new();
+    mm.restore(&loaded);
+    let committed = mm.compute_memory_stats().committed_memory;
+    assert_eq!(committed, original.compute_memory_stats().committed_memory);
+    let mut buf = [0u8; 4];
+    assert_eq!(mm.read_memory(KUSER, &mut buf), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER }));
+    assert_eq!(mm.guest_write(KUSER + 8, &buf), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER + 8 }));
+    // A bind of another base or size is refused and changes nothing.
+    let version = mm.layout_version();
+    for (address, size) in [(KUSER + PAGE_SIZE, PAGE_SIZE), (KUSER, 2 * PAGE_SIZE), (0x10000, 0x8000)] {
+        assert_eq!(
+            mm.bind_mmio(address, size, |_, _| {}, |_, _| {}),
+            Err(vmsnap::MemoryError::NoUnboundMmio { address, size })
+        );
+    }
+    assert_eq!(mm.layout_version(), version);
+    mm.bind_mmio(KUSER, PAGE_SIZE, |_, b| b.fill(0x22), |_, _| {}).unwrap();
+    assert!(mm.layout_version() > version);
+    mm.read_memory(KUSER, &mut buf).unwrap();
+    assert_eq!(buf, [0x22; 4]);
+    // The other region stays unbound; the loaded snapshot is unchanged.
+    assert_eq!(
+        mm.read_memory(0x7FFD_1000, &mut buf),
+        Err(vmsnap::MemoryError::MmioUnbound { address: 0x7FFD_1000 })
+    );
+    assert_eq!(loaded.read_memory(KUSER, &mut buf), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER }));
+    assert_eq!(mm.compute_memory_stats().committed_memory, committed);
+    // A restore to the loaded snapshot brings back its state: unbound.
+    let bound = mm.snapshot();
+    mm.restore(&loaded);
+    assert_eq!(mm.read_memory(KUSER, &mut buf), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER }));
+    assert!(bound.diff(&loaded).is_empty(), "binding is not a change a diff reports");
+    // Saved, the bound state loads as the original did, unbound (at the
+    // manager's layout version: restoring and binding were layout changes).
+    let again = file::load_from_bytes(&file::to_bytes(&bound).unwrap()).unwrap();
+    assert_eq!(again.layout_version(), bound.layout_version());
+    assert!(again.diff(&original).is_empty());
+    assert_eq!(again.read_memory(KUSER, &mut buf), Err(vmsnap::MemoryError::MmioUnbound { address: KUSER }));
+}
+
+#[test]
+fn the_with_loaders_bind_each_distinct_region_once() {
+    // A timeline of three snapshots: the KUSER page in all of them, a second
+    // region from the second on.
+    let mut mm = with_mmio(0x11);
+    mm.release_memory(0x7FFD_0000, 0).unwrap();
+    let mut t = Timeline::new();
+    t.take(&mut mm, Some("first")).unwrap();
+    mm.allocate_mmio(0x7FFD_0000, 2 * PAGE_SIZE, |_, b| b.fill(0xDD), |_, _| {}).unwrap();
+    t.take(&mut mm, Some("second")).unwrap();
+    mm.write_memory(0x10000, b"third").unwrap();
+    t.take(&mut mm, Some("third")).unwrap();
+    let bytes = file::timeline_to_bytes(&t).unwrap();
+    let dir = common::temp_dir("file", "mmio-with");
+    let path = dir.join("timeline.vmsnap");
+    file::save_timeline(&t, &path).unwrap();
+
+    type Asked = std::cell::RefCell<Vec<(u64, u64)>>;
+    /// Binds the KUSER page (reads 0x33) and no other region, noting what
+    /// it is asked.
+    fn binder(asked: &Asked) -> impl FnMut(u64, u64) -> Option<vmsnap::MmioHandlers> + '_ {
+        move |base, length| {
+            asked.borrow_mut().push((base, length));
+            (base == KUSER).then(|| kuser_handlers(0x33))
+        }
+    }
+    let check = |loaded: &Timeline, asked: &Asked| {
+        assert_eq!(
+            *asked.borrow(),
+            vec![(KUSER, PAGE_SIZE), (0x7FFD_0000, 2 * PAGE_SIZE)],
+            "once per region"
+        );
+        for (entry, original) in loaded.iter().zip(t.iter()) {
+            let mut byte = [0u8];
+            entry.snapshot.read_memory(KUSER, &mut byte).unwrap();
+            assert_eq!(byte, [0x33]);
+            assert_eq!(entry.snapshot.region_kind(0x7FFD_0000), original.snapshot.region_kind(0x7FFD_0000));
+            if entry.snapshot.region_kind(0x7FFD_0000) == RegionKind::Mmio {
+                assert!(entry.snapshot.read_memory(0x7FFD_0000, &mut byte).is_err(), "left unbound");
+            }
+            assert!(entry.snapshot.diff(&original.snapshot).is_empty());
+        }
+    };
+    for load in 0..4 {
+        let asked = Asked::default();
+        let loaded = match load {
+            0 => file::load_timeline_with(&path, &mut binder(&asked)).unwrap(),
+            1 => file::timeline_from_bytes_with(&bytes, &mut binder(&asked)).unwrap(),
+            2 => file::open_lazy_with(&path, &mut binder(&asked)).unwrap().timeline(),
+            _ => file::open_lazy_bytes_with(bytes.clone(), &mut binder(&asked)).unwrap().timeline(),
+        };
+        check(&loaded, &asked);
+    }
+    // One-snapshot files.
+    let one = file::to_bytes(&t.get(t.find("third").unwrap()).unwrap().clone()).unwrap();
+    let one_path = dir.join("one.vmsnap");
+    file::write_atomic(&one_path, &one).unwrap();
+    for load in 0..2 {
+        let asked = Asked::default();
+        let snapshot = match load {
+            0 => file::load_with(&one_path, &mut binder(&asked)).unwrap(),
+            _ => file::load_from_bytes_with(&one, &mut binder(&asked)).unwrap(),
+        };
+        assert_eq!(asked.borrow().len(), 2);
+        let mut byte = [0u8];
+        snapshot.read_memory(KUSER + 0xFFF, &mut byte).unwrap();
+        assert_eq!(byte, [0x33]);
+    }
+    // A corrupt file calls no binder.
+    let asked = Asked::default();
+    let mut bad = one.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(file::load_from_bytes_with(&bad, &mut binder(&asked)).is_err());
+    assert!(asked.borrow().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_incremental_file_keeps_its_mmio_regions() {
+    let dir = common::temp_dir("file", "mmio-incremental");
+    let (parent, child) = (dir.join("parent.vmsnap"), dir.join("child.vmsnap"));
+    let mut mm = with_mmio(0x11);
+    file::save(&mm.snapshot(), &parent).unwrap();
+    mm.write_memory(0x10000, b"child").unwrap();
+    let original = mm.snapshot();
+    file::save_incremental(&original, &parent, &child).unwrap();
+    assert_loaded_unbound(&original, &file::load(&child).unwrap());
+    assert_loaded_unbound(&original, &file::open_lazy(&child).unwrap().snapshot().unwrap());
+    let bound =
+        file::load_with(&child, &mut |base, _| (base == KUSER).then(|| kuser_handlers(0x44))).unwrap();
+    let mut byte = [0u8];
+    bound.read_memory(KUSER, &mut byte).unwrap();
+    assert_eq!(byte, [0x44]);
+    // rebase keeps them too.
+    let merged = dir.join("merged.vmsnap");
+    file::rebase(&child, &merged).unwrap();
+    assert_loaded_unbound(&original, &file::load(&merged).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -95,16 +95,19 @@ fn layout_version_never_repeats() {
 }
 
 #[test]
-fn mmio_regions_are_left_out() {
+fn mmio_regions_come_back_unbound() {
     let mut mm = sample();
     mm.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
     let buf = serialize(&mm, false);
     let mut copy = MemoryManager::new();
     copy.deserialize_memory_state(&buf, false).unwrap();
-    assert_eq!(copy.region_kind(0x7FFE_0000), RegionKind::Free);
-    // Its owner registers it again, and the state is the original one.
-    copy.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    assert_eq!(copy.region_kind(0x7FFE_0000), RegionKind::Mmio);
     assert_eq!(copy.reserved_regions().collect::<Vec<_>>(), mm.reserved_regions().collect::<Vec<_>>());
+    // Its owner binds its handlers again, and it reads as the original.
+    copy.bind_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    let mut byte = [0u8];
+    copy.read_memory(0x7FFE_0000, &mut byte).unwrap();
+    assert_eq!(byte, [1]);
 }
 
 #[test]
@@ -219,4 +222,107 @@ proptest! {
             Ok(()) => assert_consistent(&mm),
         }
     }
+}
+
+/// A state record as the tests see it (mirror of the `StateRecord` of
+/// `src/state.rs`): contents, default allocation address, layout version,
+/// allocations (base, length, protection, kind, attributes, view), page runs
+/// (first page, count, state), pages, sections, section counters.
+type Record = (
+    bool,
+    u64,
+    u64,
+    Vec<(u64, u64, u8, u8, u32, Option<(u64, u64)>)>,
+    Vec<(u64, u64, u8)>,
+    Vec<(u64, serde_bytes::ByteBuf)>,
+    Vec<(u64, u64, u64, u8, bool)>,
+    (u64, u64),
+);
+
+/// The kind code of `RegionKind::Mmio` in a record.
+const MMIO_KIND: u8 = 5;
+
+fn decode_record(buf: &[u8]) -> Record {
+    rmp_serde::from_slice(&buf[12..]).unwrap()
+}
+
+fn encode_record(record: &Record) -> Vec<u8> {
+    let mut buf = b"VMSNAPMS".to_vec();
+    buf.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&rmp_serde::to_vec(record).unwrap());
+    buf
+}
+
+#[test]
+fn mmio_records_unlike_the_engines_are_refused() {
+    let mut source = sample();
+    source.allocate_mmio(0x7FFE_0000, 0x2000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    let good = serialize(&source, false);
+    let record = decode_record(&good);
+    assert_eq!(encode_record(&record), good, "the mirror re-encodes the buffer");
+    let mmio = record.3.iter().position(|a| a.3 == MMIO_KIND).unwrap();
+    let run = record.4.iter().position(|r| r.0 == 0x7FFE0).unwrap();
+    let corrupt = |what| Err(MemoryError::State(StateError::Corrupt(what)));
+
+    let mut mm = sample();
+    let before = observe(&mm);
+    let mut read_only = record.clone();
+    read_only.3[mmio].2 = Protection::READ.bits();
+    assert_eq!(
+        mm.deserialize_memory_state(&encode_record(&read_only), false),
+        corrupt("MMIO region not created read-write")
+    );
+    let mut state = record.clone();
+    state.4[run].2 = (state.4[run].2 & !Protection::READ_WRITE.bits()) | Protection::READ.bits();
+    assert_eq!(
+        mm.deserialize_memory_state(&encode_record(&state), false),
+        corrupt("MMIO pages not committed read-write")
+    );
+    let mut half = record.clone();
+    half.4[run].1 = 1;
+    assert_eq!(
+        mm.deserialize_memory_state(&encode_record(&half), false),
+        corrupt("MMIO region not wholly committed")
+    );
+    let mut bytes = record.clone();
+    bytes.5.push((0x7FFE1, serde_bytes::ByteBuf::from(vec![1; 4096])));
+    assert_eq!(
+        mm.deserialize_memory_state(&encode_record(&bytes), false),
+        corrupt("page bytes for a page that is not committed")
+    );
+    assert_eq!(observe(&mm), before, "refused buffers changed nothing");
+    // The untouched record is accepted, with the region unbound.
+    mm.deserialize_memory_state(&good, false).unwrap();
+    assert_eq!(mm.read_memory(0x7FFE_1000, &mut [0]), Err(MemoryError::MmioUnbound { address: 0x7FFE_1000 }));
+}
+
+#[test]
+fn every_bit_flip_of_a_state_with_mmio_gives_an_error_or_a_consistent_state() {
+    let mut small = MemoryManager::new();
+    small.allocate_memory_at(0x10000, 0x1000, Protection::READ_WRITE, false, RegionKind::Private).unwrap();
+    small.allocate_mmio(0x7FFE_0000, 0x1000, |_, b| b.fill(1), |_, _| {}).unwrap();
+    let good = serialize(&small, true);
+    let mut accepted = 0;
+    for bit in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        let mut mm = sample();
+        let before = observe(&mm);
+        match mm.deserialize_memory_state(&bad, true) {
+            Err(_) => assert_eq!(observe(&mm), before, "bit {bit}: a refused buffer changed the manager"),
+            Ok(()) => {
+                assert_consistent(&mm);
+                accepted += 1;
+                // Whatever MMIO region it holds is unbound: never zeros.
+                for r in mm.reserved_regions().filter(|r| r.kind == RegionKind::Mmio).collect::<Vec<_>>() {
+                    assert_eq!(
+                        mm.read_memory(r.base, &mut [0]),
+                        Err(MemoryError::MmioUnbound { address: r.base }),
+                        "bit {bit}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(accepted > 0, "some flips (addresses, attributes) give other valid states");
 }

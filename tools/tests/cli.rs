@@ -390,3 +390,32 @@ fn snapshot_selector_hash_n_is_always_an_id_and_a_name_never_shadows_one() {
     let err = fails(&["regions", file, "--snapshot", "#x"]);
     assert!(err.contains("an id is #N"), "{err}");
 }
+
+#[test]
+fn the_demo_files_show_the_kuser_page_as_mmio() {
+    // #13 item 6: the KUSER_SHARED_DATA page is saved as layout; a loaded
+    // file shows it as the MMIO region it was, not as free memory.
+    let d = demo();
+    for (file, snapshot) in [(&d.file, Some("step-6")), (&d.file, None), (&d.base, None), (&d.branch, None)] {
+        let mut args = vec!["regions", s(file)];
+        args.extend(snapshot.map(|n| ["--snapshot", n]).iter().flatten());
+        let regions = json(&args);
+        let rows = regions["regions"].as_array().unwrap();
+        let kuser = rows.iter().find(|r| r["base"] == 0x7ffe_0000u64).unwrap_or_else(|| panic!("{args:?}"));
+        assert_eq!(
+            (kuser["kind"].as_str(), kuser["state"].as_str(), kuser["size"].as_u64()),
+            (Some("Mmio"), Some("MEM_COMMIT"), Some(PAGE_SIZE)),
+            "{args:?}: {kuser}"
+        );
+        assert_eq!(kuser["protect_name"], "PAGE_READWRITE", "{args:?}");
+    }
+    let text = ok(&["regions", s(&d.file)]);
+    let line = text.lines().find(|l| l.starts_with("00000000`7ffe0000")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("MEM_COMMIT") && line.contains("Mmio"), "{line}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("map.svg");
+    ok(&["map", s(&d.file), "--svg", s(&svg)]);
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(picture.matches(r#"class="region" data-kind="Mmio""#).count(), 1, "one MMIO region drawn");
+}
