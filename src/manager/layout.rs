@@ -224,10 +224,8 @@ impl MemoryManager {
     /// Time: O(dirty pages); the old pages are freed as the last version
     /// holding them goes.
     pub fn unmap_all_memory(&mut self) {
-        self.regions = RegionMap::default();
         self.pages.reset_to(&PageTable::default());
-        self.committed_pages = 0;
-        self.bump_layout();
+        self.adopt_layout(&RegionMap::default(), 0, 0);
     }
 
     /// Sets the protection of the pages touched by `[address, address + size)`

@@ -130,6 +130,18 @@ impl MemoryManager {
         self.section_ids = self.section_ids.max(self.regions.last_section_id());
     }
 
+    /// Takes a whole new layout (deserialization, unmap-all; the caller
+    /// replaced the pages): its regions (`adopt_regions`),
+    /// its committed count — the one place the count is set rather than
+    /// kept by `apply` — and a layout version past both the current one and
+    /// `at_least`. The next snapshot records no change log. Time: O(1).
+    fn adopt_layout(&mut self, regions: &RegionMap, committed_pages: u64, at_least: u64) {
+        self.adopt_regions(regions);
+        self.committed_pages = committed_pages;
+        self.layout_version = at_least.max(self.layout_version + 1);
+        self.base = None;
+    }
+
     /// Adds a section of `pages` pages under a fresh id (one more than any
     /// this manager handed out or adopted), or `None` when the section page
     /// space is exhausted (the counter unchanged). Time: O(log n).

@@ -140,11 +140,8 @@ impl MemoryManager {
             });
         }
         self.pages = LivePages::new(table);
-        self.adopt_regions(&decoded.regions);
-        self.committed_pages = decoded.committed_pages;
-        self.default_allocation_address = decoded.default_allocation_address;
-        self.layout_version = decoded.layout_version.max(self.layout_version + 1);
-        self.base = None;
+        self.adopt_layout(&decoded.regions, decoded.committed_pages, decoded.layout_version);
+        self.set_default_allocation_address(decoded.default_allocation_address);
         Ok(())
     }
 }
