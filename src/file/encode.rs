@@ -152,124 +152,191 @@ pub(super) fn encode_into<'a>(
     options: &mut Writer<'_>,
 ) -> Result<(), FileError> {
     let pool = Pool::new(options.threads);
-    // Pass 1: the distinct page objects to store, in order of first
-    // appearance, each with its xor base (the parent's page at the same
-    // page number, if any); page maps name them by candidate number + 1.
-    let mut by_pointer: HashMap<RecPtr, u32> = HashMap::new();
-    let mut candidates: Vec<Candidate<'a>> = Vec::new();
-    let mut snapshots = Vec::with_capacity(items.len());
-    let parent_version = parent.map(|p| p.snapshot.version());
-    // The first page (of a lazily opened snapshot) that cannot be read.
-    let mut unavailable: Option<u64> = None;
-    let mut maps: Vec<MapDraft> = Vec::with_capacity(items.len());
-    let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
-    for (i, item) in items.iter().enumerate() {
-        let v = item.snapshot.version();
-        let mut state = Vec::new();
-        crate::state::encode_state(
-            &mut state,
-            &v.regions,
-            &v.pages,
-            v.default_allocation_address,
-            v.layout_version,
-            None,
-        );
-        snapshots.push(SnapshotRecord(
-            item.id,
-            item.name.map(str::to_owned),
-            item.parent,
-            v.layout_version,
-            ByteBuf::from(state),
-            Vec::new(),
-        ));
-        if let Some(&j) = item.parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
-            let mut list = Vec::new();
-            // Runs of more than one page (uniform layout changes) hold no
-            // bytes on either side: nothing to list for them.
-            items[j].snapshot.version().pages.diff(&v.pages, |page, _, before, after| {
-                let (before, after) =
-                    (stored_bytes(before.meta, before.page), stored_bytes(after.meta, after.page));
-                if after.is_some_and(|f| f.try_bytes().is_none()) {
-                    unavailable.get_or_insert(page * PAGE as u64);
-                    return;
-                }
-                // The parent's stored pages got candidates when it was
-                // encoded.
-                let was = before.map_or(0, |b| by_pointer.get(&b.ptr()).copied().unwrap_or(0));
-                let now = after.map_or(0, |frozen| {
-                    *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
-                        candidates.push((frozen, None));
-                        candidates.len() as u32
-                    })
-                });
-                if was != now {
-                    list.push((page, now, was));
-                }
-            });
-            list.sort_unstable_by_key(|&(page, ..)| page);
-            maps.push(MapDraft::Changes(list));
-            continue;
-        }
-        let mut full: Vec<(u64, u32)> = Vec::new();
-        v.pages.for_each_stored(|page, m, frozen| {
-            let Some(frozen) = stored_bytes(m, Some(frozen)) else { return };
-            let base = parent_version.and_then(|pv| stored_page(pv, page));
-            // Inherited from the parent: decided by identity or origin
-            // (the same record of the parent's file, as a snapshot restored
-            // from a lazily opened parent has), else by fingerprint, so an
-            // unchanged page of a lazy parent is never read.
-            if base.is_some_and(|b| b.same_bytes(frozen)) {
-                full.push((page, 0));
-                return;
-            }
-            // A changed page: its bytes, and its base's for the XOR.
-            if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
-                unavailable.get_or_insert(page * PAGE as u64);
-                return;
-            }
-            let index = *by_pointer.entry(frozen.ptr()).or_insert_with(|| {
-                candidates.push((frozen, base.map(|b| (page, b))));
-                candidates.len() as u32
-            });
-            full.push((page, index));
-        });
-        maps.push(MapDraft::Whole(full));
-    }
-
-    if let Some(address) = unavailable {
+    // Pass 1: the distinct page objects and each snapshot's page map.
+    let mut candidates = Candidates::default();
+    let mut snapshots: Vec<SnapshotRecord> = items.iter().map(layout_record).collect();
+    let maps = page_map_drafts(items, parent, &mut candidates);
+    if let Some(address) = candidates.unavailable {
         return Err(FileError::SourcePageUnavailable { address });
     }
-
-    // Pass 2: BLAKE3 of every candidate, on the worker threads.
-    let candidate_hashes: Vec<[u8; 32]> = pool
-        .run(0..candidates.len(), 256, |range| {
-            candidates[range].iter().map(|(p, _)| *blake3::hash(p.bytes()).as_bytes()).collect::<Vec<_>>()
-        })
-        .concat();
-
-    // Pass 3: one page record per distinct hash, in order of first
-    // appearance (so a page's record keeps its first appearance's xor base);
-    // page maps renumbered from candidates to records.
-    let mut by_hash: HashMap<[u8; 32], u32> = HashMap::with_capacity(candidates.len());
-    let mut record_of: Vec<u32> = Vec::with_capacity(candidates.len());
-    let mut hashes: Vec<[u8; 32]> = Vec::new();
-    let mut bodies: Vec<Body> = Vec::new();
-    let mut bases: Vec<Option<u64>> = Vec::new();
-    for ((frozen, base), hash) in candidates.iter().zip(&candidate_hashes) {
-        record_of.push(*by_hash.entry(*hash).or_insert_with(|| {
-            hashes.push(*hash);
-            bodies.push(Body { page: *frozen, base: base.map(|(_, b)| b) });
-            bases.push(base.as_ref().map(|(page, _)| *page));
-            hashes.len() as u32
-        }));
-    }
-    // Page maps, renumbered from candidates to records: a snapshot whose
-    // parent is an earlier snapshot of the file lists only what differs from
-    // the parent's map (§5.1, 1.2) — the changed pages whose record differs
-    // once equal pages share one; any other, its whole map.
-    let record = |candidate: u32| if candidate == 0 { 0 } else { record_of[candidate as usize - 1] };
+    // Passes 2 and 3: hashes, one record per distinct hash, final maps.
+    let records = Records::of(pool, &candidates.list);
     for (entry, map) in snapshots.iter_mut().zip(&maps) {
-        let entries: Vec<(u64, u32)> = match map {
+        entry.5 = runs_of(&records.renumber(map));
+    }
+    sink.append(&[0; HEADER_LENGTH]).map_err(io)?;
+    let (frames, frames_length) = write_frames(sink, io, pool, options, &records.bodies)?;
+    let parent_record = parent.map(|p| ParentRecord(ByteBuf::from(p.index_hash.to_vec()), p.hint.to_owned()));
+    let counts = (snapshots.len() as u64, records.hashes.len() as u64, frames.len() as u64);
+    let index = Index(frames, records.page_records(), snapshots, parent_record);
+    // Invariant: encoding plain values into a Vec cannot fail.
+    let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
+    // Never write a file a reader would refuse.
+    check_writer_limits(counts.0, counts.1, counts.2, frames_length, index.len() as u64)?;
+    sink.append(&index).map_err(io)?;
+    sink.write_header(&Header::new(parent.is_some(), frames_length, &index).to_bytes()).map_err(io)
+}
+
+/// The distinct page objects to store, in order of first appearance, each
+/// with its xor base (the parent's page at the same page number, if any);
+/// page maps name them by candidate number + 1 (0: inherited).
+#[derive(Default)]
+pub(super) struct Candidates<'a> {
+    by_pointer: HashMap<RecPtr, u32>,
+    list: Vec<Candidate<'a>>,
+    /// The first page (of a lazily opened snapshot) that cannot be read.
+    unavailable: Option<u64>,
+}
+
+impl<'a> Candidates<'a> {
+    /// The candidate number of `page` (added when new, with `base`).
+    fn add(&mut self, page: Page<'a>, base: Option<(u64, Page<'a>)>) -> u32 {
+        let list = &mut self.list;
+        *self.by_pointer.entry(page.ptr()).or_insert_with(|| {
+            list.push((page, base));
+            list.len() as u32
+        })
+    }
+
+    /// The candidate number `page` got earlier, or 0.
+    fn known(&self, page: Page<'_>) -> u32 {
+        self.by_pointer.get(&page.ptr()).copied().unwrap_or(0)
+    }
+}
+
+/// A snapshot's record with its layout; its page map comes later.
+fn layout_record(item: &Item<'_>) -> SnapshotRecord {
+    let v = item.snapshot.version();
+    let mut state = Vec::new();
+    crate::state::encode_state(
+        &mut state,
+        &v.regions,
+        &v.pages,
+        v.default_allocation_address,
+        v.layout_version,
+        None,
+    );
+    SnapshotRecord(
+        item.id,
+        item.name.map(str::to_owned),
+        item.parent,
+        v.layout_version,
+        ByteBuf::from(state),
+        Vec::new(),
+    )
+}
+
+/// Every snapshot's page map in candidate numbers: a snapshot whose parent
+/// is an earlier snapshot of the file as the changes against it (read off
+/// the page-table diff, in the cost of the changes: §5.1), any other whole.
+fn page_map_drafts<'a>(
+    items: &[Item<'a>],
+    parent: Option<&ParentFile<'a>>,
+    candidates: &mut Candidates<'a>,
+) -> Vec<MapDraft> {
+    let position: HashMap<u64, usize> = items.iter().enumerate().map(|(i, item)| (item.id, i)).collect();
+    let parent_version = parent.map(|p| p.snapshot.version());
+    let mut maps = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let v = item.snapshot.version();
+        maps.push(match item.parent.and_then(|p| position.get(&p)).filter(|&&j| j < i) {
+            Some(&j) => changes_map(&items[j].snapshot.version().pages, &v.pages, candidates),
+            None => whole_map(v, parent_version, candidates),
+        });
+    }
+    maps
+}
+
+/// The changes from `before`'s map (an earlier snapshot of the file, whose
+/// stored pages got candidates already) to `after`'s.
+fn changes_map<'a>(before: &'a PageTable, after: &'a PageTable, candidates: &mut Candidates<'a>) -> MapDraft {
+    let mut list = Vec::new();
+    // Runs of more than one page (uniform layout changes) hold no bytes on
+    // either side: nothing to list for them.
+    before.diff(after, |page, _, old, new| {
+        let (old, new) = (stored_bytes(old.meta, old.page), stored_bytes(new.meta, new.page));
+        if new.is_some_and(|f| f.try_bytes().is_none()) {
+            candidates.unavailable.get_or_insert(page * PAGE as u64);
+            return;
+        }
+        let was = old.map_or(0, |b| candidates.known(b));
+        let now = new.map_or(0, |frozen| candidates.add(frozen, None));
+        if was != now {
+            list.push((page, now, was));
+        }
+    });
+    list.sort_unstable_by_key(|&(page, ..)| page);
+    MapDraft::Changes(list)
+}
+
+/// A whole page map; against an incremental file's `parent`, a page equal
+/// to the parent's is inherited (0) and a changed one XORed with it.
+fn whole_map<'a>(v: &'a Version, parent: Option<&'a Version>, candidates: &mut Candidates<'a>) -> MapDraft {
+    let mut full: Vec<(u64, u32)> = Vec::new();
+    v.pages.for_each_stored(|page, m, frozen| {
+        let Some(frozen) = stored_bytes(m, Some(frozen)) else { return };
+        let base = parent.and_then(|pv| stored_page(pv, page));
+        // Inherited from the parent: decided by identity or origin (the
+        // same record of the parent's file, as a snapshot restored from a
+        // lazily opened parent has), else by fingerprint, so an unchanged
+        // page of a lazy parent is never read.
+        if base.is_some_and(|b| b.same_bytes(frozen)) {
+            full.push((page, 0));
+            return;
+        }
+        // A changed page: its bytes, and its base's for the XOR.
+        if frozen.try_bytes().is_none() || base.is_some_and(|b| b.try_bytes().is_none()) {
+            candidates.unavailable.get_or_insert(page * PAGE as u64);
+            return;
+        }
+        full.push((page, candidates.add(frozen, base.map(|b| (page, b)))));
+    });
+    MapDraft::Whole(full)
+}
+
+/// The page records: one per distinct BLAKE3 hash, in order of first
+/// appearance (so a page's record keeps its first appearance's xor base).
+struct Records<'a> {
+    /// Candidate number - 1 → record number (1-based).
+    record_of: Vec<u32>,
+    hashes: Vec<[u8; 32]>,
+    bodies: Vec<Body<'a>>,
+    /// Each record's xor base page number.
+    bases: Vec<Option<u64>>,
+}
+
+impl<'a> Records<'a> {
+    /// Hashes every candidate on the pool, then keeps one per hash.
+    fn of(pool: Pool, candidates: &[Candidate<'a>]) -> Records<'a> {
+        let hashes: Vec<[u8; 32]> = pool
+            .run(0..candidates.len(), 256, |range| {
+                candidates[range].iter().map(|(p, _)| *blake3::hash(p.bytes()).as_bytes()).collect::<Vec<_>>()
+            })
+            .concat();
+        let mut by_hash: HashMap<[u8; 32], u32> = HashMap::with_capacity(candidates.len());
+        let mut records = Records {
+            record_of: Vec::with_capacity(candidates.len()),
+            hashes: Vec::new(),
+            bodies: Vec::new(),
+            bases: Vec::new(),
+        };
+        for ((frozen, base), hash) in candidates.iter().zip(&hashes) {
+            let n = *by_hash.entry(*hash).or_insert_with(|| {
+                records.hashes.push(*hash);
+                records.bodies.push(Body { page: *frozen, base: base.map(|(_, b)| b) });
+                records.bases.push(base.as_ref().map(|(page, _)| *page));
+                records.hashes.len() as u32
+            });
+            records.record_of.push(n);
+        }
+        records
+    }
+
+    /// A page map in record numbers: a change list keeps only the pages
+    /// whose record differs once equal pages share one (§5.1, 1.2).
+    fn renumber(&self, map: &MapDraft) -> Vec<(u64, u32)> {
+        let record = |candidate: u32| if candidate == 0 { 0 } else { self.record_of[candidate as usize - 1] };
+        match map {
             MapDraft::Whole(full) => full.iter().map(|&(page, c)| (page, record(c))).collect(),
             MapDraft::Changes(list) => list
                 .iter()
@@ -277,13 +344,39 @@ pub(super) fn encode_into<'a>(
                 .filter(|&(_, now, was)| now != was)
                 .map(|(page, now, _)| (page, now))
                 .collect(),
-        };
-        entry.5 = runs_of(&entries);
+        }
     }
 
-    // Frames: 16 bodies each, compressed on the worker threads a batch at
-    // a time and appended as each batch is done.
-    sink.append(&[0; HEADER_LENGTH]).map_err(io)?;
+    /// The index's page records: hash, place, kind, base, fingerprint.
+    fn page_records(&self) -> Vec<PageRecord> {
+        let records = self.hashes.iter().zip(&self.bases).zip(&self.bodies).enumerate();
+        records
+            .map(|(i, ((h, base), body))| {
+                PageRecord(
+                    ByteBuf::from(h.to_vec()),
+                    (i / PAGES_PER_FRAME) as u32,
+                    (i % PAGES_PER_FRAME) as u8,
+                    if base.is_some() { KIND_XOR } else { KIND_PLAIN },
+                    *base,
+                    // Invariant: every stored page was read above
+                    // (unreadable ones end the encode before this point).
+                    Some(body.page.fingerprint().expect("a readable page has a fingerprint")),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Frames of 16 bodies each, compressed on the pool a batch at a time and
+/// appended to `sink` as each batch is done. Returns the frame records and
+/// the frame area's length.
+fn write_frames(
+    sink: &mut dyn Sink,
+    io: &dyn Fn(std::io::Error) -> FileError,
+    pool: Pool,
+    options: &mut Writer<'_>,
+    bodies: &[Body<'_>],
+) -> Result<(Vec<FrameRecord>, u64), FileError> {
     let mut frames = Vec::new();
     let mut frames_length = 0u64;
     let frame_count = bodies.len().div_ceil(PAGES_PER_FRAME);
@@ -298,49 +391,18 @@ pub(super) fn encode_into<'a>(
         let batch = batch..(batch + pool.batch_frames()).min(frame_count);
         for frame in codec::compress_frames(pool, options.level, bodies.len(), batch, &fill) {
             let length = frame.bytes.len() as u64;
-            frames.push(FrameRecord(
-                frames_length,
-                length as u32,
-                frame.pages,
-                ByteBuf::from(frame.checksum.to_vec()),
-            ));
+            let checksum = ByteBuf::from(frame.checksum.to_vec());
+            frames.push(FrameRecord(frames_length, length as u32, frame.pages, checksum));
             sink.append(&frame.bytes).map_err(io)?;
             frames_length += length;
             limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
         }
         if let Some(progress) = options.progress.as_mut() {
-            progress(Progress {
-                done: ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64,
-                total: (bodies.len() * PAGE) as u64,
-            });
+            let done = ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64;
+            progress(Progress { done, total: (bodies.len() * PAGE) as u64 });
         }
     }
-    let pages: Vec<PageRecord> = hashes
-        .iter()
-        .zip(&bases)
-        .enumerate()
-        .map(|(i, (h, base))| {
-            PageRecord(
-                ByteBuf::from(h.to_vec()),
-                (i / PAGES_PER_FRAME) as u32,
-                (i % PAGES_PER_FRAME) as u8,
-                if base.is_some() { KIND_XOR } else { KIND_PLAIN },
-                *base,
-                // Invariant: every stored page was read above (unreadable
-                // ones end the encode before this point).
-                Some(bodies[i].page.fingerprint().expect("a readable page has a fingerprint")),
-            )
-        })
-        .collect();
-    let parent_record = parent.map(|p| ParentRecord(ByteBuf::from(p.index_hash.to_vec()), p.hint.to_owned()));
-    let counts = (snapshots.len() as u64, pages.len() as u64, frames.len() as u64);
-    let index = Index(frames, pages, snapshots, parent_record);
-    // Invariant: encoding plain values into a Vec cannot fail.
-    let index = rmp_serde::to_vec(&index).expect("encoding into a Vec cannot fail");
-    // Never write a file a reader would refuse.
-    check_writer_limits(counts.0, counts.1, counts.2, frames_length, index.len() as u64)?;
-    sink.append(&index).map_err(io)?;
-    sink.write_header(&Header::new(parent.is_some(), frames_length, &index).to_bytes()).map_err(io)
+    Ok((frames, frames_length))
 }
 
 /// The reader's size limits (FORMAT.md §3.1, §6.1–§6.2), checked by the
