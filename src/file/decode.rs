@@ -50,154 +50,27 @@ pub(super) fn build_snapshots(
     keep: Option<&Arc<dyn LazySource>>,
     binding: &mut Binding<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
-    let Parsed { pages, snapshots, .. } = parsed;
+    let mut builder = Builder::new(parsed, stored, parent_version);
     let lineage = Lineage::default();
-    let mut referenced = vec![false; pages.len()];
-    // The first page number referencing each record (for canonical kinds).
-    let mut first_use: Vec<Option<u64>> = vec![None; pages.len()];
-    let mut ids: HashSet<u64> = HashSet::new();
-    let mut names: HashSet<&str> = HashSet::new();
-    let mut built = Vec::with_capacity(snapshots.len());
-    // Delta page maps (1.2): each parent's table and layout-only table are
-    // kept while a later record names it.
-    let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
-    let mut pending: HashMap<u64, usize> = HashMap::new();
-    if deltas {
-        for p in snapshots.iter().filter_map(|r| r.2) {
-            *pending.entry(p).or_default() += 1;
-        }
-    }
-    let mut tables: HashMap<u64, (PageTable, PageTable)> = HashMap::new();
-    for SnapshotRecord(id, name, parent, layout_version, state, runs) in snapshots {
-        if let Some(p) = parent
-            && !ids.contains(p)
-        {
-            return Err(corrupt("snapshot parent is not an earlier snapshot"));
-        }
-        if !ids.insert(*id) {
-            return Err(corrupt("two snapshots have the same id"));
-        }
-        if let Some(n) = name
-            && !names.insert(n.as_str())
-        {
-            return Err(corrupt("two snapshots have the same name"));
-        }
-        if name.as_deref().is_some_and(crate::timeline::reserved_name) {
-            return Err(corrupt("a snapshot name starts with '#' (reserved for ids)"));
-        }
+    let mut built = Vec::with_capacity(parsed.snapshots.len());
+    for SnapshotRecord(id, name, parent, layout_version, state, runs) in &parsed.snapshots {
+        builder.check_names(*id, name.as_deref(), *parent)?;
         let layout = crate::state::decode_layout(state, store.clone())?;
         if layout.layout_version != *layout_version {
             return Err(corrupt("snapshot layout version differs from its state"));
         }
-        let delta_parent = parent.filter(|_| deltas).map(|p| tables.get(&p).cloned());
-        let mut table;
-        if let Some(from) = delta_parent {
-            // A delta page map (1.2, §5.1): the parent's table, brought to
-            // this record's layout where the two layouts differ, with the
-            // delta applied — in the cost of the differences, not of the
-            // pages (the tables keep their lineage, so diffs between the
-            // file's snapshots stay cheap too).
-            let (parent_table, parent_layout) =
-                from.ok_or(corrupt("snapshot parent is not an earlier snapshot"))?;
-            table = parent_table;
-            // Inherited pages the new layout cannot hold: the delta must
-            // drop each of them.
-            let mut must_drop: HashSet<u64> = HashSet::new();
-            parent_layout.diff(&layout.table, |vpn, count, _, now| {
-                if count == 1 {
-                    let page = table.get(vpn).page.map(|p| p.to_ref());
-                    let keep = if meta::holds_bytes(now.meta) { page } else { None };
-                    if keep.is_none() && table.get(vpn).page.is_some() {
-                        must_drop.insert(vpn);
-                    }
-                    table.set_entry(vpn, now.meta, keep, now.view_offset);
-                    return;
-                }
-                // A uniform run (say, all of user space reprotected): the
-                // new state laid over the range at once, then the parent's
-                // pages there kept or dropped one by one.
-                let mut had = Vec::new();
-                table.for_each_stored_in(vpn, vpn + count, |page, _, bytes| had.push((page, bytes.to_ref())));
-                table.set_range(vpn, vpn + count, now.meta, now.view_offset);
-                for (page, bytes) in had {
-                    if meta::holds_bytes(now.meta) {
-                        table.set_entry(page, now.meta, Some(bytes), 0);
-                    } else {
-                        must_drop.insert(page);
-                    }
-                }
-            });
-            for (page, index) in entries_of(runs)? {
-                let here = table.get(page);
-                if index == 0 {
-                    if !must_drop.remove(&page) {
-                        if here.page.is_none() {
-                            return Err(corrupt(
-                                "page map removes a page its parent snapshot does not store",
-                            ));
-                        }
-                        table.set_page(page, None);
-                    }
-                    continue;
-                }
-                if !meta::holds_bytes(here.meta) {
-                    return Err(corrupt("page map names a page that is not committed"));
-                }
-                let frozen =
-                    stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
-                if here.page.is_some_and(|p| p.ptr() == frozen.page().ptr()) {
-                    return Err(corrupt("page map repeats its parent snapshot's entry"));
-                }
-                referenced[index as usize - 1] = true;
-                table.set_page(page, Some(frozen.clone()));
+        let mut table = match parent.filter(|_| builder.deltas) {
+            Some(p) => {
+                let (table, parent_layout) = builder
+                    .tables
+                    .get(&p)
+                    .cloned()
+                    .ok_or(corrupt("snapshot parent is not an earlier snapshot"))?;
+                builder.delta_table(table, &parent_layout, &layout.table, runs)?
             }
-            if !must_drop.is_empty() {
-                return Err(corrupt("page map names a page that is not committed"));
-            }
-        } else {
-            table = layout.table.clone();
-            for (page, index) in entries_of(runs)? {
-                if !meta::holds_bytes(table.get(page).meta) {
-                    return Err(corrupt("page map names a page that is not committed"));
-                }
-                let under = parent_version.and_then(|pv| stored_page(pv, page));
-                if index == 0 {
-                    // Inherited: the parent's page at the same page number.
-                    let under = under.ok_or(corrupt("page map inherits a page the parent does not store"))?;
-                    table.set_page(page, Some(under.to_ref()));
-                    continue;
-                }
-                let frozen =
-                    stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))?;
-                // Fingerprints first: a lazily loaded page is read only when
-                // they match (never, in a canonical file).
-                if under.is_some_and(|u| u.same_bytes(frozen.page())) {
-                    return Err(corrupt("a page equal to the parent's is stored instead of inherited"));
-                }
-                let i = index as usize - 1;
-                if first_use[i].is_none() {
-                    first_use[i] = Some(page);
-                    // Canonical kinds: xor exactly where the parent has a page.
-                    let expected = under.map(|_| page);
-                    if pages[i].4 != expected {
-                        return Err(corrupt("page kind or xor base is not the canonical one"));
-                    }
-                }
-                referenced[i] = true;
-                table.set_page(page, Some(frozen.clone()));
-            }
-        }
-        if pending.get(id).is_some_and(|&n| n > 0) {
-            tables.insert(*id, (table.clone(), layout.table));
-        }
-        if let Some(p) = parent.filter(|_| deltas)
-            && let Some(left) = pending.get_mut(&p)
-        {
-            *left -= 1;
-            if *left == 0 {
-                tables.remove(&p);
-            }
-        }
+            None => builder.whole_table(layout.table.clone(), runs)?,
+        };
+        builder.keep_for_children(*id, *parent, &table, layout.table);
         if let Some(source) = keep {
             table.keep_source(source.clone());
         }
@@ -211,7 +84,7 @@ pub(super) fn build_snapshots(
         );
         built.push((*id, name.clone(), *parent, version));
     }
-    if referenced.iter().any(|r| !r) {
+    if builder.referenced.iter().any(|r| !r) {
         return Err(corrupt("a stored page is referenced by no snapshot"));
     }
     // The file is checked: its MMIO regions may be bound now.
@@ -221,6 +94,195 @@ pub(super) fn build_snapshots(
         out.push(Decoded { id, name, parent, snapshot: Snapshot::new(version) });
     }
     Ok(out)
+}
+
+/// What building a file's snapshots keeps between its records.
+struct Builder<'p> {
+    /// The file's page records and their decoded pages.
+    records: &'p [PageRecord],
+    stored: &'p [PageRef],
+    /// The parent file's snapshot (incremental files).
+    parent_version: Option<&'p Version>,
+    /// Which page records some page map names.
+    referenced: Vec<bool>,
+    /// The first page number referencing each record (canonical kinds).
+    first_use: Vec<Option<u64>>,
+    ids: HashSet<u64>,
+    names: HashSet<String>,
+    /// Delta page maps (1.2): each parent's table and layout-only table are
+    /// kept while a later record names it.
+    deltas: bool,
+    pending: HashMap<u64, usize>,
+    tables: HashMap<u64, (PageTable, PageTable)>,
+}
+
+impl<'p> Builder<'p> {
+    fn new(parsed: &'p Parsed, stored: &'p [PageRef], parent_version: Option<&'p Version>) -> Self {
+        let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
+        let mut pending: HashMap<u64, usize> = HashMap::new();
+        if deltas {
+            for p in parsed.snapshots.iter().filter_map(|r| r.2) {
+                *pending.entry(p).or_default() += 1;
+            }
+        }
+        Builder {
+            records: &parsed.pages,
+            stored,
+            parent_version,
+            referenced: vec![false; parsed.pages.len()],
+            first_use: vec![None; parsed.pages.len()],
+            ids: HashSet::new(),
+            names: HashSet::new(),
+            deltas,
+            pending,
+            tables: HashMap::new(),
+        }
+    }
+
+    /// A record's id, name and parent: unique, not reserved, earlier.
+    fn check_names(&mut self, id: u64, name: Option<&str>, parent: Option<u64>) -> Result<(), FileError> {
+        if parent.is_some_and(|p| !self.ids.contains(&p)) {
+            return Err(corrupt("snapshot parent is not an earlier snapshot"));
+        }
+        if !self.ids.insert(id) {
+            return Err(corrupt("two snapshots have the same id"));
+        }
+        if let Some(n) = name
+            && !self.names.insert(n.to_owned())
+        {
+            return Err(corrupt("two snapshots have the same name"));
+        }
+        if name.is_some_and(crate::timeline::reserved_name) {
+            return Err(corrupt("a snapshot name starts with '#' (reserved for ids)"));
+        }
+        Ok(())
+    }
+
+    /// The page record `index` names (1-based).
+    fn record(&self, index: u32) -> Result<&'p PageRef, FileError> {
+        self.stored.get(index as usize - 1).ok_or(corrupt("page map names a missing page record"))
+    }
+
+    /// A delta page map (1.2, §5.1): the parent's table, brought to this
+    /// record's layout where the two layouts differ, with the delta applied
+    /// — in the cost of the differences, not of the pages (the tables keep
+    /// their lineage, so diffs between the file's snapshots stay cheap).
+    fn delta_table(
+        &mut self,
+        mut table: PageTable,
+        parent_layout: &PageTable,
+        layout: &PageTable,
+        runs: &[RunRecord],
+    ) -> Result<PageTable, FileError> {
+        let mut must_drop = relayout(&mut table, parent_layout, layout);
+        for (page, index) in entries_of(runs)? {
+            let here = table.get(page);
+            if index == 0 {
+                if !must_drop.remove(&page) {
+                    if here.page.is_none() {
+                        return Err(corrupt("page map removes a page its parent snapshot does not store"));
+                    }
+                    table.set_page(page, None);
+                }
+                continue;
+            }
+            if !meta::holds_bytes(here.meta) {
+                return Err(corrupt("page map names a page that is not committed"));
+            }
+            let frozen = self.record(index)?;
+            if here.page.is_some_and(|p| p.ptr() == frozen.page().ptr()) {
+                return Err(corrupt("page map repeats its parent snapshot's entry"));
+            }
+            self.referenced[index as usize - 1] = true;
+            table.set_page(page, Some(frozen.clone()));
+        }
+        if !must_drop.is_empty() {
+            return Err(corrupt("page map names a page that is not committed"));
+        }
+        Ok(table)
+    }
+
+    /// A whole page map over a layout-only table; an incremental file's
+    /// page 0 entries inherit the parent file's page at the same number.
+    fn whole_table(&mut self, mut table: PageTable, runs: &[RunRecord]) -> Result<PageTable, FileError> {
+        for (page, index) in entries_of(runs)? {
+            if !meta::holds_bytes(table.get(page).meta) {
+                return Err(corrupt("page map names a page that is not committed"));
+            }
+            let under = self.parent_version.and_then(|pv| stored_page(pv, page));
+            if index == 0 {
+                // Inherited: the parent's page at the same page number.
+                let under = under.ok_or(corrupt("page map inherits a page the parent does not store"))?;
+                table.set_page(page, Some(under.to_ref()));
+                continue;
+            }
+            let frozen = self.record(index)?;
+            // Fingerprints first: a lazily loaded page is read only when
+            // they match (never, in a canonical file).
+            if under.is_some_and(|u| u.same_bytes(frozen.page())) {
+                return Err(corrupt("a page equal to the parent's is stored instead of inherited"));
+            }
+            let i = index as usize - 1;
+            if self.first_use[i].is_none() {
+                self.first_use[i] = Some(page);
+                // Canonical kinds: xor exactly where the parent has a page.
+                if self.records[i].4 != under.map(|_| page) {
+                    return Err(corrupt("page kind or xor base is not the canonical one"));
+                }
+            }
+            self.referenced[i] = true;
+            table.set_page(page, Some(frozen.clone()));
+        }
+        Ok(table)
+    }
+
+    /// Keeps a record's tables while a later record names it as parent,
+    /// and drops its parent's once the last child is built.
+    fn keep_for_children(&mut self, id: u64, parent: Option<u64>, table: &PageTable, layout: PageTable) {
+        if self.pending.get(&id).is_some_and(|&n| n > 0) {
+            self.tables.insert(id, (table.clone(), layout));
+        }
+        if let Some(p) = parent.filter(|_| self.deltas)
+            && let Some(left) = self.pending.get_mut(&p)
+        {
+            *left -= 1;
+            if *left == 0 {
+                self.tables.remove(&p);
+            }
+        }
+    }
+}
+
+/// Brings `table` (a parent's pages) to the layout `layout` where it
+/// differs from `parent_layout`, keeping the pages the new layout can
+/// hold. Returns the inherited pages it cannot: the delta must drop each.
+fn relayout(table: &mut PageTable, parent_layout: &PageTable, layout: &PageTable) -> HashSet<u64> {
+    let mut must_drop: HashSet<u64> = HashSet::new();
+    parent_layout.diff(layout, |vpn, count, _, now| {
+        if count == 1 {
+            let page = table.get(vpn).page.map(|p| p.to_ref());
+            let keep = if meta::holds_bytes(now.meta) { page } else { None };
+            if keep.is_none() && table.get(vpn).page.is_some() {
+                must_drop.insert(vpn);
+            }
+            table.set_entry(vpn, now.meta, keep, now.view_offset);
+            return;
+        }
+        // A uniform run (say, all of user space reprotected): the new state
+        // laid over the range at once, then the parent's pages there kept
+        // or dropped one by one.
+        let mut had = Vec::new();
+        table.for_each_stored_in(vpn, vpn + count, |page, _, bytes| had.push((page, bytes.to_ref())));
+        table.set_range(vpn, vpn + count, now.meta, now.view_offset);
+        for (page, bytes) in had {
+            if meta::holds_bytes(now.meta) {
+                table.set_entry(page, now.meta, Some(bytes), 0);
+            } else {
+                must_drop.insert(page);
+            }
+        }
+    });
+    must_drop
 }
 
 /// What a loader does with the MMIO regions of the snapshots it builds,
