@@ -3,66 +3,94 @@
 
 use super::*;
 
-/// Opens the parent that the incremental file number `depth` of a chain
-/// (in directory `dir`; the chain's files so far are `chain`) names with
-/// `p`, with the checks of FORMAT.md §6.6 up to its identity, in this
-/// order: chain length ([`FileError::SizeLimit`]); a regular file at the
-/// hint ([`FileError::ParentMissing`], [`FileError::NotAFile`], I/O);
-/// not already in the chain ([`FileError::ParentCycle`], before anything
-/// is read); its header and index ([`FileError::InParent`]); the BLAKE3 of
-/// its index ([`FileError::ParentMismatch`]). Its frames are not read.
-/// Returns its path, canonical path and head.
-pub(super) fn open_parent(
-    dir: &Path,
-    p: &ParentRecord,
-    depth: u64,
-    chain: &[PathBuf],
-) -> Result<(PathBuf, PathBuf, Head), FileError> {
-    let parent_path = dir.join(&p.1);
-    limit("parent chain length", depth + 1, MAX_CHAIN_LENGTH)?;
-    let (file, length) = match open_regular(&parent_path) {
-        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FileError::ParentMissing { path: parent_path });
+/// The files of a parent chain as it is followed, from the file asked for
+/// (or the increment being saved) to the one being opened: their canonical
+/// paths, which catch a cycle before anything of the repeated file is
+/// read, and their count, which [`MAX_CHAIN_LENGTH`] bounds. The one place
+/// that resolves parents (FORMAT.md §6.6): a full load ([`read_chain`]), a
+/// lazy open ([`lazy::open_parts`]), an incremental save and [`rebase`]
+/// all follow their parents through it.
+pub(super) struct ParentChain {
+    files: Vec<PathBuf>,
+}
+
+impl ParentChain {
+    /// A chain that starts at the existing file `path`.
+    pub(super) fn starting_at(path: &Path) -> Result<ParentChain, FileError> {
+        Ok(ParentChain { files: vec![fs::canonicalize(path).map_err(io(path))?] })
+    }
+
+    /// A chain of the files at the canonical paths `files`, first to last
+    /// (the first may not exist yet: an increment being saved).
+    pub(super) fn of(files: Vec<PathBuf>) -> ParentChain {
+        ParentChain { files }
+    }
+
+    /// Follows the parent record `p` of the chain's last file, at `child`:
+    /// opens the parent with the checks of FORMAT.md §6.6 up to its
+    /// identity, in this order: chain length ([`FileError::SizeLimit`]); a
+    /// regular file at the hint relative to `child`'s directory
+    /// ([`FileError::ParentMissing`], [`FileError::NotAFile`], I/O); not
+    /// already in the chain ([`FileError::ParentCycle`], before anything is
+    /// read); its header and index ([`FileError::InParent`]); the BLAKE3 of
+    /// its index ([`FileError::ParentMismatch`]). Its frames are not read.
+    /// Then `f` gets the chain with the parent as its last file, the
+    /// parent's path and its head; `f`'s errors are the parent's
+    /// ([`FileError::InParent`]).
+    pub(super) fn follow<T>(
+        &mut self,
+        child: &Path,
+        p: &ParentRecord,
+        f: impl FnOnce(&mut ParentChain, &Path, Head) -> Result<T, FileError>,
+    ) -> Result<T, FileError> {
+        let parent_path = directory_of(child).join(p.hint());
+        limit("parent chain length", self.files.len() as u64 + 1, MAX_CHAIN_LENGTH)?;
+        let (file, length) = open_chain_file(&parent_path)?;
+        let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
+        if self.files.contains(&canonical) {
+            return Err(FileError::ParentCycle { path: parent_path });
         }
-        opened => opened?,
-    };
-    let canonical = fs::canonicalize(&parent_path).map_err(io(&parent_path))?;
-    if chain.contains(&canonical) {
-        return Err(FileError::ParentCycle { path: parent_path });
+        let head = head_of(&parent_path, file, length).map_err(in_parent(&parent_path))?;
+        if blake3::hash(&head.index).as_bytes()[..] != p.index_hash()[..] {
+            return Err(FileError::ParentMismatch { path: parent_path });
+        }
+        self.files.push(canonical);
+        let result = f(self, &parent_path, head);
+        self.files.pop();
+        result.map_err(in_parent(&parent_path))
     }
-    let head = head_of(&parent_path, file, length).map_err(in_parent(&parent_path))?;
-    if blake3::hash(&head.index).as_bytes()[..] != p.0[..] {
-        return Err(FileError::ParentMismatch { path: parent_path });
+}
+
+/// Opens a file of a parent chain: a regular file, missing
+/// ([`FileError::ParentMissing`]) or not ([`FileError::NotAFile`], I/O).
+fn open_chain_file(path: &Path) -> Result<(fs::File, u64), FileError> {
+    match open_regular(path) {
+        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(FileError::ParentMissing { path: path.to_owned() })
+        }
+        opened => opened,
     }
-    Ok((parent_path, canonical, head))
 }
 
 pub(super) fn in_parent(path: &Path) -> impl Fn(FileError) -> FileError + '_ {
     move |e| FileError::InParent { path: path.to_owned(), source: Box::new(e) }
 }
 
-/// Decodes the file `bytes` read from `path`, which is file number `depth`
-/// (1-based) of a parent chain whose files so far are `chain` (canonical
-/// paths, `path` included): an incremental file's parent is found by its
-/// hint relative to `path`'s directory, identified by the BLAKE3 of its
-/// index ([`open_parent`]), and loaded the same way.
+/// Decodes the file `bytes` read from `path`, the last file of `chain`: an
+/// incremental file's parent is followed through the chain
+/// ([`ParentChain::follow`]) and loaded the same way, first.
 pub(super) fn decode_chain(
     path: &Path,
     bytes: &[u8],
-    depth: u64,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut ParentChain,
     loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
-    let dir = directory_of(path);
     let mut quiet = loader.quiet();
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
-        let (parent_path, canonical, head) = open_parent(&dir, p, depth, chain)?;
-        let in_parent = in_parent(&parent_path);
-        let parent_bytes = read_whole(&parent_path, head).map_err(&in_parent)?;
-        chain.push(canonical);
-        let decoded = decode_chain(&parent_path, &parent_bytes, depth + 1, chain, &mut quiet);
-        chain.pop();
-        one_snapshot(decoded.map_err(&in_parent)?).map_err(&in_parent)
+        chain.follow(path, p, |chain, parent_path, head| {
+            let parent_bytes = read_whole(parent_path, head)?;
+            one_snapshot(decode_chain(parent_path, &parent_bytes, chain, &mut quiet)?)
+        })
     };
     decode(bytes, &mut resolve, loader)
 }
@@ -74,18 +102,11 @@ pub(super) fn directory_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Reads and decodes the file at `path` with its whole parent chain; `depth`
-/// is its place in the chain (1 for the file asked for). Each file's header
-/// and index are read and checked before its frames.
-pub(super) fn read_chain(
-    path: &Path,
-    depth: u64,
-    loader: &mut Loader<'_>,
-) -> Result<(Vec<u8>, Vec<Decoded>), FileError> {
+/// Reads and decodes the file at `path` with its whole parent chain. Each
+/// file's header and index are read and checked before its frames.
+pub(super) fn read_chain(path: &Path, loader: &mut Loader<'_>) -> Result<Vec<Decoded>, FileError> {
     let bytes = read(path)?;
-    let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    let decoded = decode_chain(path, &bytes, depth, &mut chain, loader)?;
-    Ok((bytes, decoded))
+    decode_chain(path, &bytes, &mut ParentChain::starting_at(path)?, loader)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),
@@ -113,15 +134,12 @@ pub(super) fn save_incremental_with(
     let target = IncrementalTarget::check(parent, path)?;
     // Opened lazily: its frames are read only for the pages that changed
     // (their XOR bases), so the cost follows the changes, not the parent.
-    let mut chain = vec![target.parent_canonical.clone()];
-    let parent_file = lazy::open_parts(
-        parent,
-        target.parent_head,
-        2,
-        &mut chain,
-        &mut Loader::new().threads(writer.threads),
-    )
-    .map_err(in_parent(parent))?;
+    // The chain starts at the increment itself: a parent chain that leads
+    // back to `path` would be broken by this save (a cycle).
+    let mut chain = ParentChain::of(vec![target.child_canonical, target.parent_canonical]);
+    let mut loader = Loader::new().threads(writer.threads);
+    let parent_file =
+        lazy::open_parts(parent, target.parent_head, &mut chain, &mut loader).map_err(in_parent(parent))?;
     save_against(snapshot, &parent_file, parent, &target.hint, path, writer)
 }
 
@@ -145,6 +163,8 @@ pub(super) struct IncrementalTarget {
     /// The parent's header and index, checked.
     pub(super) parent_head: Head,
     pub(super) parent_canonical: PathBuf,
+    /// Where the increment goes: its directory, canonical, and its name.
+    pub(super) child_canonical: PathBuf,
     /// The parent's path relative to the child's directory.
     pub(super) hint: String,
 }
@@ -155,12 +175,7 @@ impl IncrementalTarget {
     /// index checked ([`FileError::InParent`]) before anything else; `path`
     /// may not name it ([`FileError::ParentCycle`]).
     pub(super) fn check(parent: &Path, path: &Path) -> Result<IncrementalTarget, FileError> {
-        let (parent_file, parent_length) = match open_regular(parent) {
-            Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(FileError::ParentMissing { path: parent.to_owned() });
-            }
-            opened => opened?,
-        };
+        let (parent_file, parent_length) = open_chain_file(parent)?;
         let parent_head = head_of(parent, parent_file, parent_length).map_err(in_parent(parent))?;
         let parent_canonical = fs::canonicalize(parent).map_err(io(parent))?;
         let dir = directory_of(path);
@@ -169,7 +184,8 @@ impl IncrementalTarget {
             path: path.to_owned(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
         })?;
-        if dir_canonical.join(file_name) == parent_canonical {
+        let child_canonical = dir_canonical.join(file_name);
+        if child_canonical == parent_canonical {
             return Err(FileError::ParentCycle { path: path.to_owned() });
         }
         let hint = relative_path(&dir_canonical, &parent_canonical).ok_or_else(|| FileError::Io {
@@ -179,7 +195,7 @@ impl IncrementalTarget {
                 "no relative path from the child's directory",
             ),
         })?;
-        Ok(IncrementalTarget { parent_head, parent_canonical, hint })
+        Ok(IncrementalTarget { parent_head, parent_canonical, child_canonical, hint })
     }
 }
 

@@ -53,10 +53,11 @@ pub(super) fn build_snapshots(
     let mut builder = Builder::new(parsed, stored, parent_version);
     let lineage = Lineage::default();
     let mut built = Vec::with_capacity(parsed.snapshots.len());
-    for SnapshotRecord(id, name, parent, layout_version, state, runs) in &parsed.snapshots {
-        builder.check_names(*id, name.as_deref(), *parent)?;
-        let layout = crate::state::decode_layout(state, store.clone())?;
-        if layout.layout_version != *layout_version {
+    for record in &parsed.snapshots {
+        let (id, parent, runs) = (record.id(), record.parent(), record.page_map());
+        builder.check_names(id, record.name(), parent)?;
+        let layout = crate::state::decode_layout(record.state(), store.clone())?;
+        if layout.layout_version != record.layout_version() {
             return Err(corrupt("snapshot layout version differs from its state"));
         }
         let mut table = match parent.filter(|_| builder.deltas) {
@@ -70,7 +71,7 @@ pub(super) fn build_snapshots(
             }
             None => builder.whole_table(layout.table.clone(), runs)?,
         };
-        builder.keep_for_children(*id, *parent, &table, layout.table);
+        builder.keep_for_children(id, parent, &table, layout.table);
         if let Some(source) = keep {
             table.keep_source(source.clone());
         }
@@ -82,7 +83,7 @@ pub(super) fn build_snapshots(
             layout.layout_version,
             &lineage,
         );
-        built.push((*id, name.clone(), *parent, version));
+        built.push((id, record.name().map(str::to_owned), parent, version));
     }
     if builder.referenced.iter().any(|r| !r) {
         return Err(corrupt("a stored page is referenced by no snapshot"));
@@ -121,7 +122,7 @@ impl<'p> Builder<'p> {
         let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
         let mut pending: HashMap<u64, usize> = HashMap::new();
         if deltas {
-            for p in parsed.snapshots.iter().filter_map(|r| r.2) {
+            for p in parsed.snapshots.iter().filter_map(SnapshotRecord::parent) {
                 *pending.entry(p).or_default() += 1;
             }
         }
@@ -226,7 +227,7 @@ impl<'p> Builder<'p> {
             if self.first_use[i].is_none() {
                 self.first_use[i] = Some(page);
                 // Canonical kinds: xor exactly where the parent has a page.
-                if self.records[i].4 != under.map(|_| page) {
+                if self.records[i].base() != under.map(|_| page) {
                     return Err(corrupt("page kind or xor base is not the canonical one"));
                 }
             }
@@ -318,7 +319,7 @@ impl<'b> Binding<'b> {
 
 /// The resolver of the in-memory forms: they have no parent to offer.
 pub(super) fn no_parent(p: &ParentRecord) -> Result<Snapshot, FileError> {
-    Err(FileError::ParentMissing { path: PathBuf::from(&p.1) })
+    Err(FileError::ParentMissing { path: PathBuf::from(p.hint()) })
 }
 
 pub(super) fn one_snapshot(mut all: Vec<Decoded>) -> Result<Snapshot, FileError> {

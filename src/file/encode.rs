@@ -162,7 +162,7 @@ pub(super) fn encode_into<'a>(
     // Passes 2 and 3: hashes, one record per distinct hash, final maps.
     let records = Records::of(pool, &candidates.list);
     for (entry, map) in snapshots.iter_mut().zip(&maps) {
-        entry.5 = runs_of(&records.renumber(map));
+        entry.set_page_map(runs_of(&records.renumber(map)));
     }
     sink.append(&[0; HEADER_LENGTH]).map_err(io)?;
     let (frames, frames_length) = write_frames(sink, io, pool, options, &records.bodies)?;

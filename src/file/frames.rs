@@ -14,13 +14,13 @@ pub(super) struct FrameInfo {
 }
 
 impl FrameInfo {
-    pub(super) fn of(FrameRecord(offset, length, pages, checksum): &FrameRecord) -> FrameInfo {
+    pub(super) fn of(record: &FrameRecord) -> FrameInfo {
         // Invariant: `parse_index` checked the checksum is 8 bytes.
         FrameInfo {
-            offset: *offset,
-            length: *length,
-            pages: *pages,
-            checksum: checksum[..8].try_into().expect("8"),
+            offset: record.offset(),
+            length: record.compressed_length(),
+            pages: record.pages(),
+            checksum: record.checksum()[..8].try_into().expect("8"),
         }
     }
 }
@@ -75,8 +75,8 @@ impl LazyIndex {
             .map(|(owners, f)| {
                 let mut digest = blake3::Hasher::new();
                 for &r in &owners[..usize::from(f.pages)] {
-                    let PageRecord(hash, _, _, _, _, fingerprint) = &parsed.pages[r as usize - 1];
-                    digest_page(&mut digest, hash, fingerprint.unwrap_or(0));
+                    let record = &parsed.pages[r as usize - 1];
+                    digest_page(&mut digest, record.hash(), record.fingerprint().unwrap_or(0));
                 }
                 *digest.finalize().as_bytes()
             })
@@ -86,8 +86,8 @@ impl LazyIndex {
             frames: parsed.frames.clone(),
             digests,
             owner: parsed.owner.clone(),
-            frame_of: parsed.pages.iter().map(|r| r.1).collect(),
-            bases: incremental.then(|| parsed.pages.iter().map(|r| r.4.unwrap_or(NO_BASE)).collect()),
+            frame_of: parsed.pages.iter().map(PageRecord::frame).collect(),
+            bases: incremental.then(|| parsed.pages.iter().map(|r| r.base().unwrap_or(NO_BASE)).collect()),
         }
     }
 
@@ -142,7 +142,7 @@ impl Frames<'_> {
             let i = self.owner[n][slot] as usize - 1;
             let body: &PageBytes = decoder.raw[slot * PAGE..(slot + 1) * PAGE].try_into().expect("one page");
             let base = match self.checks {
-                PageChecks::Records(pages) => pages[i].4,
+                PageChecks::Records(pages) => pages[i].base(),
                 PageChecks::Digests { bases, .. } => bases.map(|b| b[i]).filter(|&b| b != NO_BASE),
             };
             let unxored: Box<PageBytes>;
@@ -161,8 +161,8 @@ impl Frames<'_> {
             let hash = *blake3::hash(&page[..]).as_bytes();
             let fingerprint = crate::page_table::fingerprint(page);
             if let PageChecks::Records(pages) = self.checks {
-                let PageRecord(recorded_hash, .., recorded_fingerprint) = &pages[i];
-                if hash[..] != recorded_hash[..] || recorded_fingerprint.is_some_and(|f| f != fingerprint) {
+                let record = &pages[i];
+                if hash[..] != *record.hash() || record.fingerprint().is_some_and(|f| f != fingerprint) {
                     return Err(FileError::PageHash { page: i as u32 + 1 });
                 }
             }

@@ -24,8 +24,8 @@
 use std::path::Path;
 
 use super::{
-    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, MapResolver, PageRecord, Parsed, Progress,
-    SnapshotRecord, corrupt, parse_index, split,
+    FLAG_INCREMENTAL, FORMAT_MAJOR, FileError, Header, KIND_XOR, MapResolver, Parsed, Progress, corrupt,
+    parse_index, split,
 };
 use crate::PAGE_SIZE;
 use crate::protection::meta;
@@ -167,8 +167,8 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
     let mut maps = MapResolver::new(&parsed);
     let Parsed { frames, pages, snapshots, parent, .. } = parsed;
     let mut summaries = Vec::with_capacity(snapshots.len());
-    for SnapshotRecord(id, name, parent, layout_version, state, runs) in &snapshots {
-        let layout = crate::state::decode_layout(state, crate::page_table::Store::new())?;
+    for record in &snapshots {
+        let layout = crate::state::decode_layout(record.state(), crate::page_table::Store::new())?;
         let mut committed = 0u64;
         layout.table.for_each_run(|_, count, visit| {
             if meta::holds_bytes(visit.meta) {
@@ -176,7 +176,7 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
             }
         });
         let (mut stored, mut inherited) = (0u64, 0u64);
-        for (_, index) in maps.resolve(*id, *parent, runs)? {
+        for (_, index) in maps.resolve(record.id(), record.parent(), record.page_map())? {
             if index == 0 {
                 inherited += 1;
             } else {
@@ -184,22 +184,23 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
             }
         }
         summaries.push(SnapshotSummary {
-            id: *id,
-            name: name.clone(),
-            parent: *parent,
-            layout_version: *layout_version,
+            id: record.id(),
+            name: record.name().map(str::to_owned),
+            parent: record.parent(),
+            layout_version: record.layout_version(),
             allocations: layout.regions.len() as u64,
             committed_pages: committed,
             stored_entries: stored,
             inherited_pages: inherited,
             zero_pages: committed.saturating_sub(stored + inherited),
-            state_length: state.len() as u64,
+            state_length: record.state().len() as u64,
         });
     }
     let parent = match parent {
         Some(p) => {
-            let index_hash = p.0[..].try_into().map_err(|_| corrupt("parent index hash is not 32 bytes"))?;
-            Some(ParentInfo { index_hash, file_name_hint: p.1 })
+            let index_hash =
+                p.index_hash().try_into().map_err(|_| corrupt("parent index hash is not 32 bytes"))?;
+            Some(ParentInfo { index_hash, file_name_hint: p.hint().to_owned() })
         }
         None => None,
     };
@@ -212,7 +213,7 @@ fn describe(header: &Header, index_bytes: &[u8]) -> Result<FileInfo, FileError> 
         index_length: index_bytes.len() as u64,
         frame_count: frames.len() as u64,
         stored_pages: pages.len() as u64,
-        xor_pages: pages.iter().filter(|PageRecord(_, _, _, kind, ..)| *kind == KIND_XOR).count() as u64,
+        xor_pages: pages.iter().filter(|r| r.kind() == KIND_XOR).count() as u64,
         snapshots: summaries,
         parent,
     })

@@ -238,8 +238,7 @@ pub fn open_lazy_with(
 /// [`open_lazy`] with `loader`'s binder (and threads, for a file read whole).
 pub(super) fn open_with_loader(path: &Path, loader: &mut super::Loader<'_>) -> Result<LazyFile, FileError> {
     let head = read_head(path)?;
-    let mut chain = vec![fs::canonicalize(path).map_err(io(path))?];
-    open_parts(path, head, 1, &mut chain, loader)
+    open_parts(path, head, &mut ParentChain::starting_at(path)?, loader)
 }
 
 /// Opens the snapshot file at `path` lazily: [`open_lazy`] under its short
@@ -298,7 +297,7 @@ fn open_source_with_loader(
         });
     }
     if let Some(p) = &parsed.parent {
-        return Err(FileError::ParentMissing { path: PathBuf::from(&p.1) });
+        return Err(FileError::ParentMissing { path: PathBuf::from(p.hint()) });
     }
     finish(source, parsed, None, index_hash, &mut loader.binding)
 }
@@ -319,12 +318,12 @@ fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileErro
     Ok((header, index))
 }
 
-/// The rest of [`open_lazy`] for file number `depth` of a chain.
+/// The rest of [`open_lazy`] for the file at `path` (its `head` read), the
+/// last file of `chain`.
 pub(super) fn open_parts(
     path: &Path,
     head: Head,
-    depth: u64,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut ParentChain,
     loader: &mut super::Loader<'_>,
 ) -> Result<LazyFile, FileError> {
     let parsed = parse_index(&head.index, &head.header)?;
@@ -332,7 +331,7 @@ pub(super) fn open_parts(
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let bytes = read_whole(path, head)?;
-        let decoded = decode_chain(path, &bytes, depth, chain, loader)?;
+        let decoded = decode_chain(path, &bytes, chain, loader)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -343,13 +342,9 @@ pub(super) fn open_parts(
     }
     let parent = match &parsed.parent {
         None => None,
-        Some(p) => {
-            let (parent_path, canonical, parent_head) = open_parent(&directory_of(path), p, depth, chain)?;
-            chain.push(canonical);
-            let opened = open_parts(&parent_path, parent_head, depth + 1, chain, &mut loader.quiet());
-            chain.pop();
-            Some(opened.and_then(|f| f.snapshot()).map_err(in_parent(&parent_path))?)
-        }
+        Some(p) => Some(chain.follow(path, p, |chain, parent_path, parent_head| {
+            open_parts(parent_path, parent_head, chain, &mut loader.quiet())?.snapshot()
+        })?),
     };
     let length = head.header.index_offset + head.header.index_length;
     let source: Arc<dyn ByteSource> = Arc::new(LocalFile::from_parts(head.file, length, path));
@@ -368,7 +363,7 @@ fn finish(
     let fingerprints = parsed
         .pages
         .iter()
-        .map(|r| r.5.ok_or(corrupt("page fingerprint present exactly from format 1.2 on")))
+        .map(|r| r.fingerprint().ok_or(corrupt("page fingerprint present exactly from format 1.2 on")))
         .collect::<Result<Vec<u64>, FileError>>()?;
     let source = Arc::new(Source {
         reader,

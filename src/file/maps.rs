@@ -6,18 +6,19 @@ use super::*;
 /// The `(page, entry)` pairs a record's runs list, checking their shape:
 /// non-empty, ascending, not touching, inside the page-number space.
 pub(super) fn entries_of(runs: &[RunRecord]) -> Result<Vec<(u64, u32)>, FileError> {
-    let mut entries = Vec::with_capacity(runs.iter().map(|r| r.1.len()).sum());
+    let mut entries = Vec::with_capacity(runs.iter().map(|r| r.records().len()).sum());
     let mut previous_end: Option<u64> = None;
-    for RunRecord(first, list) in runs {
+    for run in runs {
+        let (first, list) = (run.first_page(), run.records());
         let end = first
             .checked_add(list.len() as u64)
             .filter(|&e| e <= VPN_LIMIT)
             .ok_or(corrupt("page map run out of range"))?;
-        if list.is_empty() || previous_end.is_some_and(|p| *first <= p) {
+        if list.is_empty() || previous_end.is_some_and(|p| first <= p) {
             return Err(corrupt("page map runs empty, overlapping, adjacent or out of order"));
         }
         previous_end = Some(end);
-        entries.extend((*first..end).zip(list.iter().copied()));
+        entries.extend((first..end).zip(list.iter().copied()));
     }
     Ok(entries)
 }
@@ -60,7 +61,7 @@ impl MapResolver {
         let deltas = parsed.minor >= FORMAT_MINOR_FINGERPRINTS;
         let mut pending: HashMap<u64, usize> = HashMap::new();
         if deltas {
-            for p in parsed.snapshots.iter().filter_map(|r| r.2) {
+            for p in parsed.snapshots.iter().filter_map(SnapshotRecord::parent) {
                 *pending.entry(p).or_default() += 1;
             }
         }

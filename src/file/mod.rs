@@ -272,8 +272,8 @@ pub fn incremental_from_bytes(
 ) -> Result<Snapshot, FileError> {
     let identity = index_hash(parent_file)?;
     let mut resolve = |p: &ParentRecord| {
-        if p.0[..] != identity[..] {
-            return Err(FileError::ParentMismatch { path: PathBuf::from(&p.1) });
+        if p.index_hash() != &identity[..] {
+            return Err(FileError::ParentMismatch { path: PathBuf::from(p.hint()) });
         }
         Ok(parent.clone())
     };
@@ -405,7 +405,8 @@ pub fn load_timeline_with(
 /// directory. Atomic as [`save`]. Errors: the parent's ([`FileError::InParent`],
 /// a missing parent [`FileError::ParentMissing`]), a chain that would exceed
 /// [`MAX_CHAIN_LENGTH`] files ([`FileError::SizeLimit`]), `path` naming the
-/// parent itself ([`FileError::ParentCycle`]), I/O.
+/// parent itself ([`FileError::ParentCycle`]) or a file further up its
+/// chain (that cycle, [`FileError::InParent`] of the file naming it), I/O.
 pub fn save_incremental(snapshot: &Snapshot, parent: &Path, path: &Path) -> Result<(), FileError> {
     Writer::new().save_incremental(snapshot, parent, path)
 }

@@ -197,12 +197,12 @@ impl<'p> Loader<'p> {
 
     /// [`file::load`](super::load) with these options.
     pub fn load(&mut self, path: &Path) -> Result<Snapshot, FileError> {
-        super::one_snapshot(super::read_chain(path, 1, self)?.1)
+        super::one_snapshot(super::read_chain(path, self)?)
     }
 
     /// [`file::load_timeline`](super::load_timeline) with these options.
     pub fn load_timeline(&mut self, path: &Path) -> Result<Timeline, FileError> {
-        super::timeline_of(super::read_chain(path, 1, self)?.1)
+        super::timeline_of(super::read_chain(path, self)?)
     }
 
     /// [`file::open`](super::open) with these options (the progress is not
@@ -213,6 +213,6 @@ impl<'p> Loader<'p> {
 
     /// [`file::verify`](super::verify) with these options.
     pub fn verify(&mut self, path: &Path) -> Result<(), FileError> {
-        super::read_chain(path, 1, self).map(drop)
+        super::read_chain(path, self).map(drop)
     }
 }

@@ -406,6 +406,24 @@ fn parent_cycle() {
 }
 
 #[test]
+fn saving_over_a_grandparent_is_a_cycle_and_keeps_the_chain() {
+    let dir = common::temp_dir("incr", "grandparent");
+    let (s, p) = save_three(&dir);
+    // s3's chain is s3 → s2 → s1: saving an increment over s2 at s1 would
+    // make s2's parent the increment itself.
+    let before = std::fs::read(&p[0]).unwrap();
+    let err = file::save_incremental(&s[2], &p[1], &p[0]).unwrap_err();
+    assert!(
+        matches!(&err, FileError::InParent { path, source } if *path == p[1]
+            && matches!(&**source, FileError::ParentCycle { path } if path.ends_with("s1.vmsnap"))),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&p[0]).unwrap(), before);
+    assert_same(&s[2], &file::load(&p[2]).unwrap());
+    dir.close().unwrap();
+}
+
+#[test]
 fn an_incremental_save_reads_only_the_changed_pages_frames_of_its_parent() {
     const PAGES: u64 = 4096; // 256 frames
     let dir = common::temp_dir("incremental", "reads-changed");
