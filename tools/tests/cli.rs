@@ -321,7 +321,7 @@ fn bad_requests_fail_cleanly() {
     let err = fails(&["regions", file, "--snapshot", "no-such-step"]);
     assert!(err.contains("no snapshot \"no-such-step\""), "{err}");
     let err = fails(&["dump", file, "0x10000", "16"]);
-    assert!(err.contains("not readable"), "{err}");
+    assert!(err.contains("not readable") && err.contains("memory at 0x10000 is not allocated"), "{err}");
     fails(&["dump", file, "0x10000", "0"]);
     // Usage errors are clap's: exit code 2.
     assert_eq!(vmsnap(&["dump", file, "zz", "16"]).status.code(), Some(2));
@@ -412,6 +412,9 @@ fn the_demo_files_show_the_kuser_page_as_mmio() {
     let text = ok(&["regions", s(&d.file)]);
     let line = text.lines().find(|l| l.starts_with("00000000`7ffe0000")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("MEM_COMMIT") && line.contains("Mmio"), "{line}");
+    // Its bytes come from handlers a file cannot hold: dump says so.
+    let err = fails(&["dump", s(&d.file), "0x7ffe0000", "16"]);
+    assert!(err.contains("not readable") && err.contains("no MMIO handlers are bound at 0x7ffe0000"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("map.svg");

@@ -735,7 +735,7 @@ fn demo_files(text: &str, j: &Value) {
         ),
     );
     let reopened = format!(
-        " (every checksum and page hash, the incremental file's parent too): {tip} reads back identical (the KUSER page is saved as layout only: its handler cannot be)"
+        " (every checksum and page hash, the incremental file's parent too): {tip} reads back identical (the KUSER region's handlers bound again by address)"
     );
     has_timed_line(text, &["reopened in ", " and verified in ", &reopened]);
     let lazily = format!(

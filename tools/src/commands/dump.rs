@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
-use vmsnap::{AddressSpace, PAGE_SIZE};
+use vmsnap::{AddressSpace, MemoryError, PAGE_SIZE};
 
 use super::InFile;
 use crate::format::{self, parse_u64, serialize_hex};
@@ -60,11 +60,13 @@ pub fn run(args: &DumpArgs) -> Result<Dump> {
     }
     let opened = Opened::open(&args.file)?;
     let (summary, snapshot) = opened.select(args.snapshot.as_deref())?;
-    let (bytes, unreadable) = read_pages(snapshot, args.address, args.length);
+    let (bytes, unreadable, first_error) = read_pages(snapshot, args.address, args.length);
     opened.check_pages()?;
-    if unreadable.iter().map(|r| r.end - r.start).sum::<u64>() == args.length {
+    if let Some(error) =
+        first_error.filter(|_| unreadable.iter().map(|r| r.end - r.start).sum::<u64>() == args.length)
+    {
         bail!(
-            "{:#x}..{:#x} is not readable in {} {} (no committed page; try `vmsnap regions`)",
+            "{:#x}..{:#x} is not readable in {} {}: {error} (try `vmsnap regions`)",
             args.address,
             args.address + args.length,
             args.file.display(),
@@ -81,17 +83,23 @@ pub fn run(args: &DumpArgs) -> Result<Dump> {
 }
 
 /// Reads `[address, address + length)` page by page; unreadable pages stay
-/// zero and are returned as ranges.
-fn read_pages(space: &dyn AddressSpace, address: u64, length: u64) -> (Vec<u8>, Vec<Range<u64>>) {
+/// zero and are returned as ranges, with the first one's error.
+fn read_pages(
+    space: &dyn AddressSpace,
+    address: u64,
+    length: u64,
+) -> (Vec<u8>, Vec<Range<u64>>, Option<MemoryError>) {
     let mut bytes = vec![0u8; length as usize];
     let mut unreadable: Vec<Range<u64>> = Vec::new();
+    let mut first_error = None;
     let mut at = address;
     let end = address + length;
     while at < end {
         let page_end = ((at / PAGE_SIZE) + 1) * PAGE_SIZE;
         let chunk_end = page_end.min(end);
         let buf = &mut bytes[(at - address) as usize..(chunk_end - address) as usize];
-        if space.read_memory(at, buf).is_err() {
+        if let Err(e) = space.read_memory(at, buf) {
+            first_error.get_or_insert(e);
             match unreadable.last_mut() {
                 Some(r) if r.end == at => r.end = chunk_end,
                 _ => unreadable.push(at..chunk_end),
@@ -99,7 +107,7 @@ fn read_pages(space: &dyn AddressSpace, address: u64, length: u64) -> (Vec<u8>, 
         }
         at = chunk_end;
     }
-    (bytes, unreadable)
+    (bytes, unreadable, first_error)
 }
 
 impl fmt::Display for Dump {

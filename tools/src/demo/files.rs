@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use vmsnap::{MemoryManager, RegionChange, Snapshot, Timeline};
+use vmsnap::{MemoryManager, MmioHandlers, PAGE_SIZE, Snapshot, Timeline};
 
-use super::{KUSER, Paths, Session};
+use super::setup::kuser_handlers;
+use super::{KUSER, KUSER_TICK_COUNT, Paths, Session};
 use crate::format::{duration, size};
 
 /// What the demo saved, and how reopening it went.
@@ -111,22 +112,37 @@ fn save(session: &Session, paths: &Paths) -> Result<f64> {
 /// timeline and from the incremental file.
 fn reopen(session: &Session, paths: &Paths) -> Result<(f64, f64)> {
     let context = |p: &Path| p.display().to_string();
+    let mut binder = kuser_binder(session);
     let t = Instant::now();
-    let loaded = vmsnap::file::load_timeline(&paths.out).with_context(|| context(&paths.out))?;
+    let loaded =
+        vmsnap::file::load_timeline_with(&paths.out, &mut binder).with_context(|| context(&paths.out))?;
     let load_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
     vmsnap::file::verify(&paths.out).with_context(|| context(&paths.out))?;
     vmsnap::file::verify(&paths.branch).with_context(|| context(&paths.branch))?;
     let verify_seconds = t.elapsed().as_secs_f64();
     let reloaded_tip = tip_of(session, &loaded).context("the reopened timeline has no branch tip")?;
-    let incremental = vmsnap::file::load(&paths.branch).with_context(|| context(&paths.branch))?;
+    let incremental =
+        vmsnap::file::load_with(&paths.branch, &mut binder).with_context(|| context(&paths.branch))?;
     for (what, copy) in [("timeline", reloaded_tip), ("incremental file", &incremental)] {
-        let d = session.branch_tip().diff(copy);
-        if d.changed_pages().any(|p| p != KUSER) || !d.region_changes().iter().all(is_kuser) {
+        if !session.branch_tip().diff(copy).is_empty() {
             bail!("the reopened {what} differs from the session");
+        }
+        // The KUSER page reads through the handlers bound again.
+        let (mut from_file, mut from_session) = ([0u8; 8], [0u8; 8]);
+        copy.read_memory(KUSER + KUSER_TICK_COUNT, &mut from_file)?;
+        session.branch_tip().read_memory(KUSER + KUSER_TICK_COUNT, &mut from_session)?;
+        if from_file != from_session {
+            bail!("the reopened {what} reads another KUSER tick count than the session");
         }
     }
     Ok((load_seconds, verify_seconds))
+}
+
+/// Binds the KUSER region of a file the demo reopens to the session's
+/// handlers (a file keeps the region, not its handlers).
+fn kuser_binder(session: &Session) -> impl FnMut(u64, u64) -> Option<MmioHandlers> + '_ {
+    |base, size| (base == KUSER && size == PAGE_SIZE).then(|| kuser_handlers(session.process.tick.clone()))
 }
 
 /// Opens the timeline lazily (timed), restores a manager to the branch tip
@@ -134,7 +150,8 @@ fn reopen(session: &Session, paths: &Paths) -> Result<(f64, f64)> {
 /// file's frames.
 fn run_lazily(session: &Session, out: &Path) -> Result<(f64, u64, u64)> {
     let t = Instant::now();
-    let lazy = vmsnap::file::open_lazy(out).with_context(|| out.display().to_string())?;
+    let lazy = vmsnap::file::open_lazy_with(out, &mut kuser_binder(session))
+        .with_context(|| out.display().to_string())?;
     let timeline = lazy.timeline();
     let seconds = t.elapsed().as_secs_f64();
     let tip = tip_of(session, &timeline).context("the lazily opened timeline has no branch tip")?;
@@ -152,17 +169,6 @@ fn run_lazily(session: &Session, out: &Path) -> Result<(f64, u64, u64)> {
 /// The branch tip in a timeline read from a file (found by name).
 fn tip_of<'t>(session: &Session, timeline: &'t Timeline) -> Option<&'t Snapshot> {
     timeline.find(&session.branch_tip_name()).and_then(|id| timeline.get(id))
-}
-
-/// True for a change of the KUSER page: it is saved as layout only (its
-/// handler cannot be), so a reopened file differs there.
-fn is_kuser(c: &RegionChange) -> bool {
-    match *c {
-        RegionChange::Allocated(r) | RegionChange::Released(r) => r.base == KUSER,
-        RegionChange::Committed { address, .. }
-        | RegionChange::Decommitted { address, .. }
-        | RegionChange::ProtectionChanged { address, .. } => address == KUSER,
-    }
 }
 
 fn file_len(path: &Path) -> Result<u64> {
@@ -207,7 +213,7 @@ impl Files {
     fn fmt_reopened(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "  reopened in {} and verified in {} (every checksum and page hash, the incremental file's parent too): {} reads back identical (the KUSER page is saved as layout only: its handler cannot be)",
+            "  reopened in {} and verified in {} (every checksum and page hash, the incremental file's parent too): {} reads back identical (the KUSER region's handlers bound again by address)",
             duration(self.load_seconds),
             duration(self.verify_seconds),
             self.incremental_snapshot

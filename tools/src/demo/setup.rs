@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use vmsnap::nt;
-use vmsnap::{MemoryError, MemoryManager, PAGE_SIZE};
+use vmsnap::{MemoryError, MemoryManager, MmioHandlers, PAGE_SIZE};
 
 use super::{
     HEAP_RESERVE, KUSER, KUSER_TICK_COUNT, Process, SECTION_SIZE, STACK_COMMIT_PAGES, STACK_RESERVE, Session,
@@ -127,19 +127,25 @@ fn commit_guard_page(mm: &mut MemoryManager, page: u64, what: &str) -> Result<()
 /// the counter returned.
 fn kuser(mm: &mut MemoryManager, report: &mut Setup) -> Result<Arc<AtomicU64>> {
     let tick = Arc::new(AtomicU64::new(0));
-    let reader = tick.clone();
-    mm.allocate_mmio(
-        KUSER,
-        PAGE_SIZE,
-        move |offset, buf| {
-            let page = kuser_page(reader.load(Ordering::Relaxed));
-            let start = offset as usize;
-            buf.copy_from_slice(&page[start..start + buf.len()]);
-        },
-        |_, _| {}, // read-only to the guest: writes are ignored
-    )?;
+    mm.allocate_mmio(KUSER, PAGE_SIZE, kuser_read(tick.clone()), |_, _| {})?;
     (report.kuser, report.kuser_tick_count_offset) = (KUSER, KUSER_TICK_COUNT);
     Ok(tick)
+}
+
+/// The KUSER page's handlers over the counter `tick`: read-only to the
+/// guest (writes are ignored). A file keeps the region, not its handlers:
+/// reopening a file binds these again.
+pub(super) fn kuser_handlers(tick: Arc<AtomicU64>) -> MmioHandlers {
+    MmioHandlers::new(kuser_read(tick), |_, _| {})
+}
+
+/// The KUSER page's read handler: the page computed for the tick now.
+fn kuser_read(tick: Arc<AtomicU64>) -> impl Fn(u64, &mut [u8]) + Send + Sync + 'static {
+    move |offset, buf| {
+        let page = kuser_page(tick.load(Ordering::Relaxed));
+        let start = offset as usize;
+        buf.copy_from_slice(&page[start..start + buf.len()]);
+    }
 }
 
 /// The KUSER_SHARED_DATA page as the guest reads it for `tick`.
