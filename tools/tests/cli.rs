@@ -414,7 +414,10 @@ fn the_demo_files_show_the_kuser_page_as_mmio() {
     assert!(line.contains("MEM_COMMIT") && line.contains("Mmio"), "{line}");
     // Its bytes come from handlers a file cannot hold: dump says so.
     let err = fails(&["dump", s(&d.file), "0x7ffe0000", "16"]);
-    assert!(err.contains("not readable") && err.contains("no MMIO handlers are bound at 0x7ffe0000"), "{err}");
+    assert!(
+        err.contains("not readable") && err.contains("no MMIO handlers are bound at 0x7ffe0000"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("map.svg");
