@@ -45,7 +45,7 @@ use std::ptr::NonNull;
 
 use rustc_hash::FxHashMap;
 
-use crate::page_table::{Edit, Op, PageBytes, PageTable, RangeOp, ZERO_PAGE, is_zero_page};
+use crate::page_table::{Edit, Op, PageBytes, PageTable, RangeOp, ZERO_PAGE, boxed_copy, is_zero_page};
 use crate::protection::meta;
 
 /// TLB entries (direct mapped by page number). 512 entries cover 2 MiB:
@@ -100,17 +100,6 @@ struct Overlay {
     free: Vec<u32>,
     dirty: Vec<u64>,
     len: usize,
-}
-
-/// A new heap page holding a copy of `src`.
-fn boxed_copy(src: &PageBytes) -> Box<PageBytes> {
-    let mut b = Box::<PageBytes>::new_uninit();
-    // SAFETY: `b` is a fresh allocation of exactly one page; every byte is
-    // written before `assume_init`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), b.as_mut_ptr().cast::<u8>(), src.len());
-        b.assume_init()
-    }
 }
 
 impl Overlay {

@@ -65,7 +65,7 @@ pub(super) enum MapDraft {
 }
 
 pub(super) fn xor_pages(a: &PageBytes, b: &PageBytes) -> Box<PageBytes> {
-    let mut out = Box::new(*a);
+    let mut out = boxed_copy(a);
     for (o, x) in out.iter_mut().zip(b.iter()) {
         *o ^= x;
     }
@@ -387,21 +387,38 @@ fn write_frames(
             Some(base) => raw.extend(body.page.bytes().iter().zip(base.bytes().iter()).map(|(a, b)| a ^ b)),
         }
     };
-    for batch in (0..frame_count).step_by(pool.batch_frames()) {
-        let batch = batch..(batch + pool.batch_frames()).min(frame_count);
-        for frame in codec::compress_frames(pool, options.level, bodies.len(), batch, &fill) {
-            let length = frame.bytes.len() as u64;
-            let checksum = ByteBuf::from(frame.checksum.to_vec());
-            frames.push(FrameRecord(frames_length, length as u32, frame.pages, checksum));
-            sink.append(&frame.bytes).map_err(io)?;
-            frames_length += length;
-            limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
-        }
-        if let Some(progress) = options.progress.as_mut() {
-            let done = ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64;
-            progress(Progress { done, total: (bodies.len() * PAGE) as u64 });
-        }
-    }
+    let compress = |compressor: &mut Option<zstd::bulk::Compressor<'static>>, range: Range<usize>| {
+        // Invariant: the level was checked when the writer was made, and
+        // creating a context with a valid level cannot fail.
+        let compressor = compressor
+            .get_or_insert_with(|| zstd::bulk::Compressor::new(options.level).expect("zstd context"));
+        codec::compress_frames(compressor, bodies.len(), range, &fill)
+    };
+    let total = (bodies.len() * PAGE) as u64;
+    let progress = &mut options.progress;
+    pool.stream(
+        0..frame_count,
+        FRAMES_PER_CHUNK,
+        || None,
+        compress,
+        |range, compressed| {
+            for frame in compressed {
+                let length = frame.bytes.len() as u64;
+                let checksum = ByteBuf::from(frame.checksum.to_vec());
+                frames.push(FrameRecord(frames_length, length as u32, frame.pages, checksum));
+                sink.append(&frame.bytes).map_err(io)?;
+                frames_length += length;
+                limit("frame area length", frames_length, MAX_FRAMES_LENGTH)?;
+            }
+            if let Some(progress) = progress.as_mut()
+                && (range.end % FRAMES_PER_BATCH == 0 || range.end == frame_count)
+            {
+                let done = ((frames.len() * PAGES_PER_FRAME).min(bodies.len()) * PAGE) as u64;
+                progress(Progress { done, total });
+            }
+            Ok::<(), FileError>(())
+        },
+    )?;
     Ok((frames, frames_length))
 }
 

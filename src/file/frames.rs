@@ -187,9 +187,11 @@ impl Frames<'_> {
 
 /// Every frame: checksum, bounded decompression; then every page in it:
 /// un-XOR, BLAKE3 of the final bytes, fingerprint (1.2), no zero bodies or
-/// pages. Frames are independent, so batches of them run on the worker
-/// threads; the first error in frame order wins, as in a sequential pass.
-/// Returns the frozen page of every page record, in record order.
+/// pages. Frames are independent, so they stream through the worker
+/// threads ([`Pool::stream`]); the first error in frame order wins, as in
+/// a sequential pass. A progress report follows each batch of
+/// [`FRAMES_PER_BATCH`] frames. Returns the frozen page of every page
+/// record, in record order.
 pub(super) fn decode_frames(
     parsed: &Parsed,
     area: &[u8],
@@ -197,34 +199,45 @@ pub(super) fn decode_frames(
     store: &Arc<Store>,
     loader: &mut Loader<'_>,
 ) -> Result<Vec<PageRef>, FileError> {
-    let pool = Pool::new(loader.threads);
     let Parsed { frames, pages, owner, .. } = parsed;
     let mut stored: Vec<Option<PageRef>> = (0..pages.len()).map(|_| None).collect();
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
     let frames_ref = Frames { frames, checks: PageChecks::Records(pages), owner, parent };
-    for batch in (0..frames.len()).step_by(pool.batch_frames()) {
-        let batch = batch..(batch + pool.batch_frames()).min(frames.len());
-        let parts = pool.run(batch.clone(), FRAMES_PER_BATCH / 4, |range| {
-            let mut decoder = FrameDecoder::new()?;
-            let mut out = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
-            for n in range {
-                let FrameInfo { offset, length, .. } = frames[n];
-                let src = &area[offset as usize..(offset + u64::from(length)) as usize];
-                frames_ref.decode_frame(n, src, &mut decoder, &mut |i, page, fingerprint| {
-                    out.push((i, PageRef::new_in(store, page, Some(fingerprint))));
-                })?;
-            }
-            Ok::<_, FileError>(out)
-        });
-        for part in parts {
+    let decode = |decoder: &mut Option<FrameDecoder>, range: Range<usize>| {
+        let decoder = match decoder {
+            Some(d) => d,
+            None => decoder.insert(FrameDecoder::new()?),
+        };
+        let mut records = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
+        let mut pages = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
+        for n in range {
+            let FrameInfo { offset, length, .. } = frames[n];
+            let src = &area[offset as usize..(offset + u64::from(length)) as usize];
+            frames_ref.decode_frame(n, src, decoder, &mut |i, page, fingerprint| {
+                records.push(i);
+                pages.push((boxed_copy(page), fingerprint));
+            })?;
+        }
+        // The pages join the store under one taking of its lock.
+        Ok::<_, FileError>(records.into_iter().zip(PageRef::new_many_in(store, pages)))
+    };
+    Pool::new(loader.threads).stream(
+        0..frames.len(),
+        FRAMES_PER_CHUNK,
+        || None,
+        decode,
+        |range, part| {
             for (i, page) in part? {
                 stored[i] = Some(page);
             }
-        }
-        done += frames[batch].iter().map(|f| u64::from(f.pages)).sum::<u64>() * PAGE as u64;
-        loader.report(done, total_bytes);
-    }
+            done += frames[range.clone()].iter().map(|f| u64::from(f.pages)).sum::<u64>() * PAGE as u64;
+            if range.end % FRAMES_PER_BATCH == 0 || range.end == frames.len() {
+                loader.report(done, total_bytes);
+            }
+            Ok::<(), FileError>(())
+        },
+    )?;
     // Invariant: every record has a slot (checked by `parse_index`) and
     // every slot was decoded.
     Ok(stored.into_iter().map(|p| p.expect("every record was decoded")).collect())

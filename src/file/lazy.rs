@@ -95,7 +95,7 @@ struct Source {
 }
 
 impl LazySource for Source {
-    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes)) {
+    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, Box<PageBytes>)) {
         let frame = self.index.frame_of[record as usize] as usize;
         if let Err(e) = self.load_frame(frame, fill) {
             *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
@@ -106,7 +106,7 @@ impl LazySource for Source {
 impl Source {
     /// Reads, checks and decompresses frame `n` and fills its pages
     /// (`fill(record, bytes)`), all of them or none.
-    fn load_frame(&self, n: usize, fill: &mut dyn FnMut(u32, &PageBytes)) -> Result<(), FileError> {
+    fn load_frame(&self, n: usize, fill: &mut dyn FnMut(u32, Box<PageBytes>)) -> Result<(), FileError> {
         let mut guard = self.decoder.lock().unwrap_or_else(PoisonError::into_inner);
         let (decoder, buf) = &mut *guard;
         let decoder = match decoder {
@@ -119,9 +119,9 @@ impl Source {
         let frames = Frames { parent: self.parent.as_ref().map(Snapshot::version), ..self.index.frames() };
         // Checked whole before any page is filled.
         let mut pages: Vec<(u32, Box<PageBytes>)> = Vec::with_capacity(PAGES_PER_FRAME);
-        frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| pages.push((i as u32, Box::new(*bytes))))?;
-        for (i, bytes) in &pages {
-            fill(*i, bytes);
+        frames.decode_frame(n, buf, decoder, &mut |i, bytes, _| pages.push((i as u32, boxed_copy(bytes))))?;
+        for (i, bytes) in pages {
+            fill(i, bytes);
         }
         self.frames_read.fetch_add(1, Ordering::Relaxed);
         Ok(())

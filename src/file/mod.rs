@@ -50,6 +50,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +59,9 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::StateError;
-use crate::page_table::{LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT};
+use crate::page_table::{
+    LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT, boxed_copy,
+};
 use crate::protection::meta;
 use crate::region_map::{MmioHandlers, RegionMap};
 use crate::snapshot::Snapshot;
@@ -83,7 +86,7 @@ mod source;
 use atomic::*;
 pub use atomic::{STALE_TEMPORARY_AGE, write_atomic};
 use chain::*;
-use codec::{FRAMES_PER_BATCH, FrameDecoder, Pool};
+use codec::{FRAMES_PER_BATCH, FRAMES_PER_CHUNK, FrameDecoder, Pool};
 use decode::*;
 use encode::*;
 pub use error::FileError;

@@ -85,7 +85,7 @@ pub(crate) fn fingerprint(bytes: &PageBytes) -> u64 {
     lanes.iter().fold(0, |h, &l| (h ^ l).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31))
 }
 
-pub(crate) use store::is_zero_page;
+pub(crate) use store::{boxed_copy, is_zero_page};
 
 /// A stored page as a table holds it, borrowed from the table.
 #[derive(Clone, Copy)]
@@ -227,8 +227,20 @@ impl PageRef {
     /// A new page in `store` holding a copy of `bytes`, whose fingerprint
     /// is `fingerprint` when the caller knows it.
     pub(crate) fn new_in(store: &Arc<Store>, bytes: &PageBytes, fingerprint: Option<u64>) -> PageRef {
-        let ptr = store.lock().new_page(Box::new(*bytes), fingerprint);
+        // Copied before the store's lock is taken.
+        let bytes = store::boxed_copy(bytes);
+        let ptr = store.lock().new_page(bytes, fingerprint);
         PageRef { store: store.clone(), ptr: Some(ptr) }
+    }
+
+    /// New pages in `store` owning `pages` (bytes and fingerprint), under
+    /// one taking of the store's lock, in order.
+    pub(crate) fn new_many_in(store: &Arc<Store>, pages: Vec<(Box<PageBytes>, u64)>) -> Vec<PageRef> {
+        let mut guard = store.lock();
+        let ptrs: Vec<RecPtr> =
+            pages.into_iter().map(|(bytes, fp)| guard.new_page(bytes, Some(fp))).collect();
+        drop(guard);
+        ptrs.into_iter().map(|ptr| PageRef { store: store.clone(), ptr: Some(ptr) }).collect()
     }
 
     /// The page, borrowed.

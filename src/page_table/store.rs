@@ -107,11 +107,11 @@ impl PageRec {
 
     /// Fills a lazily loaded page with its (checked) bytes; a no-op when it
     /// has them already.
-    fn fill(&self, bytes: &PageBytes) {
+    fn fill(&self, bytes: Box<PageBytes>) {
         if !self.bytes.load(Ordering::Acquire).is_null() {
             return;
         }
-        let fresh = Box::into_raw(Box::new(*bytes));
+        let fresh = Box::into_raw(bytes);
         if self
             .bytes
             .compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
@@ -136,7 +136,7 @@ pub(crate) trait LazySource: Send + Sync {
     /// that frame. On failure (an I/O error, a corrupt frame, a page that
     /// does not match its hash) it fills nothing and keeps the error for the
     /// file's owner; a later call tries again.
-    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes));
+    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, Box<PageBytes>));
 }
 
 /// A lazy source and its block of records. The store holds the source
@@ -349,7 +349,7 @@ impl LazyRecords {
     }
 
     /// Fills record `i` with its checked bytes (a no-op when it has them).
-    pub(crate) fn fill(&self, store: &Store, i: u32, bytes: &PageBytes) {
+    pub(crate) fn fill(&self, store: &Store, i: u32, bytes: Box<PageBytes>) {
         if i < self.len {
             self.rec(i, store).fill(bytes);
         }
@@ -407,6 +407,18 @@ impl RecPtr {
 /// through it.
 pub(crate) struct Guard<'s> {
     pub(super) pool: MutexGuard<'s, Pool>,
+}
+
+/// A new heap page holding a copy of `src` (copied once, straight into
+/// the heap).
+pub(crate) fn boxed_copy(src: &PageBytes) -> Box<PageBytes> {
+    let mut b = Box::<PageBytes>::new_uninit();
+    // SAFETY: `b` is a fresh allocation of exactly one page; every byte is
+    // written before `assume_init`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), b.as_mut_ptr().cast::<u8>(), src.len());
+        b.assume_init()
+    }
 }
 
 impl Guard<'_> {

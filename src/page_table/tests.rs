@@ -96,12 +96,12 @@ fn page_of(r: u32) -> PageBytes {
 struct CountingSource(AtomicU64);
 
 impl LazySource for CountingSource {
-    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes)) {
+    fn load(&self, record: u32, fill: &mut dyn FnMut(u32, Box<PageBytes>)) {
         self.0.fetch_add(1, Ordering::Relaxed);
         if record > 1 {
             let first = record & !1;
-            fill(first, &page_of(first));
-            fill(first + 1, &page_of(first + 1));
+            fill(first, Box::new(page_of(first)));
+            fill(first + 1, Box::new(page_of(first + 1)));
         }
     }
 }
@@ -146,12 +146,12 @@ fn lazy_pages_load_once_per_frame_and_fail_without_lying() {
 fn one_read_per_frame_under_concurrency() {
     struct Slow(AtomicU64);
     impl LazySource for Slow {
-        fn load(&self, record: u32, fill: &mut dyn FnMut(u32, &PageBytes)) {
+        fn load(&self, record: u32, fill: &mut dyn FnMut(u32, Box<PageBytes>)) {
             self.0.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(2));
             let first = record & !15;
             for r in first..first + 16 {
-                fill(r, &page_of(r));
+                fill(r, Box::new(page_of(r)));
             }
         }
     }
