@@ -76,23 +76,24 @@ pub(super) fn in_parent(path: &Path) -> impl Fn(FileError) -> FileError + '_ {
     move |e| FileError::InParent { path: path.to_owned(), source: Box::new(e) }
 }
 
-/// Decodes the file `bytes` read from `path`, the last file of `chain`: an
+/// Decodes the file at `path` (its header and index read: `head`), the
+/// last file of `chain`; its frames are read as they are decoded. An
 /// incremental file's parent is followed through the chain
 /// ([`ParentChain::follow`]) and loaded the same way, first.
 pub(super) fn decode_chain(
     path: &Path,
-    bytes: &[u8],
+    head: Head,
     chain: &mut ParentChain,
     loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
+    let Head { source, header, index } = head;
     let mut quiet = loader.quiet();
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
         chain.follow(path, p, |chain, parent_path, head| {
-            let parent_bytes = read_whole(parent_path, head)?;
-            one_snapshot(decode_chain(parent_path, &parent_bytes, chain, &mut quiet)?)
+            one_snapshot(decode_chain(parent_path, head, chain, &mut quiet)?)
         })
     };
-    decode(bytes, &mut resolve, loader)
+    decode_parts(Area::Source(&source), &header, &index, &mut resolve, loader)
 }
 
 pub(super) fn directory_of(path: &Path) -> PathBuf {
@@ -105,8 +106,8 @@ pub(super) fn directory_of(path: &Path) -> PathBuf {
 /// Reads and decodes the file at `path` with its whole parent chain. Each
 /// file's header and index are read and checked before its frames.
 pub(super) fn read_chain(path: &Path, loader: &mut Loader<'_>) -> Result<Vec<Decoded>, FileError> {
-    let bytes = read(path)?;
-    decode_chain(path, &bytes, &mut ParentChain::starting_at(path)?, loader)
+    let head = read_head(path)?;
+    decode_chain(path, head, &mut ParentChain::starting_at(path)?, loader)
 }
 
 /// The path of `to` relative to the directory `from` (both canonical),

@@ -16,13 +16,26 @@ pub(super) struct Decoded {
 /// its identity.
 pub(super) type Resolver<'r> = dyn FnMut(&ParentRecord) -> Result<Snapshot, FileError> + 'r;
 
+/// Decodes the file `bytes`, held in memory.
 pub(super) fn decode(
     bytes: &[u8],
     resolve: &mut Resolver<'_>,
     loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
     let (area, index_bytes, header) = split(bytes)?;
-    let parsed = parse_index(index_bytes, &header)?;
+    decode_parts(Area::Bytes(area), &header, index_bytes, resolve, loader)
+}
+
+/// Decodes a file from its checked `header` and index, its frames read
+/// from `area`.
+pub(super) fn decode_parts(
+    area: Area<'_>,
+    header: &Header,
+    index_bytes: &[u8],
+    resolve: &mut Resolver<'_>,
+    loader: &mut Loader<'_>,
+) -> Result<Vec<Decoded>, FileError> {
+    let parsed = parse_index(index_bytes, header)?;
     // The parent (incremental files only), found and checked by `resolve`.
     let parent_snapshot = match &parsed.parent {
         Some(p) => Some(resolve(p)?),

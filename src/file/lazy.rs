@@ -285,9 +285,7 @@ fn open_source_with_loader(
     let index_hash = *blake3::hash(&index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
-        let mut bytes = vec![0u8; usize::try_from(source.len()).map_err(|_| corrupt("file too large"))?];
-        source.read_at(0, &mut bytes).map_err(io(source.name()))?;
-        let decoded = decode(&bytes, &mut no_parent, loader)?;
+        let decoded = decode_parts(Area::Source(&*source), &header, &index_bytes, &mut no_parent, loader)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -302,22 +300,6 @@ fn open_source_with_loader(
     finish(source, parsed, None, index_hash, &mut loader.binding)
 }
 
-/// The checked header and index of a source: the header's first
-/// `min(64, length)` bytes are checked against the length and the limits
-/// before the index is read.
-fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileError> {
-    let length = source.len();
-    let mut raw = [0u8; HEADER_LENGTH];
-    let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
-    source.read_at(0, head).map_err(io(source.name()))?;
-    let header = Header::parse(head, length)?;
-    // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `Header::parse`).
-    let mut index = vec![0u8; header.index_length as usize];
-    source.read_at(header.index_offset, &mut index).map_err(io(source.name()))?;
-    header.check_index(&index)?;
-    Ok((header, index))
-}
-
 /// The rest of [`open_lazy`] for the file at `path` (its `head` read), the
 /// last file of `chain`.
 pub(super) fn open_parts(
@@ -330,8 +312,7 @@ pub(super) fn open_parts(
     let index_hash = *blake3::hash(&head.index).as_bytes();
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
-        let bytes = read_whole(path, head)?;
-        let decoded = decode_chain(path, &bytes, chain, loader)?;
+        let decoded = decode_chain(path, head, chain, loader)?;
         return Ok(LazyFile {
             decoded,
             source: None,
@@ -346,8 +327,7 @@ pub(super) fn open_parts(
             open_parts(parent_path, parent_head, chain, &mut loader.quiet())?.snapshot()
         })?),
     };
-    let length = head.header.index_offset + head.header.index_length;
-    let source: Arc<dyn ByteSource> = Arc::new(LocalFile::from_parts(head.file, length, path));
+    let source: Arc<dyn ByteSource> = Arc::new(head.source);
     finish(source, parsed, parent, index_hash, &mut loader.binding)
 }
 

@@ -67,10 +67,9 @@ pub(super) fn open_regular(path: &Path) -> Result<(fs::File, u64), FileError> {
 /// A file opened for reading whose header and index were read and checked
 /// (§6.1): nothing else of it has been read.
 pub(super) struct Head {
-    pub(super) file: fs::File,
+    /// The file, for positioned reads of its frames.
+    pub(super) source: LocalFile,
     pub(super) header: Header,
-    /// The 64 header bytes.
-    pub(super) raw: [u8; HEADER_LENGTH],
     pub(super) index: Vec<u8>,
 }
 
@@ -81,55 +80,28 @@ pub(super) fn read_head(path: &Path) -> Result<Head, FileError> {
     head_of(path, file, length)
 }
 
-/// Reads the header of `file` (`length` bytes long), checks it and the
-/// file's length against it and the limits, then reads the index it
-/// locates (at most [`MAX_INDEX_LENGTH`]) and checks its checksum. Reads
-/// at most 64 bytes before the checks, and no frame.
-pub(super) fn head_of(path: &Path, mut file: fs::File, length: u64) -> Result<Head, FileError> {
-    use std::io::{Read, Seek, SeekFrom};
+/// [`read_head_from`] the opened regular `file` at `path`, `length` bytes
+/// long.
+pub(super) fn head_of(path: &Path, file: fs::File, length: u64) -> Result<Head, FileError> {
+    let source = LocalFile::from_parts(file, length, path);
+    let (header, index) = read_head_from(&source)?;
+    Ok(Head { source, header, index })
+}
+
+/// Reads the header of `source`, checks it and the source's length against
+/// it and the limits, then reads the index it locates (at most
+/// [`MAX_INDEX_LENGTH`]) and checks its checksum. Reads at most 64 bytes
+/// before the checks, and no frame. A failed read is [`FileError::Io`]
+/// naming [`ByteSource::name`].
+pub(super) fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileError> {
+    let length = source.len();
     let mut raw = [0u8; HEADER_LENGTH];
     let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
-    file.read_exact(head).map_err(io(path))?;
+    source.read_at(0, head).map_err(io(source.name()))?;
     let header = Header::parse(head, length)?;
     // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `Header::parse`).
     let mut index = vec![0u8; header.index_length as usize];
-    file.seek(SeekFrom::Start(header.index_offset))
-        .and_then(|_| file.read_exact(&mut index))
-        .map_err(io(path))?;
+    source.read_at(header.index_offset, &mut index).map_err(io(source.name()))?;
     header.check_index(&index)?;
-    Ok(Head { file, header, raw, index })
-}
-
-/// The whole file of a checked [`Head`]: its frame area is read only now,
-/// after the header and the index have passed their checks against the
-/// file's length and the limits.
-pub(super) fn read_whole(path: &Path, head: Head) -> Result<Vec<u8>, FileError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Head { mut file, header, raw, index } = head;
-    let total = header.index_offset + header.index_length; // ≤ 2^40 + 2^30: checked
-    let total = usize::try_from(total).map_err(|_| FileError::SizeLimit {
-        what: "file length",
-        value: total,
-        limit: usize::MAX as u64,
-    })?;
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(total).map_err(|_| FileError::Io {
-        path: path.to_owned(),
-        source: std::io::ErrorKind::OutOfMemory.into(),
-    })?;
-    bytes.extend_from_slice(&raw);
-    file.seek(SeekFrom::Start(HEADER_LENGTH as u64))
-        .and_then(|_| (&mut file).take(header.frames_length).read_to_end(&mut bytes))
-        .map_err(io(path))?;
-    if bytes.len() as u64 != header.index_offset {
-        // The file shrank since its length was checked.
-        return Err(FileError::Truncated { expected: total as u64, actual: bytes.len() as u64 });
-    }
-    bytes.extend_from_slice(&index);
-    Ok(bytes)
-}
-
-/// Reads a whole snapshot file, header and index first ([`read_head`]).
-pub(super) fn read(path: &Path) -> Result<Vec<u8>, FileError> {
-    read_whole(path, read_head(path)?)
+    Ok((header, index))
 }

@@ -85,7 +85,7 @@ pub(crate) fn fingerprint(bytes: &PageBytes) -> u64 {
     lanes.iter().fold(0, |h, &l| (h ^ l).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31))
 }
 
-pub(crate) use store::{boxed_copy, is_zero_page};
+pub(crate) use store::{boxed_copy, fill_buffer, is_zero_page, page_buffer};
 
 /// A stored page as a table holds it, borrowed from the table.
 #[derive(Clone, Copy)]

@@ -421,6 +421,21 @@ pub(crate) fn boxed_copy(src: &PageBytes) -> Box<PageBytes> {
     }
 }
 
+/// A page buffer not yet written: see [`fill_buffer`].
+pub(crate) fn page_buffer() -> Box<std::mem::MaybeUninit<PageBytes>> {
+    Box::new_uninit()
+}
+
+/// `buffer` holding a copy of `src`.
+pub(crate) fn fill_buffer(
+    mut buffer: Box<std::mem::MaybeUninit<PageBytes>>,
+    src: &PageBytes,
+) -> Box<PageBytes> {
+    buffer.write(*src);
+    // SAFETY: written whole just above.
+    unsafe { buffer.assume_init() }
+}
+
 impl Guard<'_> {
     /// A new page record owning `bytes`, referenced once (by the caller).
     pub(crate) fn new_page(&mut self, bytes: Box<PageBytes>, fingerprint: Option<u64>) -> RecPtr {
