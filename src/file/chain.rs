@@ -51,7 +51,7 @@ impl ParentChain {
             return Err(FileError::ParentCycle { path: parent_path });
         }
         let head = head_of(&parent_path, file, length).map_err(in_parent(&parent_path))?;
-        if blake3::hash(&head.index).as_bytes()[..] != p.index_hash()[..] {
+        if head.index_hash[..] != p.index_hash()[..] {
             return Err(FileError::ParentMismatch { path: parent_path });
         }
         self.files.push(canonical);
@@ -86,7 +86,7 @@ pub(super) fn decode_chain(
     chain: &mut ParentChain,
     loader: &mut Loader<'_>,
 ) -> Result<Vec<Decoded>, FileError> {
-    let Head { source, header, index } = head;
+    let Head { source, header, index, .. } = head;
     let mut quiet = loader.quiet();
     let mut resolve = |p: &ParentRecord| -> Result<Snapshot, FileError> {
         chain.follow(path, p, |chain, parent_path, head| {
@@ -153,7 +153,7 @@ pub(super) fn save_incremental_from(
     writer: &mut Writer<'_>,
 ) -> Result<(), FileError> {
     let target = IncrementalTarget::check(parent, path)?;
-    if *blake3::hash(&target.parent_head.index).as_bytes() != opened.index_hash() {
+    if target.parent_head.index_hash != opened.index_hash() {
         return Err(FileError::ParentMismatch { path: parent.to_owned() });
     }
     save_against(snapshot, opened, parent, &target.hint, path, writer)

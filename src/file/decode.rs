@@ -219,7 +219,10 @@ impl<'p> Builder<'p> {
     /// A whole page map over a layout-only table; an incremental file's
     /// page 0 entries inherit the parent file's page at the same number.
     fn whole_table(&mut self, mut table: PageTable, runs: &[RunRecord]) -> Result<PageTable, FileError> {
-        for (page, index) in entries_of(runs)? {
+        let entries = entries_of(runs)?;
+        // Set in one walk once all are checked (ascending: `entries_of`).
+        let mut pages = Vec::with_capacity(entries.len());
+        for (page, index) in entries {
             if !meta::holds_bytes(table.get(page).meta) {
                 return Err(corrupt("page map names a page that is not committed"));
             }
@@ -227,7 +230,7 @@ impl<'p> Builder<'p> {
             if index == 0 {
                 // Inherited: the parent's page at the same page number.
                 let under = under.ok_or(corrupt("page map inherits a page the parent does not store"))?;
-                table.set_page(page, Some(under.to_ref()));
+                pages.push((page, under.to_ref()));
                 continue;
             }
             let frozen = self.record(index)?;
@@ -245,8 +248,9 @@ impl<'p> Builder<'p> {
                 }
             }
             self.referenced[i] = true;
-            table.set_page(page, Some(frozen.clone()));
+            pages.push((page, frozen.clone()));
         }
+        table.set_pages(pages);
         Ok(table)
     }
 

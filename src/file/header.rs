@@ -132,12 +132,15 @@ impl Header {
         })
     }
 
-    /// Checks the index bytes against the header's checksum.
-    pub(super) fn check_index(&self, index: &[u8]) -> Result<(), FileError> {
-        if blake3_prefix::<16>(index) != self.index_checksum {
+    /// Checks the index bytes against the header's checksum (the first 16
+    /// bytes of their BLAKE3); returns the whole BLAKE3, the file's
+    /// identity as a parent (FORMAT.md §8), so it is computed once.
+    pub(super) fn check_index(&self, index: &[u8]) -> Result<[u8; 32], FileError> {
+        let hash = *blake3::hash(index).as_bytes();
+        if hash[..16] != self.index_checksum {
             return Err(FileError::IndexChecksum);
         }
-        Ok(())
+        Ok(hash)
     }
 }
 

@@ -280,9 +280,8 @@ fn open_source_with_loader(
     source: Arc<dyn ByteSource>,
     loader: &mut super::Loader<'_>,
 ) -> Result<LazyFile, FileError> {
-    let (header, index_bytes) = read_head_from(&*source)?;
+    let (header, index_bytes, index_hash) = read_head_from(&*source)?;
     let parsed = parse_index(&index_bytes, &header)?;
-    let index_hash = *blake3::hash(&index_bytes).as_bytes();
     if header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let decoded = decode_parts(Area::Source(&*source), &header, &index_bytes, &mut no_parent, loader)?;
@@ -309,7 +308,7 @@ pub(super) fn open_parts(
     loader: &mut super::Loader<'_>,
 ) -> Result<LazyFile, FileError> {
     let parsed = parse_index(&head.index, &head.header)?;
-    let index_hash = *blake3::hash(&head.index).as_bytes();
+    let index_hash = head.index_hash;
     if head.header.minor < FORMAT_MINOR_FINGERPRINTS {
         // No fingerprints: read it all now, as `load` does.
         let decoded = decode_chain(path, head, chain, loader)?;

@@ -71,6 +71,8 @@ pub(super) struct Head {
     pub(super) source: LocalFile,
     pub(super) header: Header,
     pub(super) index: Vec<u8>,
+    /// BLAKE3-256 of `index`: the file's identity as a parent.
+    pub(super) index_hash: [u8; 32],
 }
 
 /// Opens `path` (a regular file, [`open_regular`]) and reads its header and
@@ -84,16 +86,17 @@ pub(super) fn read_head(path: &Path) -> Result<Head, FileError> {
 /// long.
 pub(super) fn head_of(path: &Path, file: fs::File, length: u64) -> Result<Head, FileError> {
     let source = LocalFile::from_parts(file, length, path);
-    let (header, index) = read_head_from(&source)?;
-    Ok(Head { source, header, index })
+    let (header, index, index_hash) = read_head_from(&source)?;
+    Ok(Head { source, header, index, index_hash })
 }
 
 /// Reads the header of `source`, checks it and the source's length against
 /// it and the limits, then reads the index it locates (at most
 /// [`MAX_INDEX_LENGTH`]) and checks its checksum. Reads at most 64 bytes
 /// before the checks, and no frame. A failed read is [`FileError::Io`]
-/// naming [`ByteSource::name`].
-pub(super) fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>), FileError> {
+/// naming [`ByteSource::name`]. Returns the header, the index and its
+/// BLAKE3.
+pub(super) fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>, [u8; 32]), FileError> {
     let length = source.len();
     let mut raw = [0u8; HEADER_LENGTH];
     let head = &mut raw[..length.min(HEADER_LENGTH as u64) as usize];
@@ -102,6 +105,6 @@ pub(super) fn read_head_from(source: &dyn ByteSource) -> Result<(Header, Vec<u8>
     // Bounded: index_length ≤ MAX_INDEX_LENGTH (checked by `Header::parse`).
     let mut index = vec![0u8; header.index_length as usize];
     source.read_at(header.index_offset, &mut index).map_err(io(source.name()))?;
-    header.check_index(&index)?;
-    Ok((header, index))
+    let hash = header.check_index(&index)?;
+    Ok((header, index, hash))
 }

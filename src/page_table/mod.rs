@@ -482,6 +482,18 @@ impl PageTable {
         self.edit_with(|_| vec![Edit { lo: vpn, hi: vpn + 1, op: Op::Page(rec) }]);
     }
 
+    /// [`set_page`](Self::set_page) for every `(vpn, page)` of `pages`
+    /// (ascending, distinct page numbers) in one walk. Time: O(touched
+    /// leaves + levels), each node copied at most once.
+    pub(crate) fn set_pages(&mut self, pages: Vec<(u64, PageRef)>) {
+        debug_assert!(pages.windows(2).all(|w| w[0].0 < w[1].0));
+        let edits: Vec<Edit> = pages
+            .into_iter()
+            .map(|(vpn, page)| Edit { lo: vpn, hi: vpn + 1, op: Op::Page(Some(self.adopt(page))) })
+            .collect();
+        self.edit_with(|_| edits);
+    }
+
     /// Sets page `vpn`'s state byte and bytes at once: `view_offset` is the
     /// distance of a view page (`meta` with `VIEW`) to its section page,
     /// ignored otherwise. `page` must be `None` unless `meta` holds bytes.
