@@ -588,6 +588,19 @@ fn wrong_page_hash() {
 }
 
 #[test]
+fn two_page_records_with_one_hash_are_refused() {
+    let good = file::to_bytes(&small()).unwrap();
+    let (head, mut index) = split(&good);
+    assert!(index.1.len() >= 3);
+    // The last record takes the first one's hash (the index is found
+    // corrupt before any frame is read).
+    let first = index.1[0].0.clone();
+    index.1.last_mut().unwrap().0 = first;
+    let err = file::load_from_bytes(&reseal(&head, &index)).unwrap_err();
+    assert!(matches!(&err, FileError::CorruptIndex(m) if m.contains("same hash")), "{err}");
+}
+
+#[test]
 fn size_limit_index_length() {
     let mut bad = file::to_bytes(&small()).unwrap();
     bad[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
