@@ -166,7 +166,7 @@ pub(super) fn encode_into<'a>(
     }
     sink.append(&[0; HEADER_LENGTH]).map_err(io)?;
     let (frames, frames_length) = write_frames(sink, io, pool, options, &records.bodies)?;
-    let parent_record = parent.map(|p| ParentRecord(ByteBuf::from(p.index_hash.to_vec()), p.hint.to_owned()));
+    let parent_record = parent.map(|p| ParentRecord(Fixed::new(p.index_hash), p.hint.to_owned()));
     let counts = (snapshots.len() as u64, records.hashes.len() as u64, frames.len() as u64);
     let index = Index(frames, records.page_records(), snapshots, parent_record);
     // Invariant: encoding plain values into a Vec cannot fail.
@@ -353,7 +353,7 @@ impl<'a> Records<'a> {
         records
             .map(|(i, ((h, base), body))| {
                 PageRecord(
-                    ByteBuf::from(h.to_vec()),
+                    Fixed::new(*h),
                     (i / PAGES_PER_FRAME) as u32,
                     (i % PAGES_PER_FRAME) as u8,
                     if base.is_some() { KIND_XOR } else { KIND_PLAIN },
@@ -404,7 +404,7 @@ fn write_frames(
         |range, compressed| {
             for frame in compressed {
                 let length = frame.bytes.len() as u64;
-                let checksum = ByteBuf::from(frame.checksum.to_vec());
+                let checksum = Fixed::new(frame.checksum);
                 frames.push(FrameRecord(frames_length, length as u32, frame.pages, checksum));
                 sink.append(&frame.bytes).map_err(io)?;
                 frames_length += length;

@@ -11,16 +11,69 @@ pub(super) struct Index(
     pub(super) Option<ParentRecord>,
 );
 
+/// A fixed-length byte string of the index (a hash, a checksum), held
+/// inline, so decoding one allocates nothing. It decodes from whatever
+/// `serde_bytes::ByteBuf` decodes from (bytes, a string, an array of
+/// bytes); one of another length than `N` decodes too, and reads as empty,
+/// so the index checks refuse it by its length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fixed<const N: usize>(Option<[u8; N]>);
+
+impl<const N: usize> Fixed<N> {
+    pub(super) fn new(bytes: [u8; N]) -> Fixed<N> {
+        Fixed(Some(bytes))
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |b| &b[..])
+    }
+}
+
+impl<const N: usize> Serialize for Fixed<N> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.as_slice())
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Fixed<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<const N: usize>;
+        impl<'de, const N: usize> serde::de::Visitor<'de> for Visit<N> {
+            type Value = Fixed<N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{N} bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Fixed<N>, E> {
+                Ok(Fixed(v.try_into().ok()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Fixed<N>, E> {
+                Ok(Fixed(v.as_bytes().try_into().ok()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Fixed<N>, A::Error> {
+                let (mut bytes, mut len) = ([0u8; N], 0usize);
+                while let Some(b) = seq.next_element::<u8>()? {
+                    if let Some(slot) = bytes.get_mut(len) {
+                        *slot = b;
+                    }
+                    len += 1;
+                }
+                Ok(Fixed((len == N).then_some(bytes)))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visit::<N>)
+    }
+}
+
 /// `[offset, compressed_length, pages, checksum(8)]`.
 #[derive(Serialize, Deserialize)]
-pub(super) struct FrameRecord(pub(super) u64, pub(super) u32, pub(super) u8, pub(super) ByteBuf);
+pub(super) struct FrameRecord(pub(super) u64, pub(super) u32, pub(super) u8, pub(super) Fixed<8>);
 
 /// `[hash(32), frame, slot, kind, base?, fingerprint]` (base: xor only, a
 /// page number of the parent snapshot; fingerprint: from 1.2, absent
 /// before).
 #[derive(Serialize, Deserialize)]
 pub(super) struct PageRecord(
-    pub(super) ByteBuf,
+    pub(super) Fixed<32>,
     pub(super) u32,
     pub(super) u8,
     pub(super) u8,
@@ -45,7 +98,7 @@ pub(super) struct RunRecord(pub(super) u64, pub(super) Vec<u32>);
 
 /// `[index_hash(32), file_name_hint]` — incremental files only (1.1).
 #[derive(Serialize, Deserialize)]
-pub(super) struct ParentRecord(pub(super) ByteBuf, pub(super) String);
+pub(super) struct ParentRecord(pub(super) Fixed<32>, pub(super) String);
 
 // The records keep the wire shape (MessagePack arrays, by position); the
 // code reads them through these names.
@@ -60,13 +113,13 @@ impl FrameRecord {
         self.2
     }
     pub(super) fn checksum(&self) -> &[u8] {
-        &self.3
+        self.3.as_slice()
     }
 }
 
 impl PageRecord {
     pub(super) fn hash(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
     pub(super) fn frame(&self) -> u32 {
         self.1
@@ -125,7 +178,7 @@ impl RunRecord {
 impl ParentRecord {
     /// BLAKE3-256 of the parent's index (32 bytes once checked).
     pub(super) fn index_hash(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
     /// The parent's path relative to the child's directory.
     pub(super) fn hint(&self) -> &str {
@@ -178,14 +231,24 @@ pub(super) struct Parsed {
     pub(super) owner: Vec<[u32; PAGES_PER_FRAME]>,
 }
 
+/// Decodes the MessagePack index: one value, nothing after it. Borrowed
+/// from `index_bytes`, so its hashes and checksums are copied inline
+/// ([`Fixed`]) without an allocation each.
+fn decode_index(index_bytes: &[u8]) -> Result<Index, FileError> {
+    use rmp_serde::decode::Error;
+    let mut de = rmp_serde::Deserializer::from_read_ref(index_bytes);
+    let index = Index::deserialize(&mut de).map_err(|_| corrupt("MessagePack index does not decode"))?;
+    // Only an end of input where the next value's marker would be means
+    // nothing follows.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(Error::InvalidMarkerRead(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(index),
+        _ => Err(corrupt("trailing bytes after the MessagePack index")),
+    }
+}
+
 /// Decodes and checks a file's index (§6.2–§6.4) against its header.
 pub(super) fn parse_index(index_bytes: &[u8], header: &Header) -> Result<Parsed, FileError> {
-    let mut rest = index_bytes;
-    let Index(frames, pages, snapshots, parent) =
-        rmp_serde::decode::from_read(&mut rest).map_err(|_| corrupt("MessagePack index does not decode"))?;
-    if !rest.is_empty() {
-        return Err(corrupt("trailing bytes after the MessagePack index"));
-    }
+    let Index(frames, pages, snapshots, parent) = decode_index(index_bytes)?;
     limit("frame count", frames.len() as u64, MAX_STORED_PAGES)?;
     limit("page record count", pages.len() as u64, MAX_STORED_PAGES)?;
     limit("snapshot count", snapshots.len() as u64, MAX_SNAPSHOTS)?;
@@ -283,4 +346,52 @@ fn check_pages(
         return Err(corrupt("a frame slot has no page record"));
     }
     Ok(owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_is_one_value_and_nothing_after_it() {
+        let mut bytes = rmp_serde::to_vec(&Index(vec![], vec![], vec![], None)).unwrap();
+        assert!(decode_index(&bytes).is_ok());
+        assert!(decode_index(&bytes[..bytes.len() - 1]).is_err());
+        // A whole value after it, a marker alone, a marker with half its
+        // length: each is trailing bytes.
+        for tail in [&[0xC0u8][..], &[0xD9], &[0xDA, 0x00], &[0x00, 0x00]] {
+            let mut with = bytes.clone();
+            with.extend_from_slice(tail);
+            assert!(
+                matches!(decode_index(&with), Err(FileError::CorruptIndex(m)) if m.contains("trailing")),
+                "{tail:?}"
+            );
+        }
+        bytes[0] = 0x95; // an array of 5: not the index
+        assert!(
+            matches!(decode_index(&bytes), Err(FileError::CorruptIndex(m)) if m.contains("does not decode"))
+        );
+    }
+
+    #[test]
+    fn a_fixed_field_decodes_what_a_byte_buffer_does_and_keeps_only_its_length() {
+        let decode = |bytes: Vec<u8>| rmp_serde::from_slice::<Fixed<4>>(&bytes).unwrap();
+        let bin = |v: &[u8]| rmp_serde::to_vec(&serde_bytes::Bytes::new(v)).unwrap();
+        assert_eq!(decode(bin(b"abcd")).as_slice(), b"abcd");
+        // As an array of integers and as a string, as ByteBuf accepts.
+        assert_eq!(decode(rmp_serde::to_vec(&vec![1u8, 2, 3, 4]).unwrap()).as_slice(), [1, 2, 3, 4]);
+        assert_eq!(decode(rmp_serde::to_vec("wxyz").unwrap()).as_slice(), b"wxyz");
+        // Another length reads as empty.
+        for v in [&b""[..], b"abc", b"abcde"] {
+            assert!(decode(bin(v)).as_slice().is_empty());
+            assert!(decode(rmp_serde::to_vec(&v.to_vec()).unwrap()).as_slice().is_empty());
+        }
+        // Written as bytes, the same bytes as ByteBuf.
+        let fixed = Fixed::new(*b"abcd");
+        assert_eq!(
+            rmp_serde::to_vec(&fixed).unwrap(),
+            rmp_serde::to_vec(&ByteBuf::from(b"abcd".to_vec())).unwrap()
+        );
+        assert!(rmp_serde::from_slice::<Fixed<4>>(&rmp_serde::to_vec(&7u32).unwrap()).is_err());
+    }
 }

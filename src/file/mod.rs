@@ -258,7 +258,7 @@ pub fn incremental_to_bytes(
 ) -> Result<Vec<u8>, FileError> {
     let index_hash = index_hash(parent_file)?;
     // An invalid hint (absolute, empty, ...) is refused as a reader would.
-    check_parent_record(&ParentRecord(ByteBuf::from(index_hash.to_vec()), hint.to_owned()))?;
+    check_parent_record(&ParentRecord(Fixed::new(index_hash), hint.to_owned()))?;
     let item = Item { id: 0, name: None, parent: None, snapshot };
     encode(&[item], Some(&ParentFile { snapshot: parent, index_hash, hint }), &mut Writer::new())
 }

@@ -601,6 +601,24 @@ fn two_page_records_with_one_hash_are_refused() {
 }
 
 #[test]
+fn a_hash_or_checksum_of_another_length_is_refused() {
+    let good = file::to_bytes(&small()).unwrap();
+    let corrupt = |index: &Index, what: &str| {
+        let (head, _) = split(&good);
+        let err = file::load_from_bytes(&reseal(&head, index)).unwrap_err();
+        assert!(matches!(&err, FileError::CorruptIndex(m) if m.contains(what)), "{what}: {err}");
+    };
+    for (hash, checksum) in [(0, 0), (31, 7), (33, 9)] {
+        let (_, mut index) = split(&good);
+        index.1[0].0 = ByteBuf::from(vec![7u8; hash]);
+        corrupt(&index, "page hash is not 32 bytes");
+        let (_, mut index) = split(&good);
+        index.0[0].3 = ByteBuf::from(vec![7u8; checksum]);
+        corrupt(&index, "frame checksum is not 8 bytes");
+    }
+}
+
+#[test]
 fn size_limit_index_length() {
     let mut bad = file::to_bytes(&small()).unwrap();
     bad[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
