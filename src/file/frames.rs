@@ -240,35 +240,28 @@ pub(super) fn decode_frames(
     let total_bytes = pages.len() as u64 * PAGE as u64;
     let mut done = 0u64;
     let frames_ref = Frames { frames, checks: PageChecks::Records(pages), owner, parent };
-    // Every page's buffer is allocated here, on the calling thread, before
-    // the workers start: allocating them on the workers grows each worker's
-    // heap arena a little at a time, and those growths stall the other
-    // workers' page faults (measured: 2 threads 1.36x one, against 1.75x).
-    let buffers: Vec<std::sync::Mutex<Option<Box<std::mem::MaybeUninit<PageBytes>>>>> =
-        (0..pages.len()).map(|_| std::sync::Mutex::new(Some(crate::page_table::page_buffer()))).collect();
+    // Every page's buffer, in slabs (see `page_table::slab` for why).
+    let buffers = PageBuffers::new(store, pages.len());
     let decode = |(decoder, buf): &mut (Option<FrameDecoder>, Vec<u8>), range: Range<usize>| {
         let decoder = match decoder {
             Some(d) => d,
             None => decoder.insert(FrameDecoder::new()?),
         };
         let (start, chunk) = area.frames(frames, range.clone(), buf)?;
-        let mut records = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
-        let mut pages = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
+        let mut written = Vec::with_capacity(range.len() * PAGES_PER_FRAME);
         for n in range {
             let FrameInfo { offset, length, .. } = frames[n];
             let src = &chunk[(offset - start) as usize..(offset - start + u64::from(length)) as usize];
             frames_ref.decode_frame(n, src, decoder, &mut |i, page, fingerprint| {
-                records.push(i);
-                let buffer = buffers[i].lock().ok().and_then(|mut b| b.take());
-                let bytes = match buffer {
-                    Some(b) => crate::page_table::fill_buffer(b, page),
-                    None => boxed_copy(page),
-                };
-                pages.push((bytes, fingerprint));
+                // Invariant: `parse_index` gave each record one slot, so each
+                // is decoded, and written, once.
+                let fresh = buffers.write(i, page);
+                debug_assert!(fresh, "record {i} decoded twice");
+                written.push((i, fingerprint));
             })?;
         }
         // The pages join the store under one taking of its lock.
-        Ok::<_, FileError>(records.into_iter().zip(PageRef::new_many_in(store, pages)))
+        Ok::<_, FileError>(buffers.records(&written))
     };
     Pool::new(loader.threads).stream(
         0..frames.len(),

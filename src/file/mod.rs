@@ -60,7 +60,7 @@ use serde_bytes::ByteBuf;
 
 use crate::error::StateError;
 use crate::page_table::{
-    LazySource, PAGE, Page, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT, boxed_copy,
+    LazySource, PAGE, Page, PageBuffers, PageBytes, PageRef, PageTable, RecPtr, Store, VPN_LIMIT, boxed_copy,
 };
 use crate::protection::meta;
 use crate::region_map::{MmioHandlers, RegionMap};

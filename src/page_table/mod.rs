@@ -35,6 +35,7 @@
 
 pub(crate) mod edit;
 pub(crate) mod node;
+pub(crate) mod slab;
 pub(crate) mod store;
 pub(crate) mod walk;
 
@@ -85,7 +86,8 @@ pub(crate) fn fingerprint(bytes: &PageBytes) -> u64 {
     lanes.iter().fold(0, |h, &l| (h ^ l).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31))
 }
 
-pub(crate) use store::{boxed_copy, fill_buffer, is_zero_page, page_buffer};
+pub(crate) use slab::PageBuffers;
+pub(crate) use store::{boxed_copy, is_zero_page};
 
 /// A stored page as a table holds it, borrowed from the table.
 #[derive(Clone, Copy)]
@@ -231,16 +233,6 @@ impl PageRef {
         let bytes = store::boxed_copy(bytes);
         let ptr = store.lock().new_page(bytes, fingerprint);
         PageRef { store: store.clone(), ptr: Some(ptr) }
-    }
-
-    /// New pages in `store` owning `pages` (bytes and fingerprint), under
-    /// one taking of the store's lock, in order.
-    pub(crate) fn new_many_in(store: &Arc<Store>, pages: Vec<(Box<PageBytes>, u64)>) -> Vec<PageRef> {
-        let mut guard = store.lock();
-        let ptrs: Vec<RecPtr> =
-            pages.into_iter().map(|(bytes, fp)| guard.new_page(bytes, Some(fp))).collect();
-        drop(guard);
-        ptrs.into_iter().map(|ptr| PageRef { store: store.clone(), ptr: Some(ptr) }).collect()
     }
 
     /// The page, borrowed.

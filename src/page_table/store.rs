@@ -68,13 +68,21 @@ pub(crate) struct PageRec {
     source: u16,
     /// The record number in that source.
     record: u32,
+    /// 1-based id of the slab holding the bytes ([`super::slab`]), or 0
+    /// when they are a `Box` of their own; changed under the lock.
+    slab: UnsafeCell<u32>,
 }
+
+// Dense records: a leaf's pages share few cache lines, and a lazily opened
+// file keeps one record per stored page.
+const _: () = assert!(std::mem::size_of::<PageRec>() == 32);
 
 // SAFETY: every field but `refs` is an atomic or immutable after creation;
 // `refs` is read and written only through a `Guard`, i.e. with the owning
 // store's lock held, which serializes those accesses across threads.
 unsafe impl Sync for PageRec {}
-// SAFETY: as above; the raw bytes pointer is an owned heap buffer.
+// SAFETY: as above; the raw bytes pointer is an owned heap buffer or a
+// page of a slab the store owns.
 unsafe impl Send for PageRec {}
 
 impl PageRec {
@@ -86,6 +94,7 @@ impl PageRec {
             refs: UnsafeCell::new(0),
             source: 0,
             record: 0,
+            slab: UnsafeCell::new(0),
         }
     }
 
@@ -168,6 +177,8 @@ pub(super) struct Pool {
     free: Vec<NonNull<PageRec>>,
     chunks: Vec<Box<[PageRec]>>,
     spare_pages: Vec<Box<PageBytes>>,
+    /// The slabs of loaded pages.
+    pub(super) slabs: super::slab::SlabTable,
     // Boxes on purpose: a spare is an allocation to reuse, not a value.
     #[allow(clippy::vec_box)]
     pub(super) spare_nodes: Vec<Box<super::node::Node>>,
@@ -209,6 +220,7 @@ impl Store {
                 free: Vec::new(),
                 chunks: Vec::new(),
                 spare_pages: Vec::new(),
+                slabs: Default::default(),
                 spare_nodes: Vec::new(),
             }),
             sources: Mutex::new(Vec::new()),
@@ -312,7 +324,8 @@ impl Drop for Store {
                     FROZEN_PAGES.fetch_sub(1, Ordering::Relaxed);
                 }
                 let p = rec.bytes.swap(std::ptr::null_mut(), Ordering::AcqRel);
-                if !p.is_null() {
+                // A slab's pages go with the slab table (below).
+                if !p.is_null() && *rec.slab.get_mut() == 0 {
                     // SAFETY: the store's last owner is dropping it: no
                     // table, and so no reader, is left.
                     drop(unsafe { Box::from_raw(p) });
@@ -421,24 +434,22 @@ pub(crate) fn boxed_copy(src: &PageBytes) -> Box<PageBytes> {
     }
 }
 
-/// A page buffer not yet written: see [`fill_buffer`].
-pub(crate) fn page_buffer() -> Box<std::mem::MaybeUninit<PageBytes>> {
-    Box::new_uninit()
-}
-
-/// `buffer` holding a copy of `src`.
-pub(crate) fn fill_buffer(
-    mut buffer: Box<std::mem::MaybeUninit<PageBytes>>,
-    src: &PageBytes,
-) -> Box<PageBytes> {
-    buffer.write(*src);
-    // SAFETY: written whole just above.
-    unsafe { buffer.assume_init() }
-}
-
 impl Guard<'_> {
     /// A new page record owning `bytes`, referenced once (by the caller).
     pub(crate) fn new_page(&mut self, bytes: Box<PageBytes>, fingerprint: Option<u64>) -> RecPtr {
+        self.init_record(Box::into_raw(bytes), 0, fingerprint)
+    }
+
+    /// A new page record whose bytes are page `bytes` of slab `slab`
+    /// (written whole), referenced once (by the caller).
+    pub(super) fn new_slab_page(&mut self, slab: u32, bytes: NonNull<PageBytes>, fingerprint: u64) -> RecPtr {
+        self.pool.slabs.created(slab);
+        self.init_record(bytes.as_ptr(), slab + 1, Some(fingerprint))
+    }
+
+    /// A free record made a page: `bytes` (a `Box` turned raw when `slab`
+    /// is 0, else in the 1-based slab `slab`), referenced once.
+    fn init_record(&mut self, bytes: *mut PageBytes, slab: u32, fingerprint: Option<u64>) -> RecPtr {
         let rec = match self.pool.free.pop() {
             Some(rec) => rec,
             None => {
@@ -463,9 +474,12 @@ impl Guard<'_> {
         if let Some(fp) = fingerprint {
             r.remember(fp);
         }
-        r.bytes.store(Box::into_raw(bytes), Ordering::Release);
+        r.bytes.store(bytes, Ordering::Release);
         // SAFETY: the lock is held (`self`).
-        unsafe { *r.refs.get() = 1 };
+        unsafe {
+            *r.refs.get() = 1;
+            *r.slab.get() = slab;
+        }
         FROZEN_PAGES.fetch_add(1, Ordering::Relaxed);
         RecPtr(rec)
     }
@@ -494,7 +508,12 @@ impl Guard<'_> {
         if *refs == 0 {
             FROZEN_PAGES.fetch_sub(1, Ordering::Relaxed);
             let bytes = r.bytes.swap(std::ptr::null_mut(), Ordering::AcqRel);
-            if !bytes.is_null() {
+            // SAFETY: the lock is held.
+            let slab = std::mem::replace(unsafe { &mut *r.slab.get() }, 0);
+            if slab != 0 {
+                // The slab's memory goes with its last page.
+                self.pool.slabs.released(slab - 1);
+            } else if !bytes.is_null() {
                 // SAFETY: the last reference is gone: no table, and so no
                 // reader, can reach the record or its bytes.
                 let bytes = unsafe { Box::from_raw(bytes) };
