@@ -43,9 +43,10 @@
 //! against its parent snapshot's. [`open_lazy`] opens any file reading only
 //! its header and index; pages are read, a frame at a time, on first touch
 //! ([`LazyFile`]). Frames are compressed and checked on every core, or as
-//! many threads as a [`Writer`] or [`Loader`] is given. A save streams:
-//! frames go to the file as later frames compress, so memory in flight is
-//! one batch of frames, not the file.
+//! many threads as a [`Writer`] or [`Loader`] is given. Both stream: a
+//! save writes frames to the file as later frames compress, a load reads
+//! each worker's frames with one positioned read as it decodes them, so
+//! memory in flight is a few frames per thread, never the file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -326,8 +327,9 @@ fn save_items(
 /// [`FileError::InParent`]. Every file of the chain must be a regular file
 /// ([`FileError::NotAFile`]: a hint naming `/dev/zero` or a FIFO is refused
 /// at once, never read), and each is read header and index first, checked
-/// against its length and the limits, before its frames. Time: O(total size
-/// of the chain's files).
+/// against its length and the limits, before its frames, which are read as
+/// they are decoded. Time: O(total size of the chain's files); memory: the
+/// pages, plus a few frames per thread.
 pub fn load(path: &Path) -> Result<Snapshot, FileError> {
     Loader::new().load(path)
 }

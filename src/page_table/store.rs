@@ -8,7 +8,8 @@
 //!   ├── sources: lazily loaded files registered with this store
 //!   └── loading: serializes first reads, so a frame is read once
 //!
-//!   PageRec (32 bytes, dense)                   page bytes (4 KiB, heap)
+//!   PageRec (32 bytes, dense)                   page bytes (4 KiB: own heap
+//!                                               buffer, or in a slab: super::slab)
 //!   ┌──────────────────────────────────────┐    ┌──────────────┐
 //!   │ bytes ─────────────────────────────────────►│ PageBytes    │
 //!   │ fingerprint (lazy, cached)           │    └──────────────┘
