@@ -243,22 +243,24 @@ pub enum StateError {
     Corrupt(&'static str),
 }
 
+/// The message of `e` with its sources, as a caller printing the chain
+/// sees it (for the tests that each message names its values once).
+#[cfg(test)]
+pub(crate) fn message_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+    use super::message_chain as chain;
     use super::*;
-
-    /// The message of `e` with its sources, as a caller printing the chain
-    /// sees it.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
-    }
 
     /// Every value an error carries, as its message shows it. The match is
     /// exhaustive, so a new variant cannot be added without saying what

@@ -2,17 +2,7 @@
 
 use super::*;
 
-/// The message of `e` with its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+use crate::error::message_chain as chain;
 
 /// Every value a file error carries, as its message chain shows it (an
 /// exhaustive match: a new variant must say what it shows).
